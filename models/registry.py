@@ -71,7 +71,8 @@ def get_entry(name: str) -> ModelEntry:
 def create_model(name: str, *, task: Any, optim: Any = None, **cfg: Any):
     """Build the registered LightningModule `name` for a data `task` (shapes, classes).
 
-    `cfg` overrides the preset's architecture config; `optim` is an `OptimConfig` (defaults if None).
+    `cfg` overrides the preset's architecture config; `optim` is an `OptimConfig` (None:
+    defaults).
     """
     entry = get_entry(name)
     return entry.module_cls(config=entry.config(**cfg), task=task, optim=optim)

@@ -105,8 +105,13 @@ def prepare(dataset: Annotated[str, typer.Argument(help="digits or mnist")]) -> 
 
 
 @app.command()
-def train(experiment: Experiment = None, sets: Sets = None, run: Run = None,
-          dataset: Dataset = None, arch: Arch = None) -> None:  # fmt: skip
+def train(
+    experiment: Experiment = None,
+    sets: Sets = None,
+    run: Run = None,
+    dataset: Dataset = None,
+    arch: Arch = None,
+) -> None:
     """Train one model, logged to MLflow and W&B at once."""
     from assay.training import train as do_train
 
@@ -116,13 +121,20 @@ def train(experiment: Experiment = None, sets: Sets = None, run: Run = None,
     except _user_errors() as e:
         _fail(str(e))
     scores = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
-    out.print(f"trained {result.key} in {result.seconds:.0f} s: {scores}; "
-              f"MLflow run {result.run_id}, W&B run {result.wandb_id}")  # fmt: skip
+    out.print(
+        f"trained {result.key} in {result.seconds:.0f} s: {scores}; "
+        f"MLflow run {result.run_id}, W&B run {result.wandb_id}"
+    )
 
 
 @app.command()
-def evaluate(experiment: Experiment = None, sets: Sets = None, run: Run = None,
-             dataset: Dataset = None, arch: Arch = None) -> None:  # fmt: skip
+def evaluate(
+    experiment: Experiment = None,
+    sets: Sets = None,
+    run: Run = None,
+    dataset: Dataset = None,
+    arch: Arch = None,
+) -> None:
     """Score a trained model on the test split; write DVC metrics and plots."""
     from assay.training import evaluate as do_evaluate
 
@@ -135,8 +147,13 @@ def evaluate(experiment: Experiment = None, sets: Sets = None, run: Run = None,
 
 
 @app.command()
-def register(experiment: Experiment = None, sets: Sets = None, run: Run = None,
-             dataset: Dataset = None, arch: Arch = None) -> None:  # fmt: skip
+def register(
+    experiment: Experiment = None,
+    sets: Sets = None,
+    run: Run = None,
+    dataset: Dataset = None,
+    arch: Arch = None,
+) -> None:
     """Register a trained model; move `champion` to it only if it beats the current one."""
     from assay.registry import register as do_register
 
@@ -151,10 +168,20 @@ def register(experiment: Experiment = None, sets: Sets = None, run: Run = None,
 
 @app.command()
 def predict(
-    model: Annotated[str, typer.Option("--model", "-m", help="models:/NAME@ALIAS, "
-                                       "models:/NAME/VERSION or runs:/RUN_ID/model")],  # fmt: skip
-    input: Annotated[Path, typer.Option("--input", "-i", help=".npy or .npz (array 'x') of "
-                                        "images: (N,C,H,W), (N,H,W) or (N,features)")],  # fmt: skip
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model", "-m", help="models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID/model"
+        ),
+    ],
+    input: Annotated[
+        Path,
+        typer.Option(
+            "--input",
+            "-i",
+            help=".npy or .npz (array 'x') of images: (N,C,H,W), (N,H,W) or (N,features)",
+        ),
+    ],
     output: Annotated[Path | None, typer.Option(help="also write predictions as CSV")] = None,
     limit: Annotated[int, typer.Option(help="rows to print (all go to --output)")] = 20,
 ) -> None:
@@ -178,8 +205,14 @@ def predict(
         out.print(f"... {len(pred) - limit} more rows" + ("" if output else " (use --output)"))
     if output:
         rows = np.column_stack([np.arange(len(pred)), pred, conf])
-        np.savetxt(output, rows, delimiter=",", fmt=["%d", "%d", "%.6f"],
-                   header="index,predicted,probability", comments="")  # fmt: skip
+        np.savetxt(
+            output,
+            rows,
+            delimiter=",",
+            fmt=["%d", "%d", "%.6f"],
+            header="index,predicted,probability",
+            comments="",
+        )
         out.print(f"wrote {len(pred)} predictions to {output}")
 
 
@@ -196,8 +229,13 @@ def list_models_cmd() -> None:
 
 
 @app.command("config")
-def show_config(experiment: Experiment = None, sets: Sets = None, run: Run = None,
-                dataset: Dataset = None, arch: Arch = None) -> None:  # fmt: skip
+def show_config(
+    experiment: Experiment = None,
+    sets: Sets = None,
+    run: Run = None,
+    dataset: Dataset = None,
+    arch: Arch = None,
+) -> None:
     """Print the merged, validated configuration (what a command would run with)."""
     import yaml
 

@@ -17,7 +17,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator
 
 from assay.paths import find_root
-from models import get_entry, list_models
+from models import get_entry
 from models.base import OptimConfig, StrictModel
 from models.registry import UnknownModelError
 
@@ -136,7 +136,8 @@ class AssayConfig(StrictModel):
     fetch: FetchConfig = FetchConfig()
     prepare: PrepareConfig = PrepareConfig()
     train: TrainConfig = TrainConfig()
-    # The dataset-architecture pairs `dvc repro` trains (dvc.yaml's foreach): name -> train overrides
+    # The dataset-architecture pairs `dvc repro` trains (dvc.yaml's foreach): name -> overrides
+    # of `train`
     runs: dict[str, dict[str, Any]] = {}
     evaluate: EvaluateConfig = EvaluateConfig()
     register: RegisterConfig = RegisterConfig()
@@ -210,7 +211,9 @@ def _read_yaml(path: Path, what: str) -> dict:
     except yaml.YAMLError as e:
         raise ConfigError([f"{what} {path} is not valid YAML: {e}"]) from None
     if not isinstance(data, dict):
-        raise ConfigError([f"{what} {path}: expected a mapping of sections, got {type(data).__name__}"])
+        raise ConfigError(
+            [f"{what} {path}: expected a mapping of sections, got {type(data).__name__}"]
+        )
     return data
 
 

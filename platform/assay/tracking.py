@@ -107,16 +107,17 @@ def _wandb_env(mode: str, root: Path) -> str:
     mode = os.environ.get("WANDB_MODE") or mode
     os.environ.setdefault("WANDB_SILENT", "true")
     os.environ.setdefault("WANDB_CONSOLE", "off")
-    if mode == "online" and not (
-        os.environ.get("WANDB_API_KEY") or _netrc_has_wandb()
-    ):
+    if mode == "online" and not (os.environ.get("WANDB_API_KEY") or _netrc_has_wandb()):
         raise RuntimeError(
             "W&B online logging needs credentials: run `wandb login` or set WANDB_API_KEY, "
             "or keep tracking.wandb.mode=offline (then `wandb sync wandb/offline-run-*`)"
         )
     if mode != "online":
-        for var, sub in (("WANDB_CONFIG_DIR", "config"), ("WANDB_CACHE_DIR", "cache"),
-                         ("WANDB_DATA_DIR", "data")):  # fmt: skip
+        for var, sub in (
+            ("WANDB_CONFIG_DIR", "config"),
+            ("WANDB_CACHE_DIR", "cache"),
+            ("WANDB_DATA_DIR", "data"),
+        ):
             os.environ.setdefault(var, str(root / "wandb" / f".{sub}"))
     return mode
 
@@ -135,8 +136,14 @@ class TrackedRun:
     an artifact, ends the W&B run with exit code 1, and re-raises.
     """
 
-    def __init__(self, cfg: AssayConfig, root: Path, run_name: str, tags: dict[str, str],
-                 params: dict[str, Any]):  # fmt: skip
+    def __init__(
+        self,
+        cfg: AssayConfig,
+        root: Path,
+        run_name: str,
+        tags: dict[str, str],
+        params: dict[str, Any],
+    ):
         self.cfg, self.root, self.run_name = cfg, root, run_name
         self.tags, self.params = tags, params
         self.uri = tracking_uri(cfg.tracking, root)
@@ -152,8 +159,13 @@ class TrackedRun:
         self.experiment_id = exp_id
         try:
             self._log_params()
-            self.loggers.append(MLFlowLogger(experiment_name=self.cfg.tracking.experiment,
-                                             tracking_uri=self.uri, run_id=self.run_id))  # fmt: skip
+            self.loggers.append(
+                MLFlowLogger(
+                    experiment_name=self.cfg.tracking.experiment,
+                    tracking_uri=self.uri,
+                    run_id=self.run_id,
+                )
+            )
             wb = self.cfg.tracking.wandb
             self.wandb_id = None
             if wb.mode != "disabled":
@@ -162,12 +174,20 @@ class TrackedRun:
 
                 self.wandb_id = runid.generate_id()
                 logger = WandbLogger(
-                    name=self.run_name, project=wb.project, entity=wb.entity, id=self.wandb_id,
-                    save_dir=str(self.root), mode=mode, job_type="train",
+                    name=self.run_name,
+                    project=wb.project,
+                    entity=wb.entity,
+                    id=self.wandb_id,
+                    save_dir=str(self.root),
+                    mode=mode,
+                    job_type="train",
                     tags=[self.tags.get("dataset", ""), self.tags.get("arch", "")],
-                    config={**self.params, "mlflow_run_id": self.run_id,
-                            "mlflow_tracking_uri": self.uri},
-                )  # fmt: skip
+                    config={
+                        **self.params,
+                        "mlflow_run_id": self.run_id,
+                        "mlflow_tracking_uri": self.uri,
+                    },
+                )
                 wrun = logger.experiment  # starts the W&B run now, not at the first log
                 self.wandb_dir = str(Path(wrun.dir).parent)
                 self.client.set_tag(self.run_id, "wandb.run_id", self.wandb_id)
@@ -232,8 +252,14 @@ def reopen(run_id: str, uri: str) -> tuple[MlflowClient, Any]:
     return client, client.get_run(run_id)
 
 
-def log_wandb_summary(cfg: TrackingConfig, root: Path, wandb_id: str | None, run_name: str,
-                      metrics: dict[str, float], images: dict[str, Path]) -> None:  # fmt: skip
+def log_wandb_summary(
+    cfg: TrackingConfig,
+    root: Path,
+    wandb_id: str | None,
+    run_name: str,
+    metrics: dict[str, float],
+    images: dict[str, Path],
+) -> None:
     """Add evaluation results to a training run's W&B run (resumed by id; offline files too)."""
     if wandb_id is None or cfg.wandb.mode == "disabled":
         return
@@ -242,9 +268,16 @@ def log_wandb_summary(cfg: TrackingConfig, root: Path, wandb_id: str | None, run
         return
     import wandb
 
-    run = wandb.init(id=wandb_id, resume="allow", project=cfg.wandb.project,
-                     entity=cfg.wandb.entity, name=run_name, dir=str(root),
-                     mode=mode, job_type="train")  # fmt: skip
+    run = wandb.init(
+        id=wandb_id,
+        resume="allow",
+        project=cfg.wandb.project,
+        entity=cfg.wandb.entity,
+        name=run_name,
+        dir=str(root),
+        mode=mode,
+        job_type="train",
+    )
     try:
         run.log({**metrics, **{k: wandb.Image(str(p)) for k, p in images.items()}})
         run.summary.update(metrics)

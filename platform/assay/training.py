@@ -60,8 +60,12 @@ class History(Callback):
         if trainer.sanity_checking:
             return
         m = trainer.callback_metrics
-        self.rows.append({"epoch": trainer.current_epoch,
-                          **{k: float(m[k]) for k in ("val/loss", "val/acc") if k in m}})  # fmt: skip
+        self.rows.append(
+            {
+                "epoch": trainer.current_epoch,
+                **{k: float(m[k]) for k in ("val/loss", "val/acc") if k in m},
+            }
+        )
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         m = trainer.callback_metrics  # runs after validation: complete the epoch's row
@@ -92,27 +96,51 @@ def train(cfg: AssayConfig, root: Path | None = None) -> TrainResult:
     model = create_model(t.arch, task=dm.task, optim=t.optim(), **t.arch_config())
     entry = get_entry(t.arch)
     run_name = f"{t.key}-{time.strftime('%Y%m%d-%H%M%S')}"
-    tags = {"dataset": t.dataset, "arch": t.arch, "family": entry.family, "assay.key": t.key,
-            "params.digest": cfg.digest(), **tracking.git_info(root),
-            **tracking.data_hash(root, t.dataset)}  # fmt: skip
-    params = {"train": t.model_dump(exclude={"models"}), "model": model.config.model_dump(),
-              "data": {"dataset": t.dataset, **{f"n_{k}": v for k, v in dm.meta["counts"].items()}},
-              "prepare": cfg.prepare.model_dump(), "params_digest": cfg.digest()}  # fmt: skip
+    tags = {
+        "dataset": t.dataset,
+        "arch": t.arch,
+        "family": entry.family,
+        "assay.key": t.key,
+        "params.digest": cfg.digest(),
+        **tracking.git_info(root),
+        **tracking.data_hash(root, t.dataset),
+    }
+    params = {
+        "train": t.model_dump(exclude={"models"}),
+        "model": model.config.model_dump(),
+        "data": {"dataset": t.dataset, **{f"n_{k}": v for k, v in dm.meta["counts"].items()}},
+        "prepare": cfg.prepare.model_dump(),
+        "params_digest": cfg.digest(),
+    }
     out = output_dir(t.key, root)
-    with tracking.TrackedRun(cfg, root, run_name, tags, params) as run, \
-            atomic_dir(out / "model") as model_dir:  # fmt: skip
+    with (
+        tracking.TrackedRun(cfg, root, run_name, tags, params) as run,
+        atomic_dir(out / "model") as model_dir,
+    ):
         history = History()
-        checkpoint = ModelCheckpoint(dirpath=model_dir, filename="best", monitor="val/loss",
-                                     mode="min", save_top_k=1, auto_insert_metric_name=False)  # fmt: skip
+        checkpoint = ModelCheckpoint(
+            dirpath=model_dir,
+            filename="best",
+            monitor="val/loss",
+            mode="min",
+            save_top_k=1,
+            auto_insert_metric_name=False,
+        )
         callbacks: list[Callback] = [checkpoint, history]
         if t.early_stopping_patience > 0:
             callbacks.append(EarlyStopping("val/loss", patience=t.early_stopping_patience))
         trainer = pl.Trainer(
-            max_epochs=t.max_epochs, accelerator=t.accelerator, devices=1,
-            precision=t.precision, deterministic=t.deterministic, logger=run.loggers,
-            callbacks=callbacks, default_root_dir=model_dir, log_every_n_steps=50,
+            max_epochs=t.max_epochs,
+            accelerator=t.accelerator,
+            devices=1,
+            precision=t.precision,
+            deterministic=t.deterministic,
+            logger=run.loggers,
+            callbacks=callbacks,
+            default_root_dir=model_dir,
+            log_every_n_steps=50,
             enable_model_summary=False,
-        )  # fmt: skip
+        )
         trainer.fit(model, datamodule=dm)
         if trainer.interrupted:
             raise KeyboardInterrupt("training was interrupted")
@@ -127,13 +155,28 @@ def train(cfg: AssayConfig, root: Path | None = None) -> TrainResult:
         run.log_image("learning_curve", curve)
         atomic_write_bytes(out / "learning_curve.png", curve.read_bytes())
         curve.unlink()
-        info = {"key": t.key, "arch": t.arch, "dataset": t.dataset, "run_name": run_name,
-                "mlflow_run_id": run.run_id, "mlflow_experiment_id": run.experiment_id,
-                "mlflow_tracking_uri": run.uri, "model_uri": model_uri, "wandb_run_id": run.wandb_id,
-                "best_val": best, "epochs": trainer.current_epoch}  # fmt: skip
+        info = {
+            "key": t.key,
+            "arch": t.arch,
+            "dataset": t.dataset,
+            "run_name": run_name,
+            "mlflow_run_id": run.run_id,
+            "mlflow_experiment_id": run.experiment_id,
+            "mlflow_tracking_uri": run.uri,
+            "model_uri": model_uri,
+            "wandb_run_id": run.wandb_id,
+            "best_val": best,
+            "epochs": trainer.current_epoch,
+        }
         atomic_write_json(model_dir / "run.json", info)
-    return TrainResult(t.key, run.run_id, run.wandb_id, out / "model" / "best.ckpt", best,
-                       time.perf_counter() - started)  # fmt: skip
+    return TrainResult(
+        t.key,
+        run.run_id,
+        run.wandb_id,
+        out / "model" / "best.ckpt",
+        best,
+        time.perf_counter() - started,
+    )
 
 
 def _best_scores(checkpoint: ModelCheckpoint, history: History) -> dict[str, float]:
@@ -154,10 +197,13 @@ def _log_model(run: tracking.TrackedRun, model, dm: ImageDataModule) -> str:
     # pickle keeps our own class on load; explicit requirements spare 6-7 s of inference.
     with mlflow.start_run(run_id=run.run_id, nested=mlflow.active_run() is not None):
         logged = mlflow.pytorch.log_model(
-            net, name="model", signature=signature, input_example=example,
+            net,
+            name="model",
+            signature=signature,
+            input_example=example,
             serialization_format="pickle",
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy"],
-        )  # fmt: skip
+        )
     return logged.model_uri  # models:/<model id>: what the registry registers
 
 
@@ -177,7 +223,10 @@ def evaluate(cfg: AssayConfig, root: Path | None = None) -> EvalResult:
     model.eval()
     with torch.no_grad():
         logits = torch.cat([model(xb) for xb in torch.split(x, cfg.evaluate.batch_size)])
-    from torchmetrics.functional.classification import multiclass_accuracy, multiclass_confusion_matrix
+    from torchmetrics.functional.classification import (
+        multiclass_accuracy,
+        multiclass_confusion_matrix,
+    )
 
     k = dm.task.num_classes
     metrics = {
@@ -189,14 +238,21 @@ def evaluate(cfg: AssayConfig, root: Path | None = None) -> EvalResult:
     classes = dm.task.class_names
     rows = "".join(f"{classes[a]},{classes[p]}\n" for a, p in zip(y.numpy(), pred, strict=True))
     with tempfile.TemporaryDirectory() as tmp:
-        png = plots.confusion_matrix(cm, classes, Path(tmp) / "confusion.png",
-                                     f"{t.key}: test acc {metrics['test/acc']:.4f}")  # fmt: skip
+        png = plots.confusion_matrix(
+            cm, classes, Path(tmp) / "confusion.png", f"{t.key}: test acc {metrics['test/acc']:.4f}"
+        )
         client, _ = tracking.reopen(info["mlflow_run_id"], info["mlflow_tracking_uri"])
         for name, value in metrics.items():
             client.log_metric(info["mlflow_run_id"], name, value)
         client.log_artifact(info["mlflow_run_id"], str(png), "plots")
-        tracking.log_wandb_summary(cfg.tracking, root, info.get("wandb_run_id"),
-                                   info["run_name"], metrics, {"confusion_matrix": png})  # fmt: skip
+        tracking.log_wandb_summary(
+            cfg.tracking,
+            root,
+            info.get("wandb_run_id"),
+            info["run_name"],
+            metrics,
+            {"confusion_matrix": png},
+        )
         atomic_write_bytes(out / "confusion.csv", ("actual,predicted\n" + rows).encode())
         atomic_write_bytes(out / "confusion.png", png.read_bytes())
         atomic_write_json(out / "metrics.json", {**metrics, "n_test": int(len(y))})

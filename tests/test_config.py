@@ -1,0 +1,161 @@
+"""Configuration: merging order, overrides, and bad input failing early with a clear message."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from assay.cli import app
+from assay.config import AssayConfig, ConfigError, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def root(tmp_path) -> Path:
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    shutil.copytree(REPO / "experiments", tmp_path / "experiments")
+    return tmp_path
+
+
+def test_params_yaml_is_valid_and_is_the_default(root):
+    cfg = load_config(root=root)
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert cfg.train.lr == raw["train"]["lr"]
+    assert set(cfg.runs) == set(raw["runs"])
+    assert cfg.train.models["cnn"]["channels"] == raw["train"]["models"]["cnn"]["channels"]
+
+
+@pytest.mark.parametrize(
+    "path", sorted((REPO / "experiments").glob("*.yaml")), ids=lambda p: p.stem
+)
+def test_every_experiment_file_validates(root, path):
+    assert isinstance(load_config(path.stem, root=root), AssayConfig)
+
+
+def test_precedence_params_then_experiment_then_run_then_set(root):
+    cfg = load_config("digits-mlp", ["train.lr=0.5", "train.models.mlp.dropout=0.0"], root=root)
+    assert cfg.train.optimizer == "sgd"  # from the experiment
+    assert cfg.train.lr == 0.5  # --set beats the experiment's 0.05
+    assert cfg.train.models["mlp"]["dropout"] == 0.0
+    run = load_config(root=root).for_run("digits-cnn")
+    assert (run.train.dataset, run.train.arch, run.train.max_epochs) == ("digits", "cnn", 40)
+    assert run.train.lr == load_config(root=root).train.lr  # shared value kept
+
+
+def test_digest_is_stable_and_sensitive(root):
+    a, b = load_config(root=root), load_config(root=root)
+    assert a.digest() == b.digest()
+    assert load_config(overrides=["train.lr=0.1"], root=root).digest() != a.digest()
+
+
+# Each bad input: (--set overrides, fragments the message must contain: key path, value, allowed).
+BAD = {
+    "unknown top-level key": (["trian.lr=0.1"], ["trian", "unknown key", "train"]),
+    "unknown train key": (["train.lrr=0.1"], ["train.lrr", "unknown key", "lr"]),
+    "unknown nested key": (["tracking.wandb.moed=x"], ["tracking.wandb.moed", "mode"]),
+    "lr wrong type": (["train.lr=fast"], ["train.lr", "'fast'", "number"]),
+    "lr negative": (["train.lr=-0.1"], ["train.lr", "-0.1", "greater than 0"]),
+    "lr zero": (["train.lr=0"], ["train.lr", "greater than 0"]),
+    "epochs zero": (
+        ["train.max_epochs=0"],
+        ["train.max_epochs", "0", "greater than or equal to 1"],
+    ),
+    "epochs float": (["train.max_epochs=2.5"], ["train.max_epochs", "2.5", "integer"]),
+    "batch size list": (["train.batch_size=[1,2]"], ["train.batch_size", "[1, 2]", "integer"]),
+    "momentum one": (["train.momentum=1.0"], ["train.momentum", "1.0", "less than 1"]),
+    "unknown optimizer": (
+        ["train.optimizer=adamx"],
+        ["train.optimizer", "adamx", "'sgd'", "'rmsprop'"],
+    ),
+    "unknown scheduler": (["train.scheduler=linear"], ["train.scheduler", "linear", "cosine"]),
+    "unknown architecture": (["train.arch=resnet"], ["train.arch", "resnet", "cnn", "mlp"]),
+    "unknown dataset": (["train.dataset=cifar"], ["train.dataset", "cifar", "digits", "mnist"]),
+    "unknown activation": (
+        ["train.models.cnn.activation=swish"],
+        ["train.models.cnn.activation", "swish", "gelu"],
+    ),
+    "unknown model section": (
+        ["train.models.vgg.depth=3"],
+        ["train.models.vgg", "unknown architecture", "cnn"],
+    ),
+    "unknown model key": (
+        ["train.models.mlp.width=3"],
+        ["train.models.mlp.width", "unknown key", "hidden_sizes"],
+    ),
+    "dropout too high": (
+        ["train.models.mlp.dropout=1.5"],
+        ["train.models.mlp.dropout", "1.5", "less than 1"],
+    ),
+    "even kernel": (
+        ["train.models.cnn.kernel_size=4"],
+        ["train.models.cnn.kernel_size", "4", "odd"],
+    ),
+    "bad run entry": (
+        ["runs.digits-cnn.arch=transformerx"],
+        ["runs.digits-cnn.arch", "transformerx"],
+    ),
+    "bad precision": (["train.precision=fp8"], ["train.precision", "fp8", "bf16-mixed"]),
+    "bad wandb mode": (["tracking.wandb.mode=cloud"], ["tracking.wandb.mode", "cloud", "offline"]),
+    "bad prepare dataset": (["prepare.datasets=[digits, svhn]"], ["prepare.datasets", "svhn", "known: digits, mnist"]),
+    "val fraction": (
+        ["prepare.val_fraction=0.9"],
+        ["prepare.val_fraction", "0.9", "less than 0.5"],
+    ),
+    "set without value": (["train.lr"], ["train.lr", "KEY.PATH=VALUE"]),
+    "set into a value": (["train.lr.max=1"], ["train.lr", "not a section"]),
+}
+
+
+@pytest.mark.parametrize("overrides,fragments", BAD.values(), ids=BAD.keys())
+def test_bad_config_names_path_value_and_allowed(root, overrides, fragments):
+    with pytest.raises(ConfigError) as info:
+        load_config(overrides=overrides, root=root)
+    message = str(info.value)
+    for fragment in fragments:
+        assert fragment in message, f"{fragment!r} missing from:\n{message}"
+
+
+def test_every_problem_reported_at_once(root):
+    with pytest.raises(ConfigError) as info:
+        load_config(overrides=["train.lr=-1", "train.optimizer=nope", "train.foo=1"], root=root)
+    assert len(info.value.problems) == 3
+
+
+def test_bad_experiment_and_params_files(root):
+    with pytest.raises(ConfigError, match="not found; known: .*mnist-cnn"):
+        load_config("no-such-experiment", root=root)
+    (root / "experiments" / "broken.yaml").write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config("broken", root=root)
+    (root / "experiments" / "scalar.yaml").write_text("just a string\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_config("scalar", root=root)
+
+
+def test_unknown_run_lists_the_defined_ones(root):
+    with pytest.raises(ConfigError, match="runs.nope: no such run.*digits-mlp"):
+        load_config(root=root).for_run("nope")
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "register"])
+def test_cli_rejects_bad_config_before_any_work(root, monkeypatch, command):
+    """Exit code 2, the message on stderr, and nothing written: no data, outputs or stores."""
+    monkeypatch.chdir(root)
+    before = sorted(p.name for p in root.iterdir())
+    result = CliRunner().invoke(app, [command, "--set", "train.lr=-3"])
+    assert result.exit_code == 2
+    assert "train.lr: got -3" in result.stderr
+    assert sorted(p.name for p in root.iterdir()) == before
+
+
+def test_cli_config_prints_the_merged_config(root, monkeypatch):
+    monkeypatch.chdir(root)
+    result = CliRunner().invoke(app, ["config", "--run", "mnist-cnn", "--set", "train.lr=0.02"])
+    assert result.exit_code == 0, result.output
+    shown = yaml.safe_load(result.stdout)
+    assert shown["train"]["lr"] == 0.02 and shown["train"]["arch"] == "cnn"

@@ -1,0 +1,119 @@
+"""The real pipeline: DVC in a temporary git repo runs `dvc repro` with a tiny preset, end to end,
+into a real MLflow store and W&B offline files."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def _run(cmd: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, (
+        f"{' '.join(cmd)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    )
+    return done
+
+
+@pytest.fixture
+def repo(tmp_path) -> Path:
+    repo = tmp_path / "repo"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for item in ("dvc.yaml", ".dvcignore", ".gitignore"):
+        shutil.copy(REPO / item, repo / item if repo.exists() else _mk(repo) / item)
+    for folder in ("experiments", "models", "platform"):
+        shutil.copytree(REPO / folder, repo / folder, ignore=ignore)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["prepare"]["datasets"] = ["digits"]
+    params["runs"] = {
+        "digits-cnn_tiny": {
+            "dataset": "digits",
+            "arch": "cnn_tiny",
+            "max_epochs": 3,
+            "batch_size": 64,
+        }
+    }
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _run(["git", "init", "-q"], repo)
+    _run(["git", "config", "user.email", "test@assay.local"], repo)
+    _run(["git", "config", "user.name", "assay test"], repo)
+    _run(["dvc", "init", "-q"], repo)
+    _run(["dvc", "config", "core.analytics", "false"], repo)
+    _run(["git", "add", "-A"], repo)
+    _run(["git", "commit", "-qm", "tiny pipeline"], repo)
+    return repo
+
+
+def _mk(path: Path) -> Path:
+    path.mkdir(parents=True)
+    return path
+
+
+def test_dvc_repro_end_to_end(repo):
+    _run(["dvc", "repro"], repo)
+
+    # DVC metrics: test/acc for the run
+    shown = json.loads(_run(["dvc", "metrics", "show", "--json"], repo).stdout)
+    metrics = next(iter(shown.values()))["data"]["outputs/digits-cnn_tiny/metrics.json"]["data"]
+    assert 0.1 < metrics["test/acc"] <= 1.0
+
+    # MLflow: the run, with the data hash DVC recorded; the registered champion
+    uri = f"sqlite:///{repo / 'mlflow.db'}"
+    client = MlflowClient(uri, registry_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("assay").experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    data_md5 = lock["stages"]["prepare@digits"]["outs"][0]["md5"]
+    assert runs[0].data.tags["dvc.data_hash"] == data_md5
+    assert runs[0].data.tags["git.dirty"] == "false"
+    assert runs[0].data.metrics["test/acc"] == pytest.approx(metrics["test/acc"])
+    champion = client.get_model_version_by_alias("digits-cnn_tiny", "champion")
+    assert champion.version == "1" and champion.run_id == runs[0].info.run_id
+    assert list((repo / "wandb").glob(f"offline-run-*-{runs[0].data.tags['wandb.run_id']}"))
+
+    # Nothing changed: a no-op, fast
+    started = time.perf_counter()
+    done = _run(["dvc", "repro"], repo)
+    assert "up to date" in done.stdout
+    assert time.perf_counter() - started < 10
+
+    # A DVC experiment with a changed param retrains, evaluates and registers v2
+    _run(["dvc", "exp", "run", "-S", "train.lr=0.01"], repo)
+    runs = client.search_runs([client.get_experiment_by_name("assay").experiment_id])
+    assert len(runs) == 2
+    assert sorted(r.data.params["train.lr"] for r in runs) == sorted(
+        ["0.01", str(yaml.safe_load((REPO / "params.yaml").read_text())["train"]["lr"])]
+    )
+    assert len(client.search_model_versions("name='digits-cnn_tiny'")) == 2
+
+
+def test_bad_params_stop_the_pipeline_before_any_output(repo):
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["train"]["optimizer"] = "adamx"
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    done = subprocess.run(
+        ["dvc", "repro", "train@digits-cnn_tiny"],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode != 0
+    assert "train.optimizer: got 'adamx'" in done.stdout + done.stderr
+    assert not (repo / "outputs").exists() and not (repo / "mlflow.db").exists()

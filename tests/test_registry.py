@@ -1,0 +1,110 @@
+"""The champion gate in a real MLflow registry, and `assay predict` on what it holds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+from typer.testing import CliRunner
+
+from assay.cli import app
+from assay.registry import better, register
+from assay.training import evaluate, train
+from tests.conftest import tiny_config
+
+
+def _train_eval_register(project, **train_cfg):
+    cfg = tiny_config(project, arch="cnn_tiny", wandb="disabled", **train_cfg)
+    train(cfg, project)
+    score = evaluate(cfg, project).metrics["test/acc"]
+    return score, register(cfg, project)
+
+
+def test_gate_promotes_first_and_better_refuses_worse(project):
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    client = MlflowClient(uri, registry_uri=uri)
+    # v1: barely trained -> champion by default
+    weak, d1 = _train_eval_register(
+        project, max_epochs=1, lr=1e-4, optimizer="sgd", scheduler="none"
+    )
+    assert d1.promoted and d1.version == "1" and d1.champion_before is None
+    # v2: trained properly -> beats v1
+    strong, d2 = _train_eval_register(project, max_epochs=15, lr=0.01)
+    assert strong > weak + 0.2, (weak, strong)
+    assert d2.promoted and d2.champion_before == "1"
+    # v3: weak again -> refused; champion stays v2, candidate moves to v3
+    _, d3 = _train_eval_register(project, max_epochs=1, lr=1e-4, optimizer="sgd", scheduler="none")
+    assert not d3.promoted and "does not beat" in d3.reason
+
+    name = "digits-cnn_tiny"
+    assert client.get_model_version_by_alias(name, "champion").version == "2"
+    assert client.get_model_version_by_alias(name, "candidate").version == "3"
+    versions = client.search_model_versions(f"name='{name}'")
+    assert len(versions) == 3
+    champion = client.get_model_version(name, "2")
+    assert float(champion.tags["test/acc"]) == pytest.approx(strong)
+    assert (project / "outputs/digits-cnn_tiny/registration.json").exists()
+
+
+@pytest.mark.parametrize(
+    "value,than,mode,expected",
+    [
+        (0.9, None, "max", True),
+        (0.9, 0.8, "max", True),
+        (0.8, 0.8, "max", False),
+        (0.7, 0.8, "max", False),
+        (0.5, 0.8, "min", True),
+        (0.9, 0.8, "min", False),
+    ],
+)
+def test_better_respects_direction(value, than, mode, expected):
+    assert better(value, than, mode) is expected
+
+
+def test_predict_with_champion_and_clear_errors(project, monkeypatch):
+    _train_eval_register(project, max_epochs=10, lr=0.01)
+    monkeypatch.chdir(project)
+    test = np.load(project / "data/digits/test.npz")
+    x, y = test["x"][:50].astype(np.float32) / 16, test["y"][:50]
+    runner = CliRunner()
+
+    for arr in (x, x[:, 0], x.reshape(50, -1)):  # (N,1,8,8), (N,8,8), (N,64) all accepted
+        np.save(project / "x.npy", arr)
+        result = runner.invoke(
+            app,
+            [
+                "predict",
+                "-m",
+                "models:/digits-cnn_tiny@champion",
+                "-i",
+                "x.npy",
+                "--output",
+                "p.csv",
+            ],
+        )
+        assert result.exit_code == 0, result.output
+        pred = np.loadtxt(project / "p.csv", delimiter=",", skiprows=1)[:, 1]
+        assert (pred == y).mean() > 0.6
+
+    np.save(project / "bad.npy", np.zeros((3, 5, 5), np.float32))
+    result = runner.invoke(
+        app, ["predict", "-m", "models:/digits-cnn_tiny@champion", "-i", "bad.npy"]
+    )
+    assert result.exit_code == 2 and "does not fit the model's input (N, 1, 8, 8)" in result.stderr
+
+    np.save(project / "txt.npy", np.array([["a"] * 64]))
+    result = runner.invoke(
+        app, ["predict", "-m", "models:/digits-cnn_tiny@champion", "-i", "txt.npy"]
+    )
+    assert result.exit_code == 2 and "not numeric" in result.stderr
+
+    np.save(project / "x.npy", x)
+    result = runner.invoke(app, ["predict", "-m", "models:/nope@champion", "-i", "x.npy"])
+    assert result.exit_code == 2
+    assert "cannot load model models:/nope@champion" in result.stderr
+    assert "registered models: digits-cnn_tiny" in result.stderr
+
+    result = runner.invoke(
+        app, ["predict", "-m", "models:/digits-cnn_tiny@champion", "-i", "no.npy"]
+    )
+    assert result.exit_code == 2 and "no.npy does not exist" in result.stderr

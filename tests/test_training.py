@@ -1,0 +1,130 @@
+"""Training, tracked for real: an MLflow store in tmp_path checked through MlflowClient, and W&B's
+offline run files on disk."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from assay.training import evaluate, train
+from tests.conftest import tiny_config
+
+
+def _client(root):
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    return MlflowClient(uri, registry_uri=uri)
+
+
+def test_train_logs_one_run_to_mlflow_and_wandb(project):
+    cfg = tiny_config(project, max_epochs=3)
+    result = train(cfg, project)
+    run = _client(project).get_run(result.run_id)
+
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name.startswith("digits-cnn_tiny-")
+    # params, flattened
+    assert run.data.params["train.lr"] == str(cfg.train.lr)
+    assert run.data.params["model.channels"] == "[4, 8]"
+    assert run.data.params["data.n_train"] == str(
+        json.loads((project / "data/digits/meta.json").read_text())["counts"]["train"]
+    )
+    # per-epoch metrics: one val/acc value per epoch
+    history = _client(project).get_metric_history(result.run_id, "val/acc")
+    assert len(history) == 3
+    assert {"train/loss", "val/loss", "val/acc", "best_val/acc"} <= set(run.data.metrics)
+    # provenance tags
+    tags = run.data.tags
+    assert tags["git.dirty"] in ("true", "false")
+    assert "mlflow.source.git.commit" in tags
+    assert len(tags["dvc.data_hash"]) == 32 and tags["params.digest"] == cfg.digest()
+    # artifacts
+    files = {a.path for a in _client(project).list_artifacts(result.run_id)}
+    assert {"checkpoints", "plots"} <= files
+    plots = {a.path for a in _client(project).list_artifacts(result.run_id, "plots")}
+    assert "plots/learning_curve.png" in plots
+    info = json.loads((project / "outputs/digits-cnn_tiny/model/run.json").read_text())
+    assert info["model_uri"].startswith("models:/")
+
+    # W&B: a real offline run, naming the MLflow run, and the MLflow run naming it
+    assert tags["wandb.run_id"] == result.wandb_id
+    run_dirs = list((project / "wandb").glob(f"offline-run-*-{result.wandb_id}"))
+    assert len(run_dirs) == 1 and (run_dirs[0] / f"run-{result.wandb_id}.wandb").stat().st_size > 0
+    # W&B's offline transaction log (protobuf records): the config names the MLflow run and
+    # the history holds the same metric keys.
+    records = (run_dirs[0] / f"run-{result.wandb_id}.wandb").read_bytes()
+    for needle in (result.run_id, "mlflow_run_id", "val/acc", "train/loss", run.info.run_name):
+        assert needle.encode() in records, needle
+
+    # outputs the DVC stage declares
+    out = project / "outputs/digits-cnn_tiny"
+    assert (out / "model/best.ckpt").exists()
+    assert (out / "history.csv").read_text().count("\n") == 4  # header + 3 epochs
+    assert (out / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_logged_model_has_signature_and_predicts(project):
+    import mlflow
+
+    result = train(tiny_config(project, wandb="disabled"), project)
+    uri = f"runs:/{result.run_id}/model"
+    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
+    info = json.loads((project / "outputs/digits-cnn_tiny/model/run.json").read_text())
+    model_info = mlflow.models.get_model_info(info["model_uri"])
+    assert list(model_info.signature.inputs.inputs[0].shape) == [-1, 1, 8, 8]
+    model = mlflow.pytorch.load_model(info["model_uri"])
+    x = np.load(project / "data/digits/test.npz")["x"][:5].astype(np.float32) / 16
+    import torch
+
+    probs = model(torch.from_numpy(x)).detach().numpy()
+    assert probs.shape == (5, 10) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    del uri
+
+
+def test_evaluate_writes_dvc_metrics_and_adds_them_to_the_run(project):
+    cfg = tiny_config(project, max_epochs=8, arch="mlp_tiny", lr=0.01)
+    result = train(cfg, project)
+    scores = evaluate(cfg, project).metrics
+    out = project / "outputs/digits-mlp_tiny"
+    written = json.loads((out / "metrics.json").read_text())
+    assert written["test/acc"] == pytest.approx(scores["test/acc"])
+    assert written["n_test"] == 360
+    assert (
+        0.5 < scores["test/acc"] <= 1.0
+    )  # a real score: 8 epochs of a tiny MLP, well above chance
+    run = _client(project).get_run(result.run_id)
+    assert run.data.metrics["test/acc"] == pytest.approx(scores["test/acc"])
+    assert run.info.status == "FINISHED"
+    lines = (out / "confusion.csv").read_text().splitlines()
+    assert lines[0] == "actual,predicted" and len(lines) == 361
+    agree = sum(a == p for a, p in (ln.split(",") for ln in lines[1:])) / 360
+    assert agree == pytest.approx(scores["test/acc"])
+
+
+def test_crash_ends_failed_and_leaves_no_half_output(project):
+    """A run that breaks mid-training ends FAILED (never RUNNING), keeps the traceback, and writes
+    no outputs; the error reaches the caller."""
+    (project / "data/digits/train.npz").write_bytes(b"not a numpy file")  # read inside fit()
+    with pytest.raises(Exception, match="pickle|numpy|load"):
+        train(tiny_config(project), project)
+    client = _client(project)
+    runs = client.search_runs([client.get_experiment_by_name("assay").experiment_id])
+    assert len(runs) == 1
+    assert runs[0].info.status == "FAILED"
+    assert "error" in runs[0].data.tags
+    assert not (project / "outputs/digits-cnn_tiny/model").exists()
+    assert not list((project / "outputs/digits-cnn_tiny").glob(".*"))  # no scratch folders left
+    assert list((project / "wandb").glob("offline-run-*"))  # the W&B run exists and was closed
+
+
+def test_missing_data_is_a_clear_error_before_any_run(tmp_path):
+    import shutil
+
+    from tests.conftest import REPO
+
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    with pytest.raises(FileNotFoundError, match=r"not prepared: run `dvc repro prepare@digits`"):
+        train(tiny_config(tmp_path), tmp_path)
+    assert not (tmp_path / "mlflow.db").exists()

@@ -82,7 +82,7 @@ def test_dvc_repro_end_to_end(repo):
     assert runs[0].data.tags["git.dirty"] == "false"
     assert runs[0].data.metrics["test/acc"] == pytest.approx(metrics["test/acc"])
     champion = client.get_model_version_by_alias("digits-cnn_tiny", "champion")
-    assert champion.version == "1" and champion.run_id == runs[0].info.run_id
+    assert str(champion.version) == "1" and champion.run_id == runs[0].info.run_id
     assert list((repo / "wandb").glob(f"offline-run-*-{runs[0].data.tags['wandb.run_id']}"))
 
     # Nothing changed: a no-op, fast

@@ -37,8 +37,8 @@ def test_gate_promotes_first_and_better_refuses_worse(project):
     assert not d3.promoted and "does not beat" in d3.reason
 
     name = "digits-cnn_tiny"
-    assert client.get_model_version_by_alias(name, "champion").version == "2"
-    assert client.get_model_version_by_alias(name, "candidate").version == "3"
+    assert str(client.get_model_version_by_alias(name, "champion").version) == "2"
+    assert str(client.get_model_version_by_alias(name, "candidate").version) == "3"
     versions = client.search_model_versions(f"name='{name}'")
     assert len(versions) == 3
     champion = client.get_model_version(name, "2")

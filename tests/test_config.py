@@ -101,7 +101,10 @@ BAD = {
     ),
     "bad precision": (["train.precision=fp8"], ["train.precision", "fp8", "bf16-mixed"]),
     "bad wandb mode": (["tracking.wandb.mode=cloud"], ["tracking.wandb.mode", "cloud", "offline"]),
-    "bad prepare dataset": (["prepare.datasets=[digits, svhn]"], ["prepare.datasets", "svhn", "known: digits, mnist"]),
+    "bad prepare dataset": (
+        ["prepare.datasets=[digits, svhn]"],
+        ["prepare.datasets", "svhn", "known: digits, mnist"],
+    ),
     "val fraction": (
         ["prepare.val_fraction=0.9"],
         ["prepare.val_fraction", "0.9", "less than 0.5"],

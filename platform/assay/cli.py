@@ -65,13 +65,17 @@ def _config(experiment=None, sets=None, run=None, dataset=None, arch=None):
         _fail(str(e))
 
 
-def _user_errors():
-    """Errors that are the user's to fix: a message, no traceback."""
+def _guarded(fn, *args, also: tuple[type[Exception], ...] = ()):
+    """Call `fn`; errors that are the user's to fix become a message and exit code 2, no traceback.
+    Anything else propagates with its traceback: that is a bug or a crash worth seeing whole."""
     from assay.config import ConfigError
     from assay.predict import PredictError
     from models.registry import UnknownModelError
 
-    return (ConfigError, PredictError, UnknownModelError, FileNotFoundError)
+    try:
+        return fn(*args)
+    except (ConfigError, PredictError, UnknownModelError, FileNotFoundError, *also) as e:
+        _fail(str(e))
 
 
 @app.command()
@@ -81,10 +85,7 @@ def fetch(dataset: Annotated[str, typer.Argument(help="digits or mnist")]) -> No
     from assay.paths import find_root
 
     cfg = _config()
-    try:
-        path = do_fetch(dataset, cfg.fetch, find_root())
-    except (*_user_errors(), ValueError) as e:
-        _fail(str(e))
+    path = _guarded(do_fetch, dataset, cfg.fetch, find_root(), also=(ValueError,))
     out.print(f"fetched {dataset} -> {path}")
 
 
@@ -97,10 +98,7 @@ def prepare(dataset: Annotated[str, typer.Argument(help="digits or mnist")]) -> 
     cfg = _config()
     if dataset not in cfg.prepare.datasets:
         _fail(f"prepare.datasets is {cfg.prepare.datasets}; {dataset!r} is not among them")
-    try:
-        path = do_prepare(dataset, cfg.prepare, find_root())
-    except _user_errors() as e:
-        _fail(str(e))
+    path = _guarded(do_prepare, dataset, cfg.prepare, find_root())
     out.print(f"prepared {dataset} -> {path}")
 
 
@@ -116,10 +114,7 @@ def train(
     from assay.training import train as do_train
 
     cfg = _config(experiment, sets, run, dataset, arch)
-    try:
-        result = do_train(cfg)
-    except _user_errors() as e:
-        _fail(str(e))
+    result = _guarded(do_train, cfg)
     scores = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
     out.print(
         f"trained {result.key} in {result.seconds:.0f} s: {scores}; "
@@ -139,10 +134,7 @@ def evaluate(
     from assay.training import evaluate as do_evaluate
 
     cfg = _config(experiment, sets, run, dataset, arch)
-    try:
-        result = do_evaluate(cfg)
-    except _user_errors() as e:
-        _fail(str(e))
+    result = _guarded(do_evaluate, cfg)
     out.print(f"{result.key}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items()))
 
 
@@ -158,10 +150,7 @@ def register(
     from assay.registry import register as do_register
 
     cfg = _config(experiment, sets, run, dataset, arch)
-    try:
-        d = do_register(cfg)
-    except (*_user_errors(), KeyError) as e:
-        _fail(str(e))
+    d = _guarded(do_register, cfg, also=(KeyError,))
     verdict = "[green]promoted to champion[/]" if d.promoted else "[yellow]kept as candidate[/]"
     out.print(f"{d.name} v{d.version}: {verdict}: {d.reason}")
 
@@ -192,10 +181,7 @@ def predict(
     from assay.predict import load_input
     from assay.predict import predict as do_predict
 
-    try:
-        probs = do_predict(model, load_input(input), find_root())
-    except _user_errors() as e:
-        _fail(str(e))
+    probs = _guarded(lambda: do_predict(model, load_input(input), find_root()))
     pred, conf = probs.argmax(1), probs.max(1)
     table = Table("index", "predicted", "probability", title=f"{model} on {input}")
     for i in range(min(limit, len(pred))):

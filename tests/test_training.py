@@ -68,8 +68,7 @@ def test_train_logs_one_run_to_mlflow_and_wandb(project):
 def test_logged_model_has_signature_and_predicts(project):
     import mlflow
 
-    result = train(tiny_config(project, wandb="disabled"), project)
-    uri = f"runs:/{result.run_id}/model"
+    train(tiny_config(project, wandb="disabled"), project)
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
     info = json.loads((project / "outputs/digits-cnn_tiny/model/run.json").read_text())
     model_info = mlflow.models.get_model_info(info["model_uri"])
@@ -80,7 +79,6 @@ def test_logged_model_has_signature_and_predicts(project):
 
     probs = model(torch.from_numpy(x)).detach().numpy()
     assert probs.shape == (5, 10) and np.allclose(probs.sum(1), 1, atol=1e-5)
-    del uri
 
 
 def test_evaluate_writes_dvc_metrics_and_adds_them_to_the_run(project):

@@ -260,12 +260,11 @@ def validate(raw: dict) -> AssayConfig:
             problems.append(f"runs.{name}: expected a mapping of train settings, got {override!r}")
             continue
         try:
-            merged = TrainConfig.model_validate(_deep_merge(train_raw, override))
+            TrainConfig.model_validate(_deep_merge(train_raw, override))
         except ValidationError as e:
             problems += _describe(e, TrainConfig, prefix=f"runs.{name}")
             continue
         problems += _check_arch_configs(override.get("models", {}), f"runs.{name}.models")
-        del merged
     if problems:
         raise ConfigError(problems)
     return cfg

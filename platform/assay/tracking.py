@@ -246,12 +246,6 @@ class TrackedRun:
             self.wandb.finish(exit_code=1 if failed else 0)
 
 
-def reopen(run_id: str, uri: str) -> tuple[MlflowClient, Any]:
-    """The MLflow client and run of a finished training run, to add evaluation results."""
-    client = ensure_store(uri)
-    return client, client.get_run(run_id)
-
-
 def log_wandb_summary(
     cfg: TrackingConfig,
     root: Path,

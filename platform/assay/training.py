@@ -96,12 +96,13 @@ def train(cfg: AssayConfig, root: Path | None = None) -> TrainResult:
     model = create_model(t.arch, task=dm.task, optim=t.optim(), **t.arch_config())
     entry = get_entry(t.arch)
     run_name = f"{t.key}-{time.strftime('%Y%m%d-%H%M%S')}"
+    digest = cfg.digest()
     tags = {
         "dataset": t.dataset,
         "arch": t.arch,
         "family": entry.family,
         "assay.key": t.key,
-        "params.digest": cfg.digest(),
+        "params.digest": digest,
         **tracking.git_info(root),
         **tracking.data_hash(root, t.dataset),
     }
@@ -110,12 +111,13 @@ def train(cfg: AssayConfig, root: Path | None = None) -> TrainResult:
         "model": model.config.model_dump(),
         "data": {"dataset": t.dataset, **{f"n_{k}": v for k, v in dm.meta["counts"].items()}},
         "prepare": cfg.prepare.model_dump(),
-        "params_digest": cfg.digest(),
+        "params_digest": digest,
     }
     out = output_dir(t.key, root)
     with (
         tracking.TrackedRun(cfg, root, run_name, tags, params) as run,
         atomic_dir(out / "model") as model_dir,
+        tempfile.TemporaryDirectory() as scratch,
     ):
         history = History()
         checkpoint = ModelCheckpoint(
@@ -144,17 +146,15 @@ def train(cfg: AssayConfig, root: Path | None = None) -> TrainResult:
         trainer.fit(model, datamodule=dm)
         if trainer.interrupted:
             raise KeyboardInterrupt("training was interrupted")
-        best = {k: float(v) for k, v in _best_scores(checkpoint, history).items()}
+        best = _best_scores(history)
         run.log_metrics({f"best_{k}": v for k, v in best.items()})
         # The best weights, not the last: log them as the MLflow model.
         best_model = type(model).load_from_checkpoint(checkpoint.best_model_path).cpu().eval()
         model_uri = _log_model(run, best_model, dm)
         run.log_artifact(Path(checkpoint.best_model_path), "checkpoints")
-        atomic_write_bytes(out / "history.csv", history.csv())
-        curve = plots.learning_curve(history.rows, model_dir / "learning_curve.png", run_name)
+        curve = plots.learning_curve(history.rows, Path(scratch) / "learning_curve.png", run_name)
         run.log_image("learning_curve", curve)
-        atomic_write_bytes(out / "learning_curve.png", curve.read_bytes())
-        curve.unlink()
+        curve_png = curve.read_bytes()
         info = {
             "key": t.key,
             "arch": t.arch,
@@ -169,6 +169,9 @@ def train(cfg: AssayConfig, root: Path | None = None) -> TrainResult:
             "epochs": trainer.current_epoch,
         }
         atomic_write_json(model_dir / "run.json", info)
+    # Only once the run has succeeded: a failure above leaves none of the stage's outputs behind.
+    atomic_write_bytes(out / "history.csv", history.csv())
+    atomic_write_bytes(out / "learning_curve.png", curve_png)
     return TrainResult(
         t.key,
         run.run_id,
@@ -179,9 +182,10 @@ def train(cfg: AssayConfig, root: Path | None = None) -> TrainResult:
     )
 
 
-def _best_scores(checkpoint: ModelCheckpoint, history: History) -> dict[str, float]:
+def _best_scores(history: History) -> dict[str, float]:
+    """The validation metrics of the epoch ModelCheckpoint kept (lowest val/loss)."""
     best_epoch = min(history.rows, key=lambda r: r.get("val/loss", np.inf))
-    return {k: v for k, v in best_epoch.items() if k.startswith("val/")}
+    return {k: float(v) for k, v in best_epoch.items() if k.startswith("val/")}
 
 
 def _log_model(run: tracking.TrackedRun, model, dm: ImageDataModule) -> str:
@@ -241,7 +245,7 @@ def evaluate(cfg: AssayConfig, root: Path | None = None) -> EvalResult:
         png = plots.confusion_matrix(
             cm, classes, Path(tmp) / "confusion.png", f"{t.key}: test acc {metrics['test/acc']:.4f}"
         )
-        client, _ = tracking.reopen(info["mlflow_run_id"], info["mlflow_tracking_uri"])
+        client = tracking.ensure_store(info["mlflow_tracking_uri"])
         for name, value in metrics.items():
             client.log_metric(info["mlflow_run_id"], name, value)
         client.log_artifact(info["mlflow_run_id"], str(png), "plots")

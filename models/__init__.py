@@ -1,6 +1,6 @@
 """Assay's architectures. Every model module is imported here so that it registers itself."""
 
-from models import cnn, mlp  # noqa: F401  (imported to register)
+from models import autoencoder, cnn, gan, mlp, recommender, rnn, transformer  # noqa: F401
 from models.base import OptimConfig, Task
 from models.registry import create_model, get_entry, list_models, register_model
 

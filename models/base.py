@@ -1,7 +1,7 @@
-"""What every architecture shares: the data task it serves, the optimiser config, the classifier.
+"""What every architecture shares: the data task it serves, the optimiser config, the module.
 
 A model file keeps the anatomy of STYLE.md: a pydantic `Config`, the plain `nn.Module`, the
-LightningModule that wraps it (subclassing `ImageClassifier` here), then its registered presets.
+LightningModule that wraps it (subclassing `AssayModule` here), then its registered presets.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
+from torchmetrics import MeanAbsoluteError, MeanSquaredError
 from torchmetrics.classification import MulticlassAccuracy
 
 Activation = Literal["relu", "sigmoid", "tanh", "gelu"]
@@ -30,13 +31,42 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class Task(StrictModel):
-    """What the data gives a model: input shape of one example and the classes."""
+Kind = Literal["image", "text", "timeseries", "tabular", "ratings"]
+Objective = Literal[
+    "classification", "forecast", "reconstruction", "anomaly", "generation", "rating"
+]
 
-    kind: Literal["classification"] = "classification"
-    in_shape: tuple[int, ...]  # one example, e.g. (1, 28, 28)
-    num_classes: int = Field(ge=2)
+# The test metric each objective's champion gate compares, and which way is better.
+PRIMARY_METRIC: dict[str, tuple[str, Literal["max", "min"]]] = {
+    "classification": ("test/acc", "max"),
+    "forecast": ("test/rmse", "min"),
+    "reconstruction": ("test/mse", "min"),
+    "anomaly": ("test/roc_auc", "max"),
+    "generation": ("test/fd", "min"),
+    "rating": ("test/rmse", "min"),
+}
+
+
+class Task(StrictModel):
+    """What the data gives a model. Only the fields of its kind are set:
+    image/tabular: in_shape (+ classes); text: vocab_size, max_len, classes; timeseries: in_shape
+    (window, features), horizon, target feature; ratings: n_users, n_items, rating range.
+    `mean`/`std` (per input feature, from the training split) let a model take raw units."""
+
+    kind: Kind = "image"
+    in_shape: tuple[int, ...] = ()  # one example, e.g. (1, 28, 28); (window, features)
+    num_classes: int = Field(0, ge=0)
     class_names: list[str] = []
+    vocab_size: int = Field(0, ge=0)
+    pad_id: int = 0
+    horizon: int = Field(0, ge=0)
+    season: int = Field(0, ge=0)  # the seasonal period of a series, in steps
+    target_index: int = 0  # the forecast feature's column
+    n_users: int = Field(0, ge=0)
+    n_items: int = Field(0, ge=0)
+    rating_range: tuple[float, float] = (0.0, 0.0)
+    mean: list[float] = []
+    std: list[float] = []
 
 
 class OptimConfig(StrictModel):
@@ -48,6 +78,7 @@ class OptimConfig(StrictModel):
     scheduler: Literal["none", "cosine", "step", "onecycle"] = "none"
     step_size: int = Field(5, ge=1, description="epochs between decays, scheduler=step")
     gamma: float = Field(0.1, gt=0, le=1, description="decay factor, scheduler=step")
+    grad_clip: float = Field(0.0, ge=0, description="clip gradient norm to this; 0 = off")
 
 
 def make_optimizer(params, cfg: OptimConfig) -> torch.optim.Optimizer:
@@ -63,12 +94,20 @@ def make_optimizer(params, cfg: OptimConfig) -> torch.optim.Optimizer:
     return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-class ImageClassifier(pl.LightningModule):
-    """Softmax classifier over images (B, C, H, W); subclasses supply `Config` and `build_net`."""
+class AssayModule(pl.LightningModule):
+    """What every architecture shares: config, data task, optimiser, steps and metrics.
+
+    A subclass gives `Config` (pydantic), `OBJECTIVES` (data kind -> objective, e.g. an LSTM:
+    {"text": "classification", "timeseries": "forecast"}) and `build_net()`, a plain `nn.Module`
+    that takes raw inputs and returns logits, forecasts or ratings. The objective picks the loss
+    and the logged metrics here; families with their own training loop (autoencoders, the GAN)
+    override the steps. Nothing here knows about MLflow, W&B, DVC or Ray.
+    """
 
     Config: ClassVar[type[StrictModel]]
-    # The metric the registry's champion gate compares, and which way is better.
-    primary_metric: ClassVar[tuple[str, Literal["max", "min"]]] = ("test/acc", "max")
+    OBJECTIVES: ClassVar[dict[str, str]] = {}
+    # What ModelCheckpoint and EarlyStopping watch, and which way is better.
+    monitor: ClassVar[tuple[str, Literal["max", "min"]]] = ("val/loss", "min")
 
     def __init__(self, config: Any, task: Any, optim: Any = None):
         super().__init__()
@@ -76,6 +115,12 @@ class ImageClassifier(pl.LightningModule):
         self.config = self.Config.model_validate(config)
         self.task = Task.model_validate(task)
         self.optim = OptimConfig.model_validate(optim or {})
+        if self.task.kind not in self.OBJECTIVES:
+            raise ValueError(
+                f"{type(self).__name__} trains on {', '.join(self.OBJECTIVES)} data, "
+                f"not {self.task.kind}"
+            )
+        self.objective: str = self.OBJECTIVES[self.task.kind]
         self.save_hyperparameters(
             {
                 "config": self.config.model_dump(),
@@ -85,28 +130,54 @@ class ImageClassifier(pl.LightningModule):
             logger=False,
         )
         self.net = self.build_net()
-        k = self.task.num_classes
-        self.acc = nn.ModuleDict({s: MulticlassAccuracy(k) for s in ("train_", "val_", "test_")})
-        self.example_input_array = torch.zeros(2, *self.task.in_shape)
+        self.metrics = nn.ModuleDict(
+            {s: m for s in ("train_", "val_", "test_") if (m := self._metric()) is not None}
+        )
 
-    def build_net(self) -> nn.Module:  # (B, *in_shape) -> logits (B, K)
+    @property
+    def primary_metric(self) -> tuple[str, str]:
+        return PRIMARY_METRIC[self.objective]
+
+    def build_net(self) -> nn.Module:
         raise NotImplementedError
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.net(*inputs)
+
+    # ---------------------------------------------------------------------------------- steps
+    def _metric(self):
+        if self.objective == "classification":
+            return MulticlassAccuracy(self.task.num_classes)
+        if self.objective == "forecast":
+            return MeanAbsoluteError()  # raw units (GW for electricity demand)
+        if self.objective == "rating":
+            return MeanSquaredError(squared=False)
+        return None
 
     def _l1(self) -> torch.Tensor:
         # Weights only: biases and norm scales are not what an L1 penalty is meant to sparsify.
         return sum(p.abs().sum() for n, p in self.named_parameters() if p.ndim > 1)
 
+    def _loss(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.objective == "classification":
+            return F.cross_entropy(out, target)
+        if self.objective == "forecast":  # in standard units, so the scale of the data is moot
+            scale = self.task.std[self.task.target_index]
+            return F.mse_loss(out / scale, target / scale)
+        return F.mse_loss(out, target)
+
     def _step(self, batch, stage: str) -> torch.Tensor:
-        x, y = batch
-        logits = self(x)
-        loss = F.cross_entropy(logits, y)
-        self.acc[stage + "_"](logits, y)
-        on_step = False
-        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True)
-        self.log(f"{stage}/acc", self.acc[stage + "_"], on_epoch=True, prog_bar=stage != "train")
+        *inputs, target = batch
+        out = self(*inputs)
+        loss = self._loss(out, target)
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=True)
+        if stage + "_" in self.metrics:
+            metric = self.metrics[stage + "_"]
+            metric(out, target)
+            name = {"classification": "acc", "forecast": "mae", "rating": "rmse"}[self.objective]
+            self.log(
+                f"{stage}/{name}", metric, on_step=False, on_epoch=True, prog_bar=stage != "train"
+            )
         if stage == "train" and self.optim.l1 > 0:
             loss = loss + self.optim.l1 * self._l1()
         return loss
@@ -121,14 +192,18 @@ class ImageClassifier(pl.LightningModule):
         self._step(batch, "test")
 
     def predict_step(self, batch, batch_idx):
-        x = batch[0] if isinstance(batch, (list, tuple)) else batch
-        return torch.softmax(self(x), dim=-1)
+        *inputs, _ = batch
+        out = self(*inputs)
+        return torch.softmax(out, -1) if self.objective == "classification" else out
 
     def configure_optimizers(self):
-        opt = make_optimizer(self.parameters(), self.optim)
-        cfg = self.optim
+        return self.optimizer_and_schedule(self.parameters())
+
+    def optimizer_and_schedule(self, params, cfg: OptimConfig | None = None) -> dict:
+        cfg = cfg or self.optim
+        opt = make_optimizer(params, cfg)
         if cfg.scheduler == "none":
-            return opt
+            return {"optimizer": opt}
         if cfg.scheduler == "onecycle":
             total = int(self.trainer.estimated_stepping_batches)
             sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total)
@@ -139,9 +214,26 @@ class ImageClassifier(pl.LightningModule):
             sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
 
+    # ------------------------------------------------------------------------------ inference
     def inference_model(self) -> nn.Module:
-        """The network with its softmax, as logged to MLflow: (B, *in_shape) -> probs (B, K)."""
-        return SoftmaxHead(self.net).eval()
+        """The plain network logged to MLflow; one array in, one out (see `assay predict`):
+        classification: probabilities (B, K); forecast: (B, horizon); rating: (B,) for (B, 2)
+        [user, item] pairs. Families with other outputs override this."""
+        if self.objective == "classification":
+            return SoftmaxHead(self.net).eval()
+        if self.objective == "rating":
+            return PairsHead(self.net).eval()
+        return self.net.eval()
+
+    def inference_example(self, example: torch.Tensor) -> torch.Tensor:
+        """An input for the MLflow signature, from the data's own example (the GAN: codes)."""
+        return example
+
+
+class ImageClassifier(AssayModule):
+    """Softmax classifier over images (B, C, H, W): the MLP and the CNN."""
+
+    OBJECTIVES = {"image": "classification"}
 
 
 class SoftmaxHead(nn.Module):
@@ -151,6 +243,36 @@ class SoftmaxHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.softmax(self.net(x), dim=-1)
+
+
+class PairsHead(nn.Module):
+    """(B, 2) [user, item] ids -> (B,) predicted ratings: one array in, as signatures like."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, pairs: torch.Tensor) -> torch.Tensor:
+        pairs = pairs.long()
+        return self.net(pairs[:, 0], pairs[:, 1])
+
+
+class Standardize(nn.Module):
+    """(x - mean) / std per feature (last axis), with the training split's statistics as buffers:
+    the logged model takes raw units."""
+
+    def __init__(self, mean: list[float], std: list[float]):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).clamp_min(1e-8))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+    def inverse(self, z: torch.Tensor, index: int | None = None) -> torch.Tensor:
+        if index is None:
+            return z * self.std + self.mean
+        return z * self.std[index] + self.mean[index]
 
 
 def norm_act_drop(width: int, cfg: Any, *, conv: bool) -> list[nn.Module]:

@@ -95,7 +95,7 @@ def test_evaluate_writes_dvc_metrics_and_adds_them_to_the_run(project):
     run = _client(project).get_run(result.run_id)
     assert run.data.metrics["test/acc"] == pytest.approx(scores["test/acc"])
     assert run.info.status == "FINISHED"
-    lines = (out / "confusion.csv").read_text().splitlines()
+    lines = (out / "eval/confusion.csv").read_text().splitlines()
     assert lines[0] == "actual,predicted" and len(lines) == 361
     agree = sum(a == p for a, p in (ln.split(",") for ln in lines[1:])) / 360
     assert agree == pytest.approx(scores["test/acc"])

@@ -37,6 +37,10 @@ Run = Annotated[
     str | None,
     typer.Option("--run", "-r", help="a named run from params.yaml's `runs` (what dvc repro uses)"),
 ]
+DATASET_HELP = (
+    "digits, mnist, fashion_mnist (image); rotten_tomatoes (text); elecdemand (time series); "
+    "shuttle (tabular anomalies); movielens (ratings)"
+)
 Dataset = Annotated[str | None, typer.Option(help="shortcut for --set train.dataset=...")]
 Arch = Annotated[str | None, typer.Option(help="shortcut for --set train.arch=...")]
 
@@ -79,7 +83,7 @@ def _guarded(fn, *args, also: tuple[type[Exception], ...] = ()):
 
 
 @app.command()
-def fetch(dataset: Annotated[str, typer.Argument(help="digits or mnist")]) -> None:
+def fetch(dataset: Annotated[str, typer.Argument(help=f"one of: {DATASET_HELP}")]) -> None:
     """Bring a data set's raw file into data/raw/DATASET (checked against its sha256)."""
     from assay.data import fetch as do_fetch
     from assay.paths import find_root
@@ -90,7 +94,7 @@ def fetch(dataset: Annotated[str, typer.Argument(help="digits or mnist")]) -> No
 
 
 @app.command()
-def prepare(dataset: Annotated[str, typer.Argument(help="digits or mnist")]) -> None:
+def prepare(dataset: Annotated[str, typer.Argument(help=f"one of: {DATASET_HELP}")]) -> None:
     """Write fixed-seed train/val/test splits and meta.json to data/DATASET."""
     from assay.data import prepare as do_prepare
     from assay.paths import find_root
@@ -164,42 +168,59 @@ def predict(
         ),
     ],
     input: Annotated[
-        Path,
+        Path | None,
         typer.Option(
             "--input",
             "-i",
-            help=".npy or .npz (array 'x') of images: (N,C,H,W), (N,H,W) or (N,features)",
+            help="images .npy/.npz; texts .txt/.csv; series windows; rows; user,item pairs; "
+            "GAN codes (see `assay predict --help` of the module doc)",
         ),
-    ],
-    output: Annotated[Path | None, typer.Option(help="also write predictions as CSV")] = None,
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option(help="write all predictions: .csv (a table) or .npy (arrays)")
+    ] = None,
+    samples: Annotated[int, typer.Option(help="GAN without --input: images to generate")] = 16,
+    seed: Annotated[int, typer.Option(help="GAN without --input: seed of the random codes")] = 0,
     limit: Annotated[int, typer.Option(help="rows to print (all go to --output)")] = 20,
 ) -> None:
-    """Predict classes for a file of images with a registered model."""
+    """Predict with a registered model of any family: classes, forecasts, anomaly scores,
+    reconstructions, generated images or ratings (the model's assay.json says which)."""
     import numpy as np
 
     from assay.paths import find_root
-    from assay.predict import load_input
     from assay.predict import predict as do_predict
 
-    probs = _guarded(lambda: do_predict(model, load_input(input), find_root()))
-    pred, conf = probs.argmax(1), probs.max(1)
-    table = Table("index", "predicted", "probability", title=f"{model} on {input}")
-    for i in range(min(limit, len(pred))):
-        table.add_row(str(i), str(pred[i]), f"{conf[i]:.4f}")
+    p = _guarded(lambda: do_predict(model, input, find_root(), samples=samples, seed=seed))
+    table = Table(
+        *p.columns[:9], title=f"{model} ({p.objective})" + (f" on {input}" if input else "")
+    )
+    for row in p.rows[:limit]:
+        table.add_row(*(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row[:9]))
     out.print(table)
-    if len(pred) > limit:
-        out.print(f"... {len(pred) - limit} more rows" + ("" if output else " (use --output)"))
-    if output:
-        rows = np.column_stack([np.arange(len(pred)), pred, conf])
-        np.savetxt(
-            output,
-            rows,
-            delimiter=",",
-            fmt=["%d", "%d", "%.6f"],
-            header="index,predicted,probability",
-            comments="",
-        )
-        out.print(f"wrote {len(pred)} predictions to {output}")
+    if len(p.rows) > limit:
+        out.print(f"... {len(p.rows) - limit} more rows" + ("" if output else " (use --output)"))
+    if output is None and p.images:
+        output = Path(f"{p.objective}.npy")
+    if output is None:
+        return
+    if output.suffix == ".npy":
+        np.save(output, p.array)
+        if p.images:
+            from assay import plots
+
+            png = output.with_suffix(".png")
+            plots.image_grid([p.array[:64]], png, f"{model}: {p.objective}")
+            out.print(f"wrote {len(p.array)} images to {output} and a grid to {png}")
+        else:
+            out.print(f"wrote {p.array.shape} array to {output}")
+    else:
+        import csv
+
+        with open(output, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(p.columns)
+            w.writerows(p.rows)
+        out.print(f"wrote {len(p.rows)} predictions to {output}")
 
 
 @app.command("models")

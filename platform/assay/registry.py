@@ -15,7 +15,6 @@ from assay import tracking
 from assay.config import AssayConfig
 from assay.paths import atomic_write_json, find_root, read_json
 from assay.training import output_dir
-from models import get_entry
 
 
 @dataclass
@@ -42,7 +41,8 @@ def register(cfg: AssayConfig, root: Path | None = None) -> Decision:
     out = output_dir(key, root)
     info = read_json(out / "model" / "run.json", f"train it first: `assay train` for {key}")
     scores = read_json(out / "metrics.json", f"evaluate it first: `assay evaluate` for {key}")
-    metric, mode = get_entry(info["arch"]).module_cls.primary_metric
+    # The objective's metric, recorded at training time (lower RMSE, higher accuracy, ...).
+    metric, mode = info["primary_metric"]
     if metric not in scores:
         raise KeyError(f"{out / 'metrics.json'} has no {metric!r}; it has {sorted(scores)}")
     decision = gate(

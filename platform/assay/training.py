@@ -3,7 +3,11 @@
 Outputs of a run `<dataset>-<arch>` (all DVC outputs, each written whole or not at all):
   outputs/<key>/model/        best.ckpt, run.json (MLflow and W&B ids)      <- train
   outputs/<key>/history.csv, learning_curve.png                              <- train
-  outputs/<key>/metrics.json, confusion.csv, confusion.png                   <- evaluate
+  outputs/<key>/metrics.json, eval/ (the objective's plots and tables)       <- evaluate
+
+What differs between families (the loss, the metrics, what is plotted) follows the model's
+*objective* (classification, forecast, reconstruction, anomaly, generation, rating), never the
+family's name: `assay.evaluation` holds one scorer per objective.
 """
 
 from __future__ import annotations
@@ -22,8 +26,8 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
 from assay import plots, tracking
 from assay.config import AssayConfig
-from assay.data import ImageDataModule
-from assay.paths import atomic_dir, atomic_write_bytes, atomic_write_json, find_root, read_json
+from assay.data import ArrayDataModule, datamodule
+from assay.paths import atomic_dir, atomic_write_bytes, atomic_write_json, find_root
 from models import create_model, get_entry
 
 
@@ -41,7 +45,7 @@ class TrainResult:
 class EvalResult:
     key: str
     run_id: str
-    metrics: dict[str, float]  # test/acc, test/loss
+    metrics: dict[str, float]  # the objective's test metrics (test/acc, test/rmse, ...)
 
 
 def output_dir(key: str, root: Path) -> Path:
@@ -49,32 +53,34 @@ def output_dir(key: str, root: Path) -> Path:
 
 
 class History(Callback):
-    """Epoch-level metrics as plain rows, for the learning-curve plot and DVC's history.csv."""
-
-    KEYS = ("train/loss", "train/acc", "val/loss", "val/acc")
+    """Epoch-level metrics as plain rows, for the learning-curve plot and DVC's history.csv.
+    Whatever the module logs per epoch under train/ and val/ is kept."""
 
     def __init__(self) -> None:
         self.rows: list[dict[str, float]] = []
 
+    @staticmethod
+    def _scalars(trainer, prefix: str) -> dict[str, float]:
+        m = trainer.callback_metrics
+        return {k: float(v) for k, v in m.items() if k.startswith(prefix) and v.numel() == 1}
+
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking:
             return
-        m = trainer.callback_metrics
-        self.rows.append(
-            {
-                "epoch": trainer.current_epoch,
-                **{k: float(m[k]) for k in ("val/loss", "val/acc") if k in m},
-            }
-        )
+        self.rows.append({"epoch": trainer.current_epoch, **self._scalars(trainer, "val/")})
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        m = trainer.callback_metrics  # runs after validation: complete the epoch's row
+        # runs after validation: complete the epoch's row
         if self.rows and self.rows[-1]["epoch"] == trainer.current_epoch:
-            self.rows[-1].update({k: float(m[k]) for k in ("train/loss", "train/acc") if k in m})
+            self.rows[-1].update(self._scalars(trainer, "train/"))
+
+    def keys(self) -> list[str]:
+        seen = dict.fromkeys(k for r in self.rows for k in r if k != "epoch")
+        return sorted(seen, key=lambda k: (not k.startswith("train/"), k))
 
     def csv(self) -> bytes:
         buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=["epoch", *self.KEYS], extrasaction="ignore")
+        w = csv.DictWriter(buf, fieldnames=["epoch", *self.keys()], extrasaction="ignore")
         w.writeheader()
         w.writerows(self.rows)
         return buf.getvalue().encode()
@@ -92,15 +98,17 @@ def train(cfg: AssayConfig, root: Path | None = None) -> TrainResult:
     started = time.perf_counter()
     pl.seed_everything(t.seed, workers=True, verbose=False)
     _threads(t.num_threads)
-    dm = ImageDataModule(t.dataset, root, batch_size=t.batch_size, seed=t.seed)
+    dm = datamodule(t.dataset, root, batch_size=t.batch_size, seed=t.seed)
     model = create_model(t.arch, task=dm.task, optim=t.optim(), **t.arch_config())
     entry = get_entry(t.arch)
+    extra_callbacks = family_callbacks(model, cfg, root)  # before any run: a missing judge fails
     run_name = f"{t.key}-{time.strftime('%Y%m%d-%H%M%S')}"
     digest = cfg.digest()
     tags = {
         "dataset": t.dataset,
         "arch": t.arch,
         "family": entry.family,
+        "objective": model.objective,
         "assay.key": t.key,
         "params.digest": digest,
         **tracking.git_info(root),
@@ -109,7 +117,11 @@ def train(cfg: AssayConfig, root: Path | None = None) -> TrainResult:
     params = {
         "train": t.model_dump(exclude={"models"}),
         "model": model.config.model_dump(),
-        "data": {"dataset": t.dataset, **{f"n_{k}": v for k, v in dm.meta["counts"].items()}},
+        "data": {
+            "dataset": t.dataset,
+            "kind": dm.meta["kind"],
+            **{f"n_{k}": v for k, v in dm.meta["counts"].items()},
+        },
         "prepare": cfg.prepare.model_dump(),
         "params_digest": digest,
     }
@@ -120,18 +132,22 @@ def train(cfg: AssayConfig, root: Path | None = None) -> TrainResult:
         tempfile.TemporaryDirectory() as scratch,
     ):
         history = History()
+        monitor, mode = model.monitor
         checkpoint = ModelCheckpoint(
             dirpath=model_dir,
             filename="best",
-            monitor="val/loss",
-            mode="min",
+            monitor=monitor,
+            mode=mode,
             save_top_k=1,
             auto_insert_metric_name=False,
         )
-        callbacks: list[Callback] = [checkpoint, history]
+        callbacks: list[Callback] = [*extra_callbacks, checkpoint, history]
         if t.early_stopping_patience > 0:
-            callbacks.append(EarlyStopping("val/loss", patience=t.early_stopping_patience))
+            callbacks.append(EarlyStopping(monitor, mode=mode, patience=t.early_stopping_patience))
+        # Lightning clips for automatic optimisation; a manual loop (the GAN) clips itself.
+        clip = t.grad_clip if t.grad_clip > 0 and model.automatic_optimization else None
         trainer = pl.Trainer(
+            gradient_clip_val=clip,
             max_epochs=t.max_epochs,
             accelerator=t.accelerator,
             devices=1,
@@ -146,11 +162,11 @@ def train(cfg: AssayConfig, root: Path | None = None) -> TrainResult:
         trainer.fit(model, datamodule=dm)
         if trainer.interrupted:
             raise KeyboardInterrupt("training was interrupted")
-        best = _best_scores(history)
+        best = _best_scores(history, monitor, mode)
         run.log_metrics({f"best_{k}": v for k, v in best.items()})
         # The best weights, not the last: log them as the MLflow model.
         best_model = type(model).load_from_checkpoint(checkpoint.best_model_path).cpu().eval()
-        model_uri = _log_model(run, best_model, dm)
+        model_uri = _log_model(run, best_model, dm, Path(scratch))
         run.log_artifact(Path(checkpoint.best_model_path), "checkpoints")
         curve = plots.learning_curve(history.rows, Path(scratch) / "learning_curve.png", run_name)
         run.log_image("learning_curve", curve)
@@ -159,6 +175,9 @@ def train(cfg: AssayConfig, root: Path | None = None) -> TrainResult:
             "key": t.key,
             "arch": t.arch,
             "dataset": t.dataset,
+            "objective": model.objective,
+            "primary_metric": list(model.primary_metric),
+            "monitor": [monitor, mode],
             "run_name": run_name,
             "mlflow_run_id": run.run_id,
             "mlflow_experiment_id": run.experiment_id,
@@ -182,82 +201,82 @@ def train(cfg: AssayConfig, root: Path | None = None) -> TrainResult:
     )
 
 
-def _best_scores(history: History) -> dict[str, float]:
-    """The validation metrics of the epoch ModelCheckpoint kept (lowest val/loss)."""
-    best_epoch = min(history.rows, key=lambda r: r.get("val/loss", np.inf))
+def _best_scores(history: History, monitor: str, mode: str) -> dict[str, float]:
+    """The validation metrics of the epoch ModelCheckpoint kept (the best `monitor`)."""
+    worst = np.inf if mode == "min" else -np.inf
+    pick = min if mode == "min" else max
+    best_epoch = pick(history.rows, key=lambda r: r.get(monitor, worst))
     return {k: float(v) for k, v in best_epoch.items() if k.startswith("val/")}
 
 
-def _log_model(run: tracking.TrackedRun, model, dm: ImageDataModule) -> str:
-    """Log the inference network (images in, class probabilities out) with a signature."""
+def family_callbacks(model, cfg: AssayConfig, root: Path) -> list[Callback]:
+    """Callbacks an objective needs beyond the common ones: the GAN's judge (Fréchet distance
+    and sample grids per epoch). Built before any run starts, so a missing judge is an error
+    that costs nothing."""
+    if model.objective == "generation":
+        from assay.generation import GenerationMonitor
+
+        return [GenerationMonitor.from_config(model, cfg, root)]
+    return []
+
+
+def model_card(model, dm: ArrayDataModule) -> dict:
+    """What `assay predict` needs besides the network: the objective and how to read its output."""
+    keep = (
+        "classes",
+        "features",
+        "target",
+        "units",
+        "horizon",
+        "window",
+        "max_len",
+        "user_ids",
+        "item_ids",
+    )
+    return {
+        "objective": model.objective,
+        "kind": dm.meta["kind"],
+        "dataset": dm.meta["dataset"],
+        "task": model.task.model_dump(mode="json"),
+        **{k: dm.meta[k] for k in keep if k in dm.meta},
+    }
+
+
+def _log_model(run: tracking.TrackedRun, model, dm: ArrayDataModule, scratch: Path) -> str:
+    """Log the inference network (one array in, one out) with a signature, plus `assay.json`
+    (and the tokenizer for text) as extra files, so a registered model predicts on its own."""
+    import json
+
     import mlflow
     from mlflow.models import infer_signature
 
     net = model.inference_model()
-    example = dm.load_split("val")[0][:4].numpy()  # (4, C, H, W) float32 in [0, 1]
+    example = model.inference_example(torch.from_numpy(dm.example_input(4)))
     with torch.no_grad():
-        probs = net(torch.from_numpy(example)).numpy()
-    signature = infer_signature(example, probs)
+        out = net(example).numpy()
+    signature = infer_signature(example.numpy(), out)
+    card = scratch / "assay.json"
+    card.write_text(json.dumps(model_card(model, dm), indent=2))
+    extra = [str(card)]
+    if dm.meta["kind"] == "text":
+        extra.append(str(dm.tokenizer_path))
     # pickle keeps our own class on load; explicit requirements spare 6-7 s of inference.
     with mlflow.start_run(run_id=run.run_id, nested=mlflow.active_run() is not None):
         logged = mlflow.pytorch.log_model(
             net,
             name="model",
             signature=signature,
-            input_example=example,
+            input_example=example.numpy(),
             serialization_format="pickle",
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy"],
+            extra_files=extra,
         )
     return logged.model_uri  # models:/<model id>: what the registry registers
 
 
-# -------------------------------------------------------------------------------------- evaluate
 def evaluate(cfg: AssayConfig, root: Path | None = None) -> EvalResult:
-    """Score the trained `<dataset>-<arch>` on its test split; write DVC metrics and plots and add
-    them to the training run in MLflow and W&B."""
-    root = root or find_root()
-    t = cfg.train
-    out = output_dir(t.key, root)
-    info = read_json(out / "model" / "run.json", f"train it first: `assay train` for {t.key}")
-    _threads(t.num_threads)
-    entry = get_entry(info["arch"])
-    model = entry.module_cls.load_from_checkpoint(out / "model" / "best.ckpt", map_location="cpu")
-    dm = ImageDataModule(t.dataset, root, batch_size=cfg.evaluate.batch_size)
-    x, y = dm.load_split("test")
-    model.eval()
-    with torch.no_grad():
-        logits = torch.cat([model(xb) for xb in torch.split(x, cfg.evaluate.batch_size)])
-    from torchmetrics.functional.classification import (
-        multiclass_accuracy,
-        multiclass_confusion_matrix,
-    )
+    """Score the trained `<dataset>-<arch>` on its test split (see `assay.evaluation`)."""
+    from assay.evaluation import evaluate as run_evaluation
 
-    k = dm.task.num_classes
-    metrics = {
-        "test/acc": float(multiclass_accuracy(logits, y, num_classes=k, average="micro")),
-        "test/loss": float(torch.nn.functional.cross_entropy(logits, y)),
-    }
-    cm = multiclass_confusion_matrix(logits, y, num_classes=k).numpy()
-    pred = logits.argmax(-1).numpy()
-    classes = dm.task.class_names
-    rows = "".join(f"{classes[a]},{classes[p]}\n" for a, p in zip(y.numpy(), pred, strict=True))
-    with tempfile.TemporaryDirectory() as tmp:
-        png = plots.confusion_matrix(
-            cm, classes, Path(tmp) / "confusion.png", f"{t.key}: test acc {metrics['test/acc']:.4f}"
-        )
-        client = tracking.ensure_store(info["mlflow_tracking_uri"])
-        for name, value in metrics.items():
-            client.log_metric(info["mlflow_run_id"], name, value)
-        client.log_artifact(info["mlflow_run_id"], str(png), "plots")
-        tracking.log_wandb_summary(
-            cfg.tracking,
-            root,
-            info.get("wandb_run_id"),
-            info["run_name"],
-            metrics,
-            {"confusion_matrix": png},
-        )
-        atomic_write_bytes(out / "confusion.csv", ("actual,predicted\n" + rows).encode())
-        atomic_write_bytes(out / "confusion.png", png.read_bytes())
-        atomic_write_json(out / "metrics.json", {**metrics, "n_test": int(len(y))})
-    return EvalResult(t.key, info["mlflow_run_id"], metrics)
+    key, run_id, metrics = run_evaluation(cfg, root or find_root())
+    return EvalResult(key, run_id, metrics)

@@ -1,0 +1,192 @@
+"""GAN: a DCGAN-style generator (latent code -> transposed convolutions -> image) and
+discriminator (strided convolutions -> real/fake logit), trained with two optimisers by manual
+optimisation (non-saturating generator loss, one-sided label smoothing). Assay judges it with its
+own registered classifier (assay.generation): `val/fd` (Fréchet distance in that classifier's
+feature space) picks the checkpoint."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from models.base import AssayModule, StrictModel
+from models.registry import register_model
+
+
+class GANConfig(StrictModel):
+    latent_dim: int = Field(64, ge=1, le=4096)
+    g_channels: int = Field(128, ge=2, description="generator width at the smallest resolution")
+    d_channels: int = Field(64, ge=1, description="discriminator width at the first layer")
+    dropout: float = Field(0.3, ge=0, lt=1, description="in the discriminator")
+    batch_norm: bool = True
+    label_smoothing: float = Field(0.1, ge=0, lt=0.5, description="real labels = 1 - this")
+    beta1: float = Field(0.5, ge=0, lt=1, description="Adam's beta1 for both players (DCGAN: 0.5)")
+    d_lr_scale: float = Field(1.0, gt=0, le=100, description="discriminator lr = train.lr * this")
+    judge: str = Field(
+        "models:/{dataset}-cnn@champion",
+        description="the registered classifier that scores samples; {dataset} is filled in",
+    )
+    eval_samples: int = Field(2000, ge=10, le=100_000, description="images per Fréchet distance")
+
+
+class Generator(nn.Module):
+    """z (B, latent) -> images (B, C, H, W) in [0, 1]; H and W divisible by 4."""
+
+    def __init__(self, shape: tuple[int, int, int], cfg: GANConfig):
+        super().__init__()
+        c, h, w = shape
+        self.shape, self.latent_dim = shape, cfg.latent_dim
+        g = cfg.g_channels
+        bn = nn.BatchNorm2d if cfg.batch_norm else lambda n: nn.Identity()
+        self.fc = nn.Sequential(nn.Linear(cfg.latent_dim, g * (h // 4) * (w // 4)), nn.ReLU())
+        self.body = nn.Sequential(
+            bn(g),
+            nn.ConvTranspose2d(g, g // 2, 4, 2, 1),  # (g, h/4) -> (g/2, h/2)
+            bn(g // 2),
+            nn.ReLU(),
+            nn.ConvTranspose2d(g // 2, c, 4, 2, 1),  # -> (c, h)
+            nn.Sigmoid(),
+        )
+        self.g = g
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        _, h, w = self.shape
+        return self.body(self.fc(z).view(-1, self.g, h // 4, w // 4))
+
+
+class Discriminator(nn.Module):
+    def __init__(self, shape: tuple[int, int, int], cfg: GANConfig):
+        super().__init__()
+        c, h, w = shape
+        d = cfg.d_channels
+        bn = nn.BatchNorm2d if cfg.batch_norm else lambda n: nn.Identity()
+        self.body = nn.Sequential(
+            nn.Conv2d(c, d, 4, 2, 1),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(d, 2 * d, 4, 2, 1),
+            bn(2 * d),
+            nn.LeakyReLU(0.2),
+            nn.Flatten(),
+            nn.Dropout(cfg.dropout),
+            nn.Linear(2 * d * (h // 4) * (w // 4), 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x).squeeze(-1)  # logits (B,)
+
+
+class GANNet(nn.Module):
+    def __init__(self, shape, cfg: GANConfig):
+        super().__init__()
+        self.generator = Generator(shape, cfg)
+        self.discriminator = Discriminator(shape, cfg)
+
+
+@register_model(
+    "gan", tiny={"latent_dim": 8, "g_channels": 8, "d_channels": 4, "eval_samples": 100}
+)
+class GAN(AssayModule):
+    Config = GANConfig
+    OBJECTIVES = {"image": "generation"}
+    monitor = ("val/fd", "min")
+
+    def __init__(self, config, task, optim=None):
+        super().__init__(config, task, optim)
+        self.automatic_optimization = False  # two players, two optimisers, one loop
+
+    def build_net(self) -> nn.Module:
+        shape = tuple(self.task.in_shape)
+        if len(shape) != 3 or shape[1] % 4 or shape[2] % 4:
+            raise ValueError(f"gan needs images (C, H, W) with H, W divisible by 4; got {shape}")
+        return GANNet(shape, self.config)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net.generator(z)
+
+    def _metric(self):
+        return None
+
+    def generate(self, n: int, seed: int = 0) -> torch.Tensor:
+        g = torch.Generator().manual_seed(seed)
+        z = torch.randn(n, self.config.latent_dim, generator=g).to(self.device)
+        was = self.training
+        self.eval()
+        with torch.no_grad():
+            out = torch.cat([self(part) for part in torch.split(z, 1000)]).cpu()
+        self.train(was)
+        return out
+
+    def _d_loss(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+        d = self.net.discriminator
+        real_logits, fake_logits = d(real), d(fake)
+        smooth = 1.0 - self.config.label_smoothing
+        return F.binary_cross_entropy_with_logits(
+            real_logits, torch.full_like(real_logits, smooth)
+        ) + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
+
+    def training_step(self, batch, batch_idx):
+        real, _ = batch
+        opt_d, opt_g = self.optimizers()
+        z = torch.randn(len(real), self.config.latent_dim, device=self.device)
+        fake = self(z)
+        # discriminator: real -> (smoothed) 1, fake -> 0
+        d_loss = self._d_loss(real, fake.detach())
+        opt_d.zero_grad()
+        self.manual_backward(d_loss)
+        self._clip(opt_d)
+        opt_d.step()
+        # generator: make the discriminator say 1 (the non-saturating loss)
+        logits = self.net.discriminator(fake)
+        g_loss = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
+        if self.optim.l1 > 0:
+            g_loss = g_loss + self.optim.l1 * self._l1()
+        opt_g.zero_grad()
+        self.manual_backward(g_loss)
+        self._clip(opt_g)
+        opt_g.step()
+        self.log("train/d_loss", d_loss, on_step=False, on_epoch=True, prog_bar=True)
+        self.log("train/g_loss", g_loss, on_step=False, on_epoch=True, prog_bar=True)
+
+    def on_train_epoch_end(self) -> None:
+        for sched in self.lr_schedulers() or []:
+            sched.step()
+
+    def _clip(self, opt) -> None:
+        if self.optim.grad_clip > 0:
+            self.clip_gradients(
+                opt, gradient_clip_val=self.optim.grad_clip, gradient_clip_algorithm="norm"
+            )
+
+    def validation_step(self, batch, batch_idx):
+        real, _ = batch
+        z = torch.randn(len(real), self.config.latent_dim, device=self.device)
+        self.log("val/d_loss", self._d_loss(real, self(z)), on_epoch=True)
+
+    def test_step(self, batch, batch_idx):
+        self.validation_step(batch, batch_idx)
+
+    def configure_optimizers(self):
+        if self.optim.scheduler == "onecycle":
+            raise ValueError("gan: scheduler onecycle steps per batch; use none, step or cosine")
+        d_optim = self.optim.model_copy(update={"lr": self.optim.lr * self.config.d_lr_scale})
+        out = []
+        for params, cfg in (
+            (self.net.discriminator.parameters(), d_optim),
+            (self.net.generator.parameters(), self.optim),
+        ):
+            spec = self.optimizer_and_schedule(params, cfg)
+            for group in spec["optimizer"].param_groups:
+                if "betas" in group:
+                    group["betas"] = (self.config.beta1, group["betas"][1])
+            out.append(spec)
+        return out
+
+    def inference_model(self) -> nn.Module:
+        return self.net.generator.eval()  # codes (B, latent_dim) -> images (B, C, H, W)
+
+    def inference_example(self, example: torch.Tensor) -> torch.Tensor:
+        return torch.randn(
+            len(example), self.config.latent_dim, generator=torch.Generator().manual_seed(0)
+        )

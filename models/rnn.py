@@ -1,0 +1,80 @@
+"""Recurrent networks: `rnn` (Elman), `lstm`, `gru`, each with layers, dropout and a bidirectional
+option; the same classes do sentiment on text and forecasting on series (see models.sequence).
+Gradient clipping (`train.grad_clip`) is what keeps them stable; the experiments set it."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from models.registry import register_model
+from models.sequence import SequenceConfig, SequenceModule, SequenceNet
+
+
+class RNNConfig(SequenceConfig):
+    hidden_size: int = Field(128, ge=1, le=8192)
+    num_layers: int = Field(1, ge=1, le=16)
+    bidirectional: bool = False
+    layer_norm: bool = Field(False, description="LayerNorm on the recurrent outputs")
+
+
+class RecurrentEncoder(nn.Module):
+    """(B, T, D), mask -> (B, T, H*dirs). Padded text is packed, so padding never enters a state."""
+
+    def __init__(self, cell: str, in_dim: int, cfg: RNNConfig):
+        super().__init__()
+        cls = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}[cell]
+        self.rnn = cls(
+            in_dim,
+            cfg.hidden_size,
+            num_layers=cfg.num_layers,
+            batch_first=True,
+            dropout=cfg.dropout if cfg.num_layers > 1 else 0.0,
+            bidirectional=cfg.bidirectional,
+        )
+        width = cfg.hidden_size * (2 if cfg.bidirectional else 1)
+        self.norm = nn.LayerNorm(width) if cfg.layer_norm else nn.Identity()
+
+    def forward(self, h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        if mask is None:
+            return self.norm(self.rnn(h)[0])
+        lengths = mask.long().sum(1).clamp_min(1).cpu()
+        packed = nn.utils.rnn.pack_padded_sequence(
+            h, lengths, batch_first=True, enforce_sorted=False
+        )
+        out, _ = nn.utils.rnn.pad_packed_sequence(
+            self.rnn(packed)[0], batch_first=True, total_length=h.shape[1]
+        )
+        return self.norm(out)
+
+
+class RecurrentModel(SequenceModule):
+    Config = RNNConfig
+    cell: ClassVar[str]
+
+    def build_net(self) -> nn.Module:
+        c = self.config
+        encoder = RecurrentEncoder(self.cell, self.in_dim(), c)
+        width = c.hidden_size * (2 if c.bidirectional else 1)
+        return SequenceNet(self.task, c, encoder, self.config.embedding_dim, width, self.pool())
+
+
+_TINY = {"hidden_size": 16, "embedding_dim": 16}
+
+
+@register_model("rnn", tiny=_TINY)
+class ElmanRNN(RecurrentModel):
+    cell = "rnn"
+
+
+@register_model("lstm", tiny=_TINY)
+class LSTM(RecurrentModel):
+    cell = "lstm"
+
+
+@register_model("gru", tiny=_TINY)
+class GRU(RecurrentModel):
+    cell = "gru"

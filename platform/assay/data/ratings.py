@@ -1,0 +1,98 @@
+"""Recommendation: MovieLens-100K explicit ratings (943 users, 1,682 films, 1-5 stars).
+
+Split by time per user: each user's ratings in time order, the latest `test_fraction` to test, the
+`val_fraction` before them to val, the rest to train (every user has >= 20 ratings, so each split
+holds every user). Ranking: for each user, their latest test rating is ranked against
+`prepare.ratings.negatives` films they never rated (sampled once, with the seed): HR@10, NDCG@10.
+Ids are 0-based indices; `meta` maps them back to MovieLens ids.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from assay.data.common import ArrayDataModule, fetch_wheel_member
+from models.base import Task
+
+
+def fetch(name: str, cfg, dest: Path) -> None:
+    fetch_wheel_member(cfg.movielens, dest)
+
+
+def prepare(name: str, raw: Path, source: dict, cfg) -> tuple[dict, dict]:
+    # RecBole's atomic file: a header like `user_id:token`, then tab-separated rows.
+    data = np.loadtxt(raw / source["file"], delimiter="\t", skiprows=1, dtype=np.int64)
+    users_raw, items_raw, rating, ts = data.T
+    user_ids, u = np.unique(users_raw, return_inverse=True)
+    item_ids, i = np.unique(items_raw, return_inverse=True)
+    order = np.lexsort((i, ts, u))  # by user, then time (ties: item id), stable
+    u, i, r, ts = u[order], i[order], rating[order].astype(np.float32), ts[order]
+    split = np.zeros(len(u), np.int8)  # 0 train, 1 val, 2 test
+    starts = np.flatnonzero(np.r_[True, u[1:] != u[:-1]])
+    ends = np.r_[starts[1:], len(u)]
+    for a, b in zip(starts, ends, strict=True):
+        n = b - a
+        n_test = max(1, math.ceil(cfg.test_fraction * n))
+        n_val = max(1, math.ceil(cfg.val_fraction * n))
+        split[b - n_test : b] = 2
+        split[b - n_test - n_val : b - n_test] = 1
+    splits = {
+        name: {"u": u[split == k], "i": i[split == k], "r": r[split == k]}
+        for k, name in enumerate(("train", "val", "test"))
+    }
+    # Ranking: the latest test item of each user against never-rated items.
+    rng = np.random.default_rng(cfg.seed)
+    n_users, n_items = len(user_ids), len(item_ids)
+    rated = np.zeros((n_users, n_items), bool)
+    rated[u, i] = True
+    last_test = ends - 1  # each user's latest rating is in test
+    candidates = np.empty((n_users, 1 + cfg.ratings.negatives), np.int64)
+    for user in range(n_users):
+        pool = np.flatnonzero(~rated[user])
+        negs = rng.choice(pool, size=min(cfg.ratings.negatives, len(pool)), replace=False)
+        candidates[user, 0] = i[last_test[user]]
+        candidates[user, 1:] = negs
+    splits["test"]["rank_items"] = candidates  # column 0 is the held-out positive
+    meta = {
+        "n_users": int(n_users),
+        "n_items": int(n_items),
+        "rating_range": [float(r.min()), float(r.max())],
+        "train_mean": float(splits["train"]["r"].mean()),
+        "negatives": cfg.ratings.negatives,
+        "user_ids": user_ids.tolist(),
+        "item_ids": item_ids.tolist(),
+    }
+    return splits, meta
+
+
+class RatingsDataModule(ArrayDataModule):
+    kind = "ratings"
+    eval_batch_size = 8192
+
+    @property
+    def task(self) -> Task:
+        m = self.meta
+        return Task(
+            kind="ratings",
+            in_shape=(2,),
+            n_users=m["n_users"],
+            n_items=m["n_items"],
+            rating_range=tuple(m["rating_range"]),
+            mean=[m["train_mean"]],
+        )
+
+    def tensors(self, split: str) -> tuple[torch.Tensor, ...]:
+        d = self.arrays(split)
+        return (
+            torch.from_numpy(d["u"]).long(),
+            torch.from_numpy(d["i"]).long(),
+            torch.from_numpy(d["r"]).float(),
+        )
+
+    def example_input(self, n: int = 4) -> np.ndarray:
+        u, i, _ = self.tensors("val")
+        return torch.stack([u[:n], i[:n]], 1).numpy()  # (n, 2) [user, item]

@@ -1,0 +1,121 @@
+"""Judging generated images with Assay's own registered classifier.
+
+The Fréchet distance here is *not* the Inception FID: it is computed in the feature space of the
+classifier registered for the same data set (by default `models:/<dataset>-cnn@champion`, the
+penultimate layer), with torchmetrics' `FrechetInceptionDistance` and that network as its feature
+extractor. Lower is closer to the real test images. `recognised` is the share of generated images
+the classifier labels with confidence >= 0.9.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch import nn
+
+from assay import tracking
+
+
+class JudgeFeatures(nn.Module):
+    """The classifier's penultimate activations: its network minus the last linear layer."""
+
+    def __init__(self, net: nn.Sequential):
+        super().__init__()
+        self.body = net[:-1]
+        self.num_features = net[-1].in_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+class Judge:
+    def __init__(self, head: nn.Module, uri: str):
+        self.head = head.eval()
+        self.uri = uri
+        net = getattr(head, "net", None)
+        if not isinstance(net, nn.Sequential) or not isinstance(net[-1], nn.Linear):
+            raise ValueError(
+                f"{uri} is not an Assay image classifier (Sequential ending in Linear)"
+            )
+        self.features = JudgeFeatures(net).eval()
+
+    @classmethod
+    def load(cls, model_uri: str, cfg, root: Path) -> Judge:
+        import mlflow
+        from mlflow.exceptions import MlflowException
+
+        uri = tracking.tracking_uri(cfg.tracking, root)
+        tracking.ensure_store(uri)
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        try:
+            head = mlflow.pytorch.load_model(model_uri, map_location="cpu")
+        except (MlflowException, OSError) as e:
+            name = model_uri.removeprefix("models:/").split("@")[0].split("/")[0]
+            raise FileNotFoundError(
+                f"the GAN's judge {model_uri} is not in {uri} ({str(e).splitlines()[0]}): train "
+                f"and register that classifier first (`dvc repro register@{name}`), or point "
+                "train.models.gan.judge at another registered classifier"
+            ) from None
+        return cls(head, model_uri)
+
+    def frechet(self, real: torch.Tensor, fake: torch.Tensor) -> float:
+        from torchmetrics.image.fid import FrechetInceptionDistance
+
+        fd = FrechetInceptionDistance(feature=self.features, input_img_size=tuple(real.shape[1:]))
+        with torch.no_grad():
+            for part in torch.split(real, 1000):
+                fd.update(part, real=True)
+            for part in torch.split(fake, 1000):
+                fd.update(part, real=False)
+            return float(fd.compute())
+
+    def recognised(self, fake: torch.Tensor, confidence: float = 0.9) -> float:
+        with torch.no_grad():
+            probs = torch.cat([self.head(p) for p in torch.split(fake, 1000)])
+        return float((probs.max(-1).values >= confidence).float().mean())
+
+
+class GenerationMonitor(Callback):
+    """Each validation epoch: `val/fd` against the validation images, `val/recognised`, and a
+    sample grid (fixed codes, so epochs compare) logged to MLflow and W&B."""
+
+    def __init__(self, judge: Judge, n: int, seed: int):
+        self.judge, self.n, self.seed = judge, n, seed
+
+    @classmethod
+    def from_config(cls, model, cfg, root: Path) -> GenerationMonitor:
+        judge = Judge.load(model.config.judge.format(dataset=cfg.train.dataset), cfg, root)
+        return cls(judge, model.config.eval_samples, cfg.train.seed)
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        real = torch.cat([b[0] for b in trainer.datamodule.val_dataloader()])[: self.n]
+        was_training = pl_module.training
+        fake = pl_module.generate(len(real), seed=self.seed)
+        pl_module.train(was_training)
+        pl_module.log("val/fd", self.judge.frechet(real.cpu(), fake), prog_bar=True)
+        pl_module.log("val/recognised", self.judge.recognised(fake), prog_bar=True)
+        self._log_grid(trainer, fake[:64].numpy())
+
+    @staticmethod
+    def _log_grid(trainer, images) -> None:
+        import tempfile
+
+        from lightning.pytorch.loggers import MLFlowLogger, WandbLogger
+
+        from assay import plots
+
+        epoch = trainer.current_epoch
+        with tempfile.TemporaryDirectory() as tmp:
+            path = plots.image_grid(
+                [images], Path(tmp) / f"samples_epoch{epoch:03d}.png", f"epoch {epoch}"
+            )
+            for lg in trainer.loggers:
+                if isinstance(lg, MLFlowLogger):
+                    lg.experiment.log_artifact(lg.run_id, str(path), "samples")
+                elif isinstance(lg, WandbLogger):
+                    lg.log_image("samples", [str(path)], step=trainer.global_step)

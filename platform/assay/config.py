@@ -156,7 +156,12 @@ class TrainConfig(OptimConfig):
     seed: int = Field(42, ge=0)
     max_epochs: int = Field(10, ge=1, le=10_000)
     batch_size: int = Field(128, ge=1, le=65_536)
-    early_stopping_patience: int = Field(3, ge=0, description="epochs without val/loss gain; 0=off")
+    early_stopping_patience: int = Field(3, ge=0, description="epochs without monitor gain; 0=off")
+    monitor: str = Field(
+        "auto",
+        description="what picks the best epoch and stops early: 'auto' (the model's own, "
+        "val/loss for most) or 'val/<metric>:max|min', e.g. val/acc:max",
+    )
     precision: Literal["32-true", "bf16-mixed", "16-mixed"] = "32-true"
     accelerator: Literal["auto", "cpu", "gpu"] = "cpu"
     num_threads: int = Field(0, ge=0, le=256, description="torch threads; 0 = torch's default")
@@ -177,6 +182,26 @@ class TrainConfig(OptimConfig):
         except UnknownModelError as e:
             raise ValueError(str(e)) from None
         return name
+
+    @field_validator("monitor")
+    @classmethod
+    def _monitor(cls, value: str) -> str:
+        if value == "auto":
+            return value
+        metric, _, mode = value.rpartition(":")
+        if not metric.startswith("val/") or len(metric) < 5 or mode not in ("max", "min"):
+            raise ValueError(
+                f"{value!r} is not a monitor: use 'auto' or 'val/<metric>:max|min' "
+                "(e.g. val/acc:max, val/rmse:min)"
+            )
+        return value
+
+    def monitor_for(self, default: tuple[str, str]) -> tuple[str, str]:
+        """The (metric, mode) to checkpoint and stop on: this config's, else the model's."""
+        if self.monitor == "auto":
+            return default
+        metric, _, mode = self.monitor.rpartition(":")
+        return metric, mode
 
     def optim(self) -> OptimConfig:
         return OptimConfig(**self.model_dump(include=set(OptimConfig.model_fields)))

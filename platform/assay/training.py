@@ -86,6 +86,22 @@ class History(Callback):
         return buf.getvalue().encode()
 
 
+class MonitorCheck(Callback):
+    """A `train.monitor` the model never logs fails after Lightning's two-batch sanity check,
+    before the first training step, naming the metrics it could have used."""
+
+    def __init__(self, monitor: str) -> None:
+        self.monitor = monitor
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        logged = sorted(k for k in trainer.callback_metrics if k.startswith("val/"))
+        if trainer.sanity_checking and self.monitor not in logged:
+            raise ValueError(
+                f"train.monitor: {type(pl_module).__name__} logs no {self.monitor!r}; "
+                f"it logs {', '.join(logged)} (or use 'auto')"
+            )
+
+
 def _threads(n: int) -> None:
     if n > 0:
         torch.set_num_threads(n)
@@ -132,7 +148,7 @@ def train(cfg: AssayConfig, root: Path | None = None) -> TrainResult:
         tempfile.TemporaryDirectory() as scratch,
     ):
         history = History()
-        monitor, mode = model.monitor
+        monitor, mode = t.monitor_for(model.monitor)
         checkpoint = ModelCheckpoint(
             dirpath=model_dir,
             filename="best",
@@ -142,6 +158,8 @@ def train(cfg: AssayConfig, root: Path | None = None) -> TrainResult:
             auto_insert_metric_name=False,
         )
         callbacks: list[Callback] = [*extra_callbacks, checkpoint, history]
+        if t.monitor != "auto":
+            callbacks.append(MonitorCheck(monitor))
         if t.early_stopping_patience > 0:
             callbacks.append(EarlyStopping(monitor, mode=mode, patience=t.early_stopping_patience))
         # Lightning clips for automatic optimisation; a manual loop (the GAN) clips itself.

@@ -136,9 +136,9 @@ class Autoencoder(AssayModule):
             # The KL of a whole example against the summed reconstruction error of its features:
             # the ELBO's balance, expressed per feature so `beta` reads the same on any data size.
             loss = mse + self.config.beta * kl / target[0].numel()
-            self.log(f"{stage}/kl", kl, on_step=False, on_epoch=True)
-        self.log(f"{stage}/mse", mse, on_step=False, on_epoch=True)
-        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=True)
+            self.log(f"{stage}/kl", kl, on_step=False, on_epoch=True, sync_dist=True)
+        self.log(f"{stage}/mse", mse, on_step=False, on_epoch=True, sync_dist=True)
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
         if stage == "train" and self.optim.l1 > 0:
             loss = loss + self.optim.l1 * self._l1()
         return loss

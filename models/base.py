@@ -170,7 +170,9 @@ class AssayModule(pl.LightningModule):
         *inputs, target = batch
         out = self(*inputs)
         loss = self._loss(out, target)
-        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=True)
+        # sync_dist: under DDP (Ray Train) the epoch's loss is averaged over all workers' shards;
+        # a no-op in one process. torchmetrics objects sync themselves.
+        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
         if stage + "_" in self.metrics:
             metric = self.metrics[stage + "_"]
             metric(out, target)

@@ -146,8 +146,12 @@ class GAN(AssayModule):
         self.manual_backward(g_loss)
         self._clip(opt_g)
         opt_g.step()
-        self.log("train/d_loss", d_loss, on_step=False, on_epoch=True, prog_bar=True)
-        self.log("train/g_loss", g_loss, on_step=False, on_epoch=True, prog_bar=True)
+        self.log(
+            "train/d_loss", d_loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True
+        )
+        self.log(
+            "train/g_loss", g_loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True
+        )
 
     def on_train_epoch_end(self) -> None:
         for sched in self.lr_schedulers() or []:
@@ -162,7 +166,7 @@ class GAN(AssayModule):
     def validation_step(self, batch, batch_idx):
         real, _ = batch
         z = torch.randn(len(real), self.config.latent_dim, device=self.device)
-        self.log("val/d_loss", self._d_loss(real, self(z)), on_epoch=True)
+        self.log("val/d_loss", self._d_loss(real, self(z)), on_epoch=True, sync_dist=True)
 
     def test_step(self, batch, batch_idx):
         self.validation_step(batch, batch_idx)

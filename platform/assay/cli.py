@@ -45,6 +45,40 @@ Dataset = Annotated[str | None, typer.Option(help="shortcut for --set train.data
 Arch = Annotated[str | None, typer.Option(help="shortcut for --set train.arch=...")]
 
 
+Workers = Annotated[
+    int | None,
+    typer.Option(
+        "--workers",
+        "-w",
+        help="Ray Train workers (DDP: gloo on CPU, NCCL on GPU); 0 trains in this process "
+        "(train.workers)",
+        min=0,
+    ),
+]
+GpusPerWorker = Annotated[
+    float | None, typer.Option(help="GPUs per Ray worker (train.gpus_per_worker)", min=0)
+]
+CpusPerWorker = Annotated[
+    float | None, typer.Option(help="CPUs, and torch threads, per Ray worker", min=0.01)
+]
+Address = Annotated[
+    str | None,
+    typer.Option(
+        help="Ray cluster to run on (ray.address; $RAY_ADDRESS); none: a local Ray for the run"
+    ),
+]
+
+
+def _ray_sets(workers, gpus, cpus, address) -> list[str]:
+    pairs = {
+        "train.workers": workers,
+        "train.gpus_per_worker": gpus,
+        "train.cpus_per_worker": cpus,
+        "ray.address": address,
+    }
+    return [f"{k}={v}" for k, v in pairs.items() if v is not None]
+
+
 def _fail(message: str, code: int = 2) -> None:
     err.print(f"[bold red]error:[/] {message}", highlight=False)
     raise typer.Exit(code)
@@ -113,11 +147,20 @@ def train(
     run: Run = None,
     dataset: Dataset = None,
     arch: Arch = None,
+    workers: Workers = None,
+    gpus_per_worker: GpusPerWorker = None,
+    cpus_per_worker: CpusPerWorker = None,
+    address: Address = None,
 ) -> None:
-    """Train one model, logged to MLflow and W&B at once."""
+    """Train one model, logged to MLflow and W&B at once.
+
+    With --workers N it runs on Ray Train: DDP over N workers, a checkpoint every epoch, and
+    worker crashes recovered from it (train.max_failures); still one MLflow and one W&B run.
+    """
     from assay.training import train as do_train
 
-    cfg = _config(experiment, sets, run, dataset, arch)
+    ray_sets = _ray_sets(workers, gpus_per_worker, cpus_per_worker, address)
+    cfg = _config(experiment, [*(sets or []), *ray_sets], run, dataset, arch)
     result = _guarded(do_train, cfg)
     scores = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
     out.print(

@@ -166,6 +166,13 @@ class TrainConfig(OptimConfig):
     accelerator: Literal["auto", "cpu", "gpu"] = "cpu"
     num_threads: int = Field(0, ge=0, le=256, description="torch threads; 0 = torch's default")
     deterministic: bool = True
+    # Ray Train: 0 workers trains in this process; N > 0 runs DDP across N Ray workers.
+    workers: int = Field(0, ge=0, le=4096, description="Ray Train workers; 0 = in-process")
+    cpus_per_worker: float = Field(1.0, gt=0, le=1024, description="also its torch threads")
+    gpus_per_worker: float = Field(0.0, ge=0, le=64, description="> 0: NCCL on GPUs")
+    max_failures: int = Field(
+        2, ge=-1, le=1000, description="worker failures to recover from (-1: unlimited)"
+    )
     # Architecture hyperparameters per registered name: {cnn: {channels: [32, 64]}, ...}
     models: dict[str, dict[str, Any]] = {}
 
@@ -195,6 +202,20 @@ class TrainConfig(OptimConfig):
                 "(e.g. val/acc:max, val/rmse:min)"
             )
         return value
+
+    @model_validator(mode="after")
+    def _ray_resources(self) -> TrainConfig:
+        if self.gpus_per_worker > 0 and self.workers == 0:
+            raise ValueError(
+                f"gpus_per_worker is {self.gpus_per_worker} but workers is 0: GPUs per worker "
+                "need Ray Train workers (set train.workers >= 1)"
+            )
+        if self.gpus_per_worker > 0 and self.accelerator == "cpu":
+            raise ValueError(
+                f"gpus_per_worker is {self.gpus_per_worker} but accelerator is 'cpu': "
+                "set train.accelerator=gpu (or auto)"
+            )
+        return self
 
     def monitor_for(self, default: tuple[str, str]) -> tuple[str, str]:
         """The (metric, mode) to checkpoint and stop on: this config's, else the model's."""
@@ -227,6 +248,19 @@ class TrackingConfig(StrictModel):
     wandb: WandbConfig = WandbConfig()
 
 
+class RayConfig(StrictModel):
+    address: str | None = Field(
+        None,
+        description="a cluster to join (ray://, host:port, auto); $RAY_ADDRESS wins; "
+        "none: a local Ray started for the run and stopped after it",
+    )
+    storage_path: str | None = Field(
+        None,
+        description="where Ray Train keeps checkpoints; default <root>/ray_results "
+        "(on a multi-node cluster: storage every node reaches, e.g. NFS or s3://)",
+    )
+
+
 class EvaluateConfig(StrictModel):
     batch_size: int = Field(1024, ge=1, le=65_536)
 
@@ -250,6 +284,7 @@ class AssayConfig(StrictModel):
     evaluate: EvaluateConfig = EvaluateConfig()
     register: RegisterConfig = RegisterConfig()
     tracking: TrackingConfig = TrackingConfig()
+    ray: RayConfig = RayConfig()
 
     def for_run(self, name: str) -> AssayConfig:
         """This config with `runs[name]` applied over `train`."""

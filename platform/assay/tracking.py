@@ -27,7 +27,11 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 
 # ------------------------------------------------------------------------------------ the store
 def tracking_uri(cfg: TrackingConfig, root: Path) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or cfg.uri or f"sqlite:///{root / 'mlflow.db'}"
+    return (
+        os.environ.get("MLFLOW_TRACKING_URI")
+        or cfg.uri
+        or f"sqlite:///{root.resolve() / 'mlflow.db'}"
+    )
 
 
 def _sqlite_path(uri: str) -> Path | None:
@@ -53,8 +57,9 @@ def experiment_id(client: MlflowClient, name: str, root: Path, uri: str) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
-    # With the default SQLite store, keep artifacts beside it whatever the cwd.
-    location = (root / "mlruns").as_uri() if _sqlite_path(uri) else None
+    # With a SQLite store, keep artifacts beside it whatever the cwd (a Ray job runs elsewhere).
+    db = _sqlite_path(uri)
+    location = (db.parent / "mlruns").as_uri() if db else None
     try:
         return client.create_experiment(name, artifact_location=location)
     except mlflow.exceptions.MlflowException:  # created meanwhile by another process
@@ -101,6 +106,11 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
 
 
 # ---------------------------------------------------------------------------------------- W&B
+def wandb_dir(root: Path) -> Path:
+    """Where W&B writes (`<dir>/wandb/`): $WANDB_DIR, else the project root."""
+    return Path(os.environ.get("WANDB_DIR") or root)
+
+
 def _wandb_env(mode: str, root: Path) -> str:
     """The W&B mode to use ($WANDB_MODE wins over the config). Keeps an offline W&B's state inside
     the project, and makes sure it never prompts: online without credentials is an error."""
@@ -118,7 +128,7 @@ def _wandb_env(mode: str, root: Path) -> str:
             ("WANDB_CACHE_DIR", "cache"),
             ("WANDB_DATA_DIR", "data"),
         ):
-            os.environ.setdefault(var, str(root / "wandb" / f".{sub}"))
+            os.environ.setdefault(var, str(wandb_dir(root) / "wandb" / f".{sub}"))
     return mode
 
 
@@ -128,12 +138,55 @@ def _netrc_has_wandb() -> bool:
 
 
 # --------------------------------------------------------------------------------- a tracked run
+def run_loggers(spec: dict[str, Any], *, wandb: bool = True, resumed_at: int = 0) -> list:
+    """Lightning loggers writing into an existing MLflow run and a W&B run of a known id.
+
+    `spec` is `TrackedRun.spec()`: plain data, so a Ray Train worker (rank 0) can log into the
+    MLflow run the driver opened (`wandb=False`: see `TrackedRun.attach_wandb`). `resumed_at`:
+    the global step of the checkpoint a resumed fit restarts from; Lightning re-runs the last
+    validation there, and its metrics, already logged, are not logged twice.
+    """
+    from lightning.pytorch.loggers import MLFlowLogger, WandbLogger
+
+    class ResumedMLFlowLogger(MLFlowLogger):
+        def log_metrics(self, metrics, step=None):
+            if step is not None and step < resumed_at:
+                return
+            super().log_metrics(metrics, step)
+
+    loggers: list = [
+        ResumedMLFlowLogger(
+            experiment_name=spec["experiment"], tracking_uri=spec["uri"], run_id=spec["run_id"]
+        )
+    ]
+    if wandb and spec["wandb_id"] is not None:
+        root = Path(spec["root"])
+        mode = _wandb_env(spec["wandb_mode"], root)
+        logger = WandbLogger(
+            name=spec["run_name"],
+            project=spec["wandb_project"],
+            entity=spec["wandb_entity"],
+            id=spec["wandb_id"],
+            save_dir=str(wandb_dir(root)),
+            mode=mode,
+            job_type="train",
+            tags=spec["wandb_tags"],
+            config=spec["wandb_config"],
+        )
+        logger.experiment  # noqa: B018  starts the W&B run now, not at the first log
+        loggers.append(logger)
+    return loggers
+
+
 class TrackedRun:
     """One MLflow run + one W&B run for a training run; use as a context manager.
 
     Inside, `loggers` feed a Lightning Trainer. Leaving the block normally ends both runs
     FINISHED; an exception ends the MLflow run FAILED (never left RUNNING) with the traceback as
     an artifact, ends the W&B run with exit code 1, and re-raises.
+
+    `remote=True` (Ray Train): rank 0 logs into the MLflow run from `spec()` as it trains; the
+    W&B run starts after the fit (`attach_wandb`) and receives the per-epoch history then.
     """
 
     def __init__(
@@ -143,57 +196,71 @@ class TrackedRun:
         run_name: str,
         tags: dict[str, str],
         params: dict[str, Any],
+        *,
+        remote: bool = False,
     ):
         self.cfg, self.root, self.run_name = cfg, root, run_name
         self.tags, self.params = tags, params
         self.uri = tracking_uri(cfg.tracking, root)
         self.loggers: list = []
+        self.remote = remote
+
+    def spec(self) -> dict[str, Any]:
+        wb = self.cfg.tracking.wandb
+        return {
+            "root": str(Path(self.root).resolve()),
+            "uri": self.uri,
+            "experiment": self.cfg.tracking.experiment,
+            "run_id": self.run_id,
+            "run_name": self.run_name,
+            "wandb_id": self.wandb_id,
+            "wandb_mode": wb.mode,
+            "wandb_project": wb.project,
+            "wandb_entity": wb.entity,
+            "wandb_tags": [self.tags.get("dataset", ""), self.tags.get("arch", "")],
+            "wandb_config": {
+                **self.params,
+                "mlflow_run_id": self.run_id,
+                "mlflow_tracking_uri": self.uri,
+            },
+        }
+
+    def attach_wandb(self, history: list[dict[str, float]]) -> None:
+        """Start the W&B run of a Ray Train fit and log its epochs (step = epoch).
+
+        Why not from rank 0 while it trains: after a worker is killed, the restarted rank 0
+        cannot reopen the run ("run ID ... is in use": the dead worker's W&B service still holds
+        it), and two W&B processes writing one run id would be needed anyway. The epochs come
+        from the checkpointed history, so a resumed fit loses none.
+        """
+        if self.wandb_id is None or self.wandb is not None:
+            return
+        self.loggers += run_loggers(self.spec())[1:]
+        for row in history:
+            epoch = int(row.get("epoch", 0))
+            self.wandb.log({"epoch": epoch, **{k: v for k, v in row.items() if k != "epoch"}})
 
     def __enter__(self) -> TrackedRun:
-        from lightning.pytorch.loggers import MLFlowLogger, WandbLogger
-
         self.client = ensure_store(self.uri)
         exp_id = experiment_id(self.client, self.cfg.tracking.experiment, self.root, self.uri)
         run = self.client.create_run(exp_id, run_name=self.run_name, tags=self.tags)
         self.run_id = run.info.run_id
         self.experiment_id = exp_id
+        self.wandb_id = None
         try:
             self._log_params()
-            self.loggers.append(
-                MLFlowLogger(
-                    experiment_name=self.cfg.tracking.experiment,
-                    tracking_uri=self.uri,
-                    run_id=self.run_id,
-                )
-            )
             wb = self.cfg.tracking.wandb
-            self.wandb_id = None
-            if wb.mode != "disabled":
-                mode = _wandb_env(wb.mode, self.root)
+            if wb.mode != "disabled" and _wandb_env(wb.mode, self.root) != "disabled":
                 from wandb.sdk.lib import runid
 
                 self.wandb_id = runid.generate_id()
-                logger = WandbLogger(
-                    name=self.run_name,
-                    project=wb.project,
-                    entity=wb.entity,
-                    id=self.wandb_id,
-                    save_dir=str(self.root),
-                    mode=mode,
-                    job_type="train",
-                    tags=[self.tags.get("dataset", ""), self.tags.get("arch", "")],
-                    config={
-                        **self.params,
-                        "mlflow_run_id": self.run_id,
-                        "mlflow_tracking_uri": self.uri,
-                    },
-                )
-                wrun = logger.experiment  # starts the W&B run now, not at the first log
-                self.wandb_dir = str(Path(wrun.dir).parent)
                 self.client.set_tag(self.run_id, "wandb.run_id", self.wandb_id)
                 self.client.set_tag(self.run_id, "wandb.project", wb.project)
-                self.client.set_tag(self.run_id, "wandb.run_dir", self.wandb_dir)
-                self.loggers.append(logger)
+            if not self.remote:
+                self.loggers = run_loggers(self.spec())
+                if self.wandb is not None:
+                    self.wandb_dir = str(Path(self.wandb.dir).parent)
+                    self.client.set_tag(self.run_id, "wandb.run_dir", self.wandb_dir)
         except BaseException as e:
             self.__exit__(type(e), e, e.__traceback__)
             raise

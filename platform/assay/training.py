@@ -27,6 +27,7 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from assay import plots, tracking
 from assay.config import AssayConfig
 from assay.data import ArrayDataModule, datamodule
+from assay.distributed import Fit
 from assay.paths import atomic_dir, atomic_write_bytes, atomic_write_json, find_root
 from models import create_model, get_entry
 
@@ -74,6 +75,19 @@ class History(Callback):
         if self.rows and self.rows[-1]["epoch"] == trainer.current_epoch:
             self.rows[-1].update(self._scalars(trainer, "train/"))
 
+    # Saved in every Lightning checkpoint, so a run resumed on Ray keeps its earlier epochs.
+    def state_dict(self) -> dict:
+        return {"rows": self.rows}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rows = list(state.get("rows", []))
+
+    @classmethod
+    def of(cls, rows: list[dict[str, float]]) -> History:
+        history = cls()
+        history.rows = rows
+        return history
+
     def keys(self) -> list[str]:
         seen = dict.fromkeys(k for r in self.rows for k in r if k != "epoch")
         return sorted(seen, key=lambda k: (not k.startswith("train/"), k))
@@ -109,7 +123,7 @@ def _threads(n: int) -> None:
 
 def train(cfg: AssayConfig, root: Path | None = None) -> TrainResult:
     """Train `cfg.train.arch` on `cfg.train.dataset`, tracked in MLflow and W&B."""
-    root = root or find_root()
+    root = (root or find_root()).resolve()
     t = cfg.train
     started = time.perf_counter()
     pl.seed_everything(t.seed, workers=True, verbose=False)
@@ -142,50 +156,27 @@ def train(cfg: AssayConfig, root: Path | None = None) -> TrainResult:
         "params_digest": digest,
     }
     out = output_dir(t.key, root)
+    monitor, mode = t.monitor_for(model.monitor)
+    remote = t.workers > 0
     with (
-        tracking.TrackedRun(cfg, root, run_name, tags, params) as run,
+        tracking.TrackedRun(cfg, root, run_name, tags, params, remote=remote) as run,
         atomic_dir(out / "model") as model_dir,
         tempfile.TemporaryDirectory() as scratch,
     ):
-        history = History()
-        monitor, mode = t.monitor_for(model.monitor)
-        checkpoint = ModelCheckpoint(
-            dirpath=model_dir,
-            filename="best",
-            monitor=monitor,
-            mode=mode,
-            save_top_k=1,
-            auto_insert_metric_name=False,
-        )
-        callbacks: list[Callback] = [*extra_callbacks, checkpoint, history]
-        if t.monitor != "auto":
-            callbacks.append(MonitorCheck(monitor))
-        if t.early_stopping_patience > 0:
-            callbacks.append(EarlyStopping(monitor, mode=mode, patience=t.early_stopping_patience))
-        # Lightning clips for automatic optimisation; a manual loop (the GAN) clips itself.
-        clip = t.grad_clip if t.grad_clip > 0 and model.automatic_optimization else None
-        trainer = pl.Trainer(
-            gradient_clip_val=clip,
-            max_epochs=t.max_epochs,
-            accelerator=t.accelerator,
-            devices=1,
-            precision=t.precision,
-            deterministic=t.deterministic,
-            logger=run.loggers,
-            callbacks=callbacks,
-            default_root_dir=model_dir,
-            log_every_n_steps=50,
-            enable_model_summary=False,
-        )
-        trainer.fit(model, datamodule=dm)
-        if trainer.interrupted:
-            raise KeyboardInterrupt("training was interrupted")
+        if remote:
+            from assay import distributed
+
+            fit = distributed.fit(cfg, root, run, monitor, mode, model_dir)
+            run.attach_wandb(fit.rows)
+        else:
+            fit = _fit_local(model, dm, cfg, run, monitor, mode, model_dir, extra_callbacks)
+        history = History.of(fit.rows)
         best = _best_scores(history, monitor, mode)
         run.log_metrics({f"best_{k}": v for k, v in best.items()})
         # The best weights, not the last: log them as the MLflow model.
-        best_model = type(model).load_from_checkpoint(checkpoint.best_model_path).cpu().eval()
+        best_model = type(model).load_from_checkpoint(fit.best_path).cpu().eval()
         model_uri = _log_model(run, best_model, dm, Path(scratch))
-        run.log_artifact(Path(checkpoint.best_model_path), "checkpoints")
+        run.log_artifact(fit.best_path, "checkpoints")
         curve = plots.learning_curve(history.rows, Path(scratch) / "learning_curve.png", run_name)
         run.log_image("learning_curve", curve)
         curve_png = curve.read_bytes()
@@ -203,7 +194,8 @@ def train(cfg: AssayConfig, root: Path | None = None) -> TrainResult:
             "model_uri": model_uri,
             "wandb_run_id": run.wandb_id,
             "best_val": best,
-            "epochs": trainer.current_epoch,
+            "epochs": fit.epochs,
+            **({"ray": fit.ray} if fit.ray else {}),
         }
         atomic_write_json(model_dir / "run.json", info)
     # Only once the run has succeeded: a failure above leaves none of the stage's outputs behind.
@@ -217,6 +209,55 @@ def train(cfg: AssayConfig, root: Path | None = None) -> TrainResult:
         best,
         time.perf_counter() - started,
     )
+
+
+def trainer_callbacks(
+    cfg: AssayConfig, family: list[Callback], monitor: str, mode: str
+) -> tuple[list[Callback], History]:
+    """The callbacks every fit has, in-process or on a Ray worker: the family's own, the
+    history, early stopping on the monitor, and the monitor's check."""
+    t = cfg.train
+    history = History()
+    callbacks: list[Callback] = [*family, history]
+    if t.early_stopping_patience > 0:
+        callbacks.append(EarlyStopping(monitor, mode=mode, patience=t.early_stopping_patience))
+    if t.monitor != "auto":
+        callbacks.append(MonitorCheck(monitor))
+    return callbacks, history
+
+
+def _fit_local(model, dm, cfg, run, monitor, mode, model_dir, family) -> Fit:
+    """Lightning in this process; the best epoch is kept as `model_dir/best.ckpt`."""
+    t = cfg.train
+    callbacks, history = trainer_callbacks(cfg, family, monitor, mode)
+    checkpoint = ModelCheckpoint(
+        dirpath=model_dir,
+        filename="best",
+        monitor=monitor,
+        mode=mode,
+        save_top_k=1,
+        auto_insert_metric_name=False,
+    )
+    callbacks.append(checkpoint)
+    # Lightning clips for automatic optimisation; a manual loop (the GAN) clips itself.
+    clip = t.grad_clip if t.grad_clip > 0 and model.automatic_optimization else None
+    trainer = pl.Trainer(
+        gradient_clip_val=clip,
+        max_epochs=t.max_epochs,
+        accelerator=t.accelerator,
+        devices=1,
+        precision=t.precision,
+        deterministic=t.deterministic,
+        logger=run.loggers,
+        callbacks=callbacks,
+        default_root_dir=model_dir,
+        log_every_n_steps=50,
+        enable_model_summary=False,
+    )
+    trainer.fit(model, datamodule=dm)
+    if trainer.interrupted:
+        raise KeyboardInterrupt("training was interrupted")
+    return Fit(Path(checkpoint.best_model_path), history.rows, trainer.current_epoch)
 
 
 def _best_scores(history: History, monitor: str, mode: str) -> dict[str, float]:

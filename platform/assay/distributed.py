@@ -1,0 +1,257 @@
+"""Training on Ray Train: the same Lightning module, DDP across `train.workers` Ray workers.
+
+Nothing in a model knows about Ray. The driver (`assay train`) opens the MLflow run; each worker
+builds the data module and the model from the config, and Lightning runs DDP through Ray's
+strategy and cluster environment (gloo on CPU, NCCL on GPU). Rank 0 logs into the driver's
+MLflow run as it trains; the driver gives the W&B run the epochs when the fit ends (see
+`TrackedRun.attach_wandb`). One run of each, however many workers train.
+
+Every epoch, each worker saves a Lightning checkpoint and reports it to Ray with the epoch's
+metrics (`RayTrainReportCallback`). Ray keeps the latest one (to resume from) and the best one by
+the monitor. When a worker dies, Ray restarts the group (`FailureConfig(max_failures)`) and the
+workers resume from the latest checkpoint, logging into the same MLflow run: the epochs carry on
+from where they stopped. Our History callback travels in the checkpoint, so the history survives
+too. A failure that exhausts the retries raises with the worker's traceback, and the driver ends
+the MLflow run FAILED.
+
+No `ray.address` / $RAY_ADDRESS: a local Ray is started for the run and stopped after it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Ray's Train V2 API; the default in 2.60, pinned so an older Ray behaves the same.
+os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+
+
+@dataclass
+class Fit:
+    """What a finished fit hands back, in-process or on Ray."""
+
+    best_path: Path  # the Lightning checkpoint of the best epoch (by the monitor)
+    rows: list[dict[str, float]]  # one row of train/ and val/ metrics per epoch
+    epochs: int
+    ray: dict[str, Any] = field(default_factory=dict)
+
+
+def address(cfg) -> str | None:
+    return os.environ.get("RAY_ADDRESS") or cfg.ray.address
+
+
+def storage_path(cfg, root: Path) -> Path:
+    return Path(cfg.ray.storage_path or root / "ray_results").resolve()
+
+
+def _auth_env() -> None:
+    """Ray 2.60 clusters want a token by default (`ray start` writes ~/.ray/auth_token); a
+    client that does not say so fails with "Missing authentication token"."""
+    if (Path.home() / ".ray" / "auth_token").exists() or os.environ.get("RAY_AUTH_TOKEN"):
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+
+
+def ray_session(cfg):
+    """A context: joined to the configured cluster, or a local Ray for this run only."""
+    import contextlib
+
+    import ray
+
+    @contextlib.contextmanager
+    def session():
+        if ray.is_initialized():  # inside a Ray job or a caller's own session
+            yield
+            return
+        target = address(cfg)
+        env = {"env_vars": _worker_env()}
+        if target:
+            _auth_env()
+            ray.init(address=target, runtime_env=env, log_to_driver=True)
+        else:
+            t = cfg.train
+            need = max(1, int(round(t.workers * t.cpus_per_worker + 0.4999)))
+            ray.init(
+                num_cpus=max(need, os.cpu_count() or 1),
+                num_gpus=None if t.gpus_per_worker else 0,
+                # Ray Train's cleanup polls the state API, which lives in the dashboard: without
+                # it, every few seconds "Failed to query Ray Train Controller actor state".
+                include_dashboard=True,
+                dashboard_host="127.0.0.1",
+                runtime_env=env,
+                log_to_driver=True,
+            )
+        try:
+            yield
+        finally:
+            ray.shutdown()
+
+    return session()
+
+
+def _worker_env() -> dict[str, str]:
+    """What workers inherit from the driver: telemetry off, our tracking and W&B settings."""
+    keep = (
+        "MLFLOW_TRACKING_URI",
+        "MLFLOW_DISABLE_TELEMETRY",
+        "WANDB_MODE",
+        "WANDB_DIR",
+        "WANDB_API_KEY",
+        "WANDB_SILENT",
+        "WANDB_CONSOLE",
+        "WANDB_CONFIG_DIR",
+        "WANDB_CACHE_DIR",
+        "WANDB_DATA_DIR",
+        "PYTHONPATH",
+    )
+    env = {k: os.environ[k] for k in keep if k in os.environ}
+    return {"RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true", **env}
+
+
+def fit(cfg, root: Path, run, monitor: str, mode: str, dest: Path) -> Fit:
+    """Train `cfg.train` on Ray Train workers, logging into the open `run`; the best epoch's
+    checkpoint is copied to `dest/best.ckpt`."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    t = cfg.train
+    use_gpu = t.gpus_per_worker > 0
+    storage = storage_path(cfg, root)
+    name = run.run_name
+    run.client.set_tag(run.run_id, "ray.run_name", name)
+    run.client.set_tag(run.run_id, "ray.storage_path", str(storage / name))
+    run.client.set_tag(run.run_id, "ray.workers", str(t.workers))
+    worker_config = {
+        "cfg": cfg.model_dump(mode="json"),
+        "root": str(Path(root).resolve()),
+        "tracking": run.spec(),
+        "monitor": monitor,
+        "mode": mode,
+    }
+    resources = {"CPU": t.cpus_per_worker, **({"GPU": t.gpus_per_worker} if use_gpu else {})}
+    trainer = TorchTrainer(
+        _worker,
+        train_loop_config=worker_config,
+        scaling_config=ScalingConfig(
+            num_workers=t.workers, use_gpu=use_gpu, resources_per_worker=resources
+        ),
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        run_config=RunConfig(
+            name=name,
+            storage_path=str(storage),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=1,  # the best; Ray also always keeps the latest (to resume from)
+                checkpoint_score_attribute=monitor,
+                checkpoint_score_order=mode,
+            ),
+            failure_config=FailureConfig(max_failures=t.max_failures),
+        ),
+    )
+    started = time.perf_counter()
+    with ray_session(cfg):
+        result = trainer.fit()
+    seconds = time.perf_counter() - started
+    best = result.get_best_checkpoint(monitor, mode) or result.checkpoint
+    if best is None:
+        raise RuntimeError(f"Ray Train reported no checkpoint under {storage / name}")
+    with result.checkpoint.as_directory() as latest:
+        state = torch.load(Path(latest) / "checkpoint.ckpt", map_location="cpu", weights_only=False)
+    rows = _history_rows(state)
+    best_path = dest / "best.ckpt"
+    with best.as_directory() as d:
+        shutil.copyfile(Path(d) / "checkpoint.ckpt", best_path)
+    info = {
+        "name": name,
+        "storage_path": str(storage / name),
+        "workers": t.workers,
+        "address": address(cfg) or "local",
+        "seconds": round(seconds, 1),
+    }
+    run.client.set_tag(run.run_id, "ray.seconds", f"{seconds:.1f}")
+    return Fit(best_path, rows, int(state.get("epoch", -1)) + 1, info)  # saved 0-based
+
+
+def _history_rows(state: dict) -> list[dict[str, float]]:
+    for key, value in state.get("callbacks", {}).items():
+        if key.startswith("History") and isinstance(value, dict) and "rows" in value:
+            return value["rows"]
+    return []
+
+
+def _logged_until(spec: dict) -> int:
+    """One past the last step an earlier attempt of this run logged (0 on the first attempt).
+
+    A restarted worker group resumes from the last checkpoint Ray registered, or from scratch
+    when a worker died before the first one; either way it re-runs epochs whose metrics the MLflow
+    run already holds. Those are not logged twice.
+    """
+    from mlflow.tracking import MlflowClient
+
+    history = MlflowClient(spec["uri"]).get_metric_history(spec["run_id"], "epoch")
+    return max((m.step for m in history), default=-1) + 1
+
+
+def _worker(config: dict) -> None:
+    """Runs on every Ray Train worker."""
+    import lightning.pytorch as pl
+    import ray.train
+    from ray.train.lightning import (
+        RayDDPStrategy,
+        RayLightningEnvironment,
+        RayTrainReportCallback,
+        prepare_trainer,
+    )
+
+    from assay import tracking
+    from assay.config import validate
+    from assay.data import datamodule
+    from assay.training import family_callbacks, trainer_callbacks
+    from models import create_model
+
+    cfg = validate(config["cfg"])
+    root = Path(config["root"])
+    t = cfg.train
+    torch.set_num_threads(max(1, int(t.cpus_per_worker)))  # two workers on 2 cores: 1 each
+    pl.seed_everything(t.seed, workers=True, verbose=False)
+    dm = datamodule(t.dataset, root, batch_size=t.batch_size, seed=t.seed)
+    model = create_model(t.arch, task=dm.task, optim=t.optim(), **t.arch_config())
+    rank = ray.train.get_context().get_world_rank()
+    checkpoint = ray.train.get_checkpoint()
+    loggers = (
+        tracking.run_loggers(
+            config["tracking"], wandb=False, resumed_at=_logged_until(config["tracking"])
+        )
+        if rank == 0
+        else False
+    )
+    family = family_callbacks(model, cfg, root)
+    callbacks, _ = trainer_callbacks(cfg, family, config["monitor"], config["mode"])
+    clip = t.grad_clip if t.grad_clip > 0 and model.automatic_optimization else None
+    trainer = pl.Trainer(
+        gradient_clip_val=clip,
+        max_epochs=t.max_epochs,
+        accelerator="gpu" if t.gpus_per_worker > 0 else "cpu",
+        devices="auto",
+        strategy=RayDDPStrategy(),
+        plugins=[RayLightningEnvironment()],
+        precision=t.precision,
+        deterministic=t.deterministic,
+        logger=loggers,
+        callbacks=[*callbacks, RayTrainReportCallback()],
+        enable_checkpointing=False,
+        log_every_n_steps=50,
+        enable_model_summary=False,
+        enable_progress_bar=rank == 0,
+    )
+    trainer = prepare_trainer(trainer)
+    if checkpoint is None:
+        trainer.fit(model, datamodule=dm)
+    else:
+        with checkpoint.as_directory() as d:
+            trainer.fit(model, datamodule=dm, ckpt_path=str(Path(d) / "checkpoint.ckpt"))

@@ -1,0 +1,162 @@
+"""Ray Train for real: a local Ray started for each run, two gloo workers, a worker killed with
+SIGKILL mid-training, and retries exhausted. Each run must leave one MLflow run and one W&B run,
+and no Ray process behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from mlflow.tracking import MlflowClient
+
+from assay.training import train
+from tests.conftest import tiny_config
+
+pytestmark = pytest.mark.slow
+
+
+def _client(root: Path) -> MlflowClient:
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    return MlflowClient(uri, registry_uri=uri)
+
+
+def _ray_processes() -> list[psutil.Process]:
+    names = ("raylet", "gcs_server", "RayTrainWorker", "ray::", "dashboard.py")
+    found = []
+    for p in psutil.process_iter(["name", "cmdline", "username"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if p.info["username"] == psutil.Process().username() and any(n in cmd for n in names):
+            found.append(p)
+    return found
+
+
+@pytest.fixture
+def no_ray_left():
+    yield
+    deadline = time.time() + 30
+    while _ray_processes() and time.time() < deadline:
+        time.sleep(0.5)
+    left = _ray_processes()
+    for p in left:  # never leak into the next test, even when this one fails
+        p.kill()
+    assert not left, [" ".join(p.cmdline())[:120] for p in left]
+
+
+def _epochs_logged(client: MlflowClient, run_id: str, key: str = "val/acc") -> list[int]:
+    return [m.step for m in client.get_metric_history(run_id, key)]
+
+
+def test_two_workers_train_into_one_mlflow_and_one_wandb_run(project, no_ray_left):
+    cfg = tiny_config(project, max_epochs=3, workers=2)
+    result = train(cfg, project)
+    client = _client(project)
+    runs = client.search_runs([client.get_experiment_by_name("assay").experiment_id])
+    assert [r.info.run_id for r in runs] == [result.run_id]
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["ray.workers"] == "2"
+    storage = Path(run.data.tags["ray.storage_path"])
+    assert storage.parent == project / "ray_results" and storage.name == run.info.run_name
+    assert len(client.get_metric_history(result.run_id, "val/acc")) == 3
+    info = json.loads((project / "outputs/digits-cnn_tiny/model/run.json").read_text())
+    assert info["epochs"] == 3 and info["ray"]["workers"] == 2
+    assert (project / "outputs/digits-cnn_tiny/model/best.ckpt").exists()
+    assert (project / "outputs/digits-cnn_tiny/history.csv").read_text().count("\n") == 4
+    # W&B: rank 0 wrote the run; the driver joined it for the summary (same id, offline files)
+    dirs = list((project / "wandb").glob(f"offline-run-*-{result.wandb_id}"))
+    assert dirs and all((d / f"run-{result.wandb_id}.wandb").stat().st_size > 0 for d in dirs)
+    records = b"".join((d / f"run-{result.wandb_id}.wandb").read_bytes() for d in dirs)
+    assert b"val/acc" in records and result.run_id.encode() in records
+
+
+def test_killing_a_worker_resumes_from_its_checkpoint_in_the_same_run(project, no_ray_left):
+    """SIGKILL one real Ray Train worker after the first epoch's checkpoint: Ray restarts the
+    group, the workers resume from that checkpoint, and the run ends FINISHED, alone, with every
+    epoch logged exactly once."""
+    epochs = 8
+    cmd = [
+        sys.executable,
+        "-m",
+        "assay.cli",
+        "train",
+        "--dataset",
+        "digits",
+        "--arch",
+        "cnn",
+        "--workers",
+        "2",
+        "--set",
+        f"train.max_epochs={epochs}",
+        "--set",
+        "train.early_stopping_patience=0",
+        "--set",
+        "train.max_failures=2",
+    ]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_DEDUP_LOGS": "0"}
+    log = project / "train.log"
+    with log.open("w") as sink:
+        proc = subprocess.Popen(cmd, cwd=project, stdout=sink, stderr=subprocess.STDOUT, env=env)
+        try:
+            killed = None
+            deadline = time.time() + 240
+            while killed is None and time.time() < deadline and proc.poll() is None:
+                # a checkpoint Ray has registered (reported, not just being written)
+                if list((project / "ray_results").glob("*/checkpoint_manager_snapshot.json")):
+                    workers = [p for p in _ray_processes() if "RayTrainWorker" in p.name()]
+                    workers = workers or [
+                        p for p in _ray_processes() if "RayTrainWorker" in " ".join(p.cmdline())
+                    ]
+                    if workers:
+                        killed = workers[0].pid
+                        os.kill(killed, signal.SIGKILL)
+                time.sleep(0.2)
+            assert killed, "no worker to kill: " + log.read_text()[-3000:]
+            assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    client = _client(project)
+    runs = client.search_runs([client.get_experiment_by_name("assay").experiment_id])
+    assert len(runs) == 1, "a resumed run must not open a second MLflow run"
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    steps = _epochs_logged(client, run.info.run_id, "epoch")
+    epoch_values = sorted(m.value for m in client.get_metric_history(run.info.run_id, "epoch"))
+    val_epochs = client.get_metric_history(run.info.run_id, "val/acc")
+    # one validation per epoch, none repeated: resumed, not restarted from scratch
+    assert len(val_epochs) == epochs, [(m.step, m.value) for m in val_epochs]
+    assert len(set(m.step for m in val_epochs)) == epochs
+    assert len(set(epoch_values)) == len(set(steps))
+    history = (project / "outputs/digits-cnn/history.csv").read_text().splitlines()
+    assert [int(r.split(",")[0]) for r in history[1:]] == list(range(epochs))
+    text = log.read_text()
+    assert "Error count: 1" in text, "Ray saw no worker failure"
+    # The restarted group resumed from a checkpoint, not from scratch: epoch 0 was trained once.
+    # At most the epoch in flight at the kill runs again (its checkpoint was not registered).
+    reports = [line for line in text.splitlines() if "Reporting training result" in line]
+    rank0 = [int(r.split("'epoch': ")[1].split(",")[0]) for r in reports if "from rank 0" in r]
+    assert rank0.count(0) == 1 and sorted(set(rank0)) == list(range(epochs)), rank0
+    assert len(rank0) <= epochs + 1, rank0
+
+
+def test_a_crash_that_exhausts_the_retries_ends_failed_with_the_worker_traceback(
+    project, no_ray_left
+):
+    (project / "data/digits/train.npz").write_bytes(b"not a numpy file")  # read inside fit()
+    with pytest.raises(Exception, match="(?s)pickle|numpy|load"):
+        train(tiny_config(project, workers=2, max_failures=0), project)
+    client = _client(project)
+    runs = client.search_runs([client.get_experiment_by_name("assay").experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FAILED"
+    error = client.download_artifacts(runs[0].info.run_id, "error.txt", str(project))
+    text = Path(error).read_text()
+    assert "Traceback" in text and ("pickle" in text or "numpy" in text)
+    assert not (project / "outputs/digits-cnn_tiny/model").exists()

@@ -160,3 +160,100 @@ def test_a_crash_that_exhausts_the_retries_ends_failed_with_the_worker_traceback
     text = Path(error).read_text()
     assert "Traceback" in text and ("pickle" in text or "numpy" in text)
     assert not (project / "outputs/digits-cnn_tiny/model").exists()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_http(url: str, timeout: float = 60) -> None:
+    import urllib.request
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(url + "/health", timeout=2)
+            return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer in {timeout} s")
+
+
+def _assay(project: Path, *args: str, env=None, timeout: float = 300):
+    return subprocess.run(
+        [sys.executable, "-m", "assay.cli", *args],
+        cwd=project,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_submit_a_job_to_a_local_head_that_logs_to_an_mlflow_server(project, no_ray_left):
+    """`assay cluster up`, `assay mlflow-server`, `assay submit --follow` (2 Ray Train workers
+    inside the job), then the run is found through MlflowClient on the server; `assay cluster
+    down` stops the head by its process id, and the server is stopped by its own."""
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "assay.cli", "mlflow-server", "--port", str(port)],
+        cwd=project,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        up = _assay(project, "cluster", "up", "--num-cpus", "2")
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert "dashboard: http://127.0.0.1:" in up.stdout.replace("\n", " ")
+        status = _assay(project, "cluster", "status")
+        assert status.returncode == 0 and "Ray head up" in status.stdout
+        _wait_http(uri)
+        job = _assay(
+            project,
+            "submit",
+            "--set",
+            "train.dataset=digits",
+            "--set",
+            "train.arch=cnn_tiny",
+            "--set",
+            "train.max_epochs=2",
+            "--workers",
+            "2",
+            "--follow",
+            env={"MLFLOW_TRACKING_URI": uri},
+            timeout=400,
+        )
+        assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+        assert "SUCCEEDED" in job.stdout
+        job_id = job.stdout.split("as Ray job ")[1].split()[0]
+        listed = _assay(project, "jobs", "list")
+        assert job_id[:12] in listed.stdout and "SUCCEEDED" in listed.stdout
+        logs = _assay(project, "jobs", "logs", job_id)
+        assert "trained digits-cnn_tiny" in logs.stdout
+
+        client = MlflowClient(uri)
+        runs = client.search_runs([client.get_experiment_by_name("assay").experiment_id])
+        assert len(runs) == 1
+        run = runs[0]
+        assert run.info.status == "FINISHED" and run.data.tags["ray.workers"] == "2"
+        assert len(client.get_metric_history(run.info.run_id, "val/acc")) == 2
+        assert {"checkpoints", "plots"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+        # the server keeps the project's own store: the user sees the job's run there too
+        assert _client(project).get_run(run.info.run_id).info.status == "FINISHED"
+    finally:
+        down = _assay(project, "cluster", "down")
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+    assert down.returncode == 0 and "stopped the Ray head" in down.stdout
+
+
+def test_submit_without_a_cluster_says_how_to_get_one(project):
+    result = _assay(project, "submit", "--set", "train.dataset=digits", env={"RAY_ADDRESS": ""})
+    assert result.returncode == 2
+    assert "assay cluster up" in result.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -291,6 +292,222 @@ def show_config(
 
     cfg = _config(experiment, sets, run, dataset, arch)
     sys.stdout.write(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+
+
+# ----------------------------------------------------------------------------- Ray cluster, jobs
+cluster_app = typer.Typer(
+    help="A local Ray head for users without a cluster (127.0.0.1, free ports, dashboard on). "
+    "With a cluster of your own, `ray start --head` / `ray start --address` instead.",
+    no_args_is_help=True,
+)
+jobs_app = typer.Typer(help="Ray Jobs on the cluster: list, logs, stop.", no_args_is_help=True)
+app.add_typer(cluster_app, name="cluster")
+app.add_typer(jobs_app, name="jobs")
+JobAddress = Annotated[
+    str | None,
+    typer.Option(
+        "--address",
+        help="the cluster's dashboard, http://HEAD:8265 ($RAY_ADDRESS); default: `cluster up`'s",
+    ),
+]
+
+
+def _cluster_call(fn, *args):
+    from assay.cluster import ClusterError
+
+    return _guarded(fn, *args, also=(ClusterError, ConnectionError))
+
+
+@cluster_app.command("up")
+def cluster_up(
+    num_cpus: Annotated[int | None, typer.Option(help="CPUs to offer (default: all)")] = None,
+) -> None:
+    """Start a local Ray head in the background; prints its addresses."""
+    from assay import cluster
+    from assay.paths import find_root
+
+    with out.status("starting a Ray head on 127.0.0.1 ..."):
+        head = _cluster_call(cluster.up, find_root(), num_cpus)
+    out.print(
+        f"Ray head up (pid {head.pid})\n  address:   {head.address}   "
+        f"(assay train --workers N --address {head.address})\n  dashboard: {head.dashboard}   "
+        f"(assay submit, ray job submit --address {head.dashboard})\n  log:       {head.log}"
+    )
+
+
+@cluster_app.command("down")
+def cluster_down() -> None:
+    """Stop the head `assay cluster up` started (by its process id)."""
+    from assay import cluster
+    from assay.paths import find_root
+
+    head = _cluster_call(cluster.down, find_root())
+    out.print(f"stopped the Ray head (pid {head.pid})" if head else "no Ray head of ours is up")
+
+
+@cluster_app.command("status")
+def cluster_status() -> None:
+    """Is our head up; its addresses, resources and jobs."""
+    from assay import cluster
+    from assay.paths import find_root
+
+    head = cluster.Head.load(find_root())
+    if head is None:
+        _fail("no Ray head of ours is up: `assay cluster up` starts one", code=1)
+    jobs = _cluster_call(lambda: cluster.client(head.dashboard).list_jobs())
+    out.print(
+        f"Ray head up (pid {head.pid}): address {head.address}, dashboard {head.dashboard}, "
+        f"{len(jobs)} job(s)"
+    )
+
+
+@app.command()
+def submit(
+    experiment: Experiment = None,
+    sets: Sets = None,
+    run: Run = None,
+    workers: Workers = None,
+    gpus_per_worker: GpusPerWorker = None,
+    cpus_per_worker: CpusPerWorker = None,
+    address: JobAddress = None,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="stream the logs; exit with the job's result")
+    ] = False,
+) -> None:
+    """Submit a training to a Ray cluster as a Ray Job (`assay train` with the same options).
+
+    The job ships params.yaml, experiments/, models/, the prepared data split and the assay
+    package, and logs to the MLflow store you see ($MLFLOW_TRACKING_URI: an `assay
+    mlflow-server` for a multi-node cluster).
+    """
+    from assay import cluster
+    from assay.paths import find_root
+
+    ray_sets = _ray_sets(workers, gpus_per_worker, cpus_per_worker, None)
+    sets = [*(sets or []), *ray_sets]
+    cfg = _config(experiment, sets, run)  # bad input fails here, before anything is sent
+    args = (["-e", experiment] if experiment else []) + (["--run", run] if run else [])
+    args += [a for s in sets for a in ("--set", s)]
+    job_id, dashboard = _cluster_call(
+        lambda: cluster.submit(find_root(), cfg, args, address, experiment)
+    )
+    out.print(f"submitted {cfg.train.key} as Ray job {job_id} to {dashboard}")
+    if not follow:
+        out.print(f"follow it: assay jobs logs {job_id} --follow")
+        return
+    status = _cluster_call(cluster.follow, dashboard, job_id)
+    out.print(f"job {job_id}: {status}")
+    raise typer.Exit(0 if status == "SUCCEEDED" else 1)
+
+
+@jobs_app.command("list")
+def jobs_list(address: JobAddress = None) -> None:
+    """The cluster's jobs, newest first."""
+    from assay import cluster
+    from assay.paths import find_root
+
+    dashboard = _cluster_call(cluster.dashboard_address, find_root(), address)
+    jobs = _cluster_call(lambda: cluster.client(dashboard).list_jobs())
+    table = Table("job", "status", "run", "started", "entrypoint")
+    for j in sorted(jobs, key=lambda j: j.start_time or 0, reverse=True):
+        started = time.strftime("%H:%M:%S", time.localtime((j.start_time or 0) / 1000))
+        table.add_row(
+            j.submission_id or j.job_id or "",
+            str(j.status.value),
+            (j.metadata or {}).get("assay.key", ""),
+            started,
+            j.entrypoint[-60:],
+        )
+    out.print(table)
+
+
+@jobs_app.command("logs")
+def jobs_logs(
+    job_id: Annotated[str, typer.Argument(help="the id `assay submit` printed")],
+    address: JobAddress = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="stream until it ends")] = False,
+) -> None:
+    """A job's logs (all of them so far, or streamed with --follow)."""
+    from assay import cluster
+    from assay.paths import find_root
+
+    dashboard = _cluster_call(cluster.dashboard_address, find_root(), address)
+    if follow:
+        status = _cluster_call(cluster.follow, dashboard, job_id)
+        out.print(f"job {job_id}: {status}")
+        raise typer.Exit(0 if status == "SUCCEEDED" else 1)
+    sys.stdout.write(_cluster_call(lambda: cluster.client(dashboard).get_job_logs(job_id)))
+
+
+@jobs_app.command("stop")
+def jobs_stop(
+    job_id: Annotated[str, typer.Argument(help="the id `assay submit` printed")],
+    address: JobAddress = None,
+) -> None:
+    """Stop a running job."""
+    from assay import cluster
+    from assay.paths import find_root
+
+    dashboard = _cluster_call(cluster.dashboard_address, find_root(), address)
+    stopped = _cluster_call(lambda: cluster.client(dashboard).stop_job(job_id))
+    out.print(f"job {job_id}: " + ("stopping" if stopped else "was not running"))
+
+
+@app.command("mlflow-server")
+def mlflow_server(
+    port: Annotated[int, typer.Option(help="0: a free port")] = 0,
+    backend_store_uri: Annotated[
+        str | None,
+        typer.Option(
+            help="runs and registry: default the project's sqlite:///mlflow.db; for many "
+            "machines postgresql://user@host/db"
+        ),
+    ] = None,
+    artifacts: Annotated[
+        Path | None, typer.Option(help="where the server keeps artifacts (default mlartifacts/)")
+    ] = None,
+    host: Annotated[str, typer.Option(help="bind address; 0.0.0.0 exposes it")] = "127.0.0.1",
+) -> None:
+    """Run an MLflow tracking server for jobs on a cluster (foreground; Ctrl-C stops it).
+
+    Point jobs and your shell at it: export MLFLOW_TRACKING_URI=http://HOST:PORT.
+    """
+    import subprocess
+
+    from assay import cluster
+    from assay.paths import find_root
+
+    root = find_root()
+    port = port or cluster.free_port()
+    backend = backend_store_uri or f"sqlite:///{root / 'mlflow.db'}"
+    store = artifacts or root / "mlartifacts"
+    mlflow = Path(sys.executable).with_name("mlflow")
+    cmd = [
+        str(mlflow) if mlflow.exists() else "mlflow",
+        "server",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--backend-store-uri",
+        backend,
+        "--artifacts-destination",
+        str(store),
+        "--workers",
+        "1",
+    ]
+    out.print(
+        f"MLflow server on http://{host}:{port} (store {backend}); "
+        f"export MLFLOW_TRACKING_URI=http://{host}:{port}",
+        highlight=False,
+    )
+    sys.stdout.flush()
+    proc = subprocess.Popen(cmd, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+    try:
+        raise typer.Exit(proc.wait())
+    except KeyboardInterrupt:
+        proc.terminate()
+        raise typer.Exit(proc.wait()) from None
 
 
 if __name__ == "__main__":

@@ -70,10 +70,9 @@ def ray_session(cfg):
             yield
             return
         target = address(cfg)
-        env = {"env_vars": _worker_env()}
-        if target:
+        if target:  # a cluster: its workers import assay from the job's runtime_env or install
             _auth_env()
-            ray.init(address=target, runtime_env=env, log_to_driver=True)
+            ray.init(address=target, log_to_driver=True)
         else:
             t = cfg.train
             need = max(1, int(round(t.workers * t.cpus_per_worker + 0.4999)))
@@ -84,7 +83,6 @@ def ray_session(cfg):
                 # it, every few seconds "Failed to query Ray Train Controller actor state".
                 include_dashboard=True,
                 dashboard_host="127.0.0.1",
-                runtime_env=env,
                 log_to_driver=True,
             )
         try:
@@ -93,25 +91,6 @@ def ray_session(cfg):
             ray.shutdown()
 
     return session()
-
-
-def _worker_env() -> dict[str, str]:
-    """What workers inherit from the driver: telemetry off, our tracking and W&B settings."""
-    keep = (
-        "MLFLOW_TRACKING_URI",
-        "MLFLOW_DISABLE_TELEMETRY",
-        "WANDB_MODE",
-        "WANDB_DIR",
-        "WANDB_API_KEY",
-        "WANDB_SILENT",
-        "WANDB_CONSOLE",
-        "WANDB_CONFIG_DIR",
-        "WANDB_CACHE_DIR",
-        "WANDB_DATA_DIR",
-        "PYTHONPATH",
-    )
-    env = {k: os.environ[k] for k in keep if k in os.environ}
-    return {"RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true", **env}
 
 
 def fit(cfg, root: Path, run, monitor: str, mode: str, dest: Path) -> Fit:

@@ -1,0 +1,289 @@
+"""A local Ray head for users without a cluster, Ray Jobs submission, and an MLflow server.
+
+`assay cluster up` runs `ray start --head --block` in the background on 127.0.0.1 with free ports
+(GCS, dashboard, client server, agents) and records it in `<root>/.assay/cluster.json`;
+`assay cluster down` stops that process by its id (`ray start --block` takes its Ray processes
+down with it). Unlike `ray stop`, it leaves any other Ray on the machine alone.
+
+`assay submit` sends a training as a Ray Job through the Jobs API. The job's `working_dir` is a
+staged copy of what a run needs (params.yaml, experiments/, models/, the prepared split of the
+data set) and `py_modules` ships the `assay` package, so it imports on a cluster where Assay is
+not installed. The job logs to the MLflow store the user sees: `$MLFLOW_TRACKING_URI` (an
+`assay mlflow-server` for a multi-node cluster), else the project's own SQLite file by absolute
+path, which a single-machine cluster can reach.
+
+Ray 2.60 turns token authentication on by default; the clients here send the token that
+`ray start` keeps in ~/.ray/auth_token (RAY_AUTH_MODE=token) rather than turning it off.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from assay.distributed import _auth_env
+
+STATE = Path(".assay") / "cluster.json"
+
+
+class ClusterError(RuntimeError):
+    """A cluster problem with a clear fix (none running, not reachable, ...)."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ray_bin() -> str:
+    exe = Path(sys.executable).with_name("ray")
+    return str(exe) if exe.exists() else "ray"
+
+
+@dataclass
+class Head:
+    pid: int
+    address: str  # GCS, for `ray.init(address=...)` and `ray start --address`
+    dashboard: str  # http, for the Jobs API and the browser
+    log: str
+
+    @classmethod
+    def load(cls, root: Path) -> Head | None:
+        path = root / STATE
+        if not path.exists():
+            return None
+        head = cls(**json.loads(path.read_text()))
+        if not _alive(head.pid):
+            path.unlink()
+            return None
+        return head
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def up(root: Path, num_cpus: int | None = None, timeout: float = 90) -> Head:
+    """Start a local head on 127.0.0.1 (free ports, dashboard on) unless one is running."""
+    running = Head.load(root)
+    if running:
+        return running
+    gcs, dash = free_port(), free_port()
+    cmd = [
+        _ray_bin(),
+        "start",
+        "--head",
+        "--block",
+        "--node-ip-address=127.0.0.1",
+        f"--port={gcs}",
+        "--include-dashboard=true",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dash}",
+        f"--ray-client-server-port={free_port()}",
+        f"--dashboard-agent-listen-port={free_port()}",
+        f"--dashboard-agent-grpc-port={free_port()}",
+        f"--runtime-env-agent-port={free_port()}",
+        f"--metrics-export-port={free_port()}",
+        "--disable-usage-stats",
+    ]
+    if num_cpus:
+        cmd.append(f"--num-cpus={num_cpus}")
+    (root / STATE).parent.mkdir(parents=True, exist_ok=True)
+    log = root / ".assay" / "ray-head.log"
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    with log.open("w") as sink:
+        proc = subprocess.Popen(
+            cmd, stdout=sink, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+    head = Head(proc.pid, f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dash}", str(log))
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise ClusterError(f"`ray start` exited with {proc.returncode}; see {log}")
+        if _jobs_api_ready(head.dashboard):
+            (root / STATE).write_text(json.dumps(head.__dict__, indent=2))
+            return head
+        time.sleep(0.5)
+    _stop_pid(proc.pid)
+    raise ClusterError(f"the Ray head did not come up in {timeout:.0f} s; see {log}")
+
+
+def _jobs_api_ready(dashboard: str) -> bool:
+    try:
+        client(dashboard).list_jobs()
+        return True
+    except Exception:
+        return False
+
+
+def down(root: Path, timeout: float = 60) -> Head | None:
+    head = Head.load(root)
+    if head is None:
+        return None
+    _stop_pid(head.pid, timeout)
+    (root / STATE).unlink(missing_ok=True)
+    return head
+
+
+def _stop_pid(pid: int, timeout: float = 15) -> None:
+    """Stop the head `ray start --block` (pid) runs, and everything in its process group.
+
+    Like `ray stop`, but only for this head: SIGTERM to the GCS, raylet, dashboard and workers
+    (all in the group of its own session). `ray start` itself is killed first: on SIGTERM it
+    would try to drain the node through a GCS that is stopping and wait 30 s for nothing.
+    Whatever outlives `timeout` gets SIGKILL.
+    """
+    try:
+        os.kill(pid, signal.SIGKILL)
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.time() + timeout
+    while time.time() < deadline and _group_alive(pid):
+        time.sleep(0.3)
+    if _group_alive(pid):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+# ------------------------------------------------------------------------------------ jobs
+def dashboard_address(root: Path, address: str | None) -> str:
+    """--address, else $RAY_ADDRESS (an http one), else the head `assay cluster up` started."""
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        return address if "://" in address else f"http://{address}"
+    head = Head.load(root)
+    if head is None:
+        raise ClusterError(
+            "no Ray cluster: run `assay cluster up` (a local head), or pass --address "
+            "http://HEAD:8265 (the dashboard address) or set RAY_ADDRESS"
+        )
+    return head.dashboard
+
+
+def client(dashboard: str):
+    _auth_env()
+    from ray.job_submission import JobSubmissionClient
+
+    return JobSubmissionClient(dashboard)
+
+
+def _stage(root: Path, dataset: str, experiment: str | None) -> Path:
+    """What a job needs, in a fresh folder: the job's working_dir."""
+    stage = Path(tempfile.mkdtemp(prefix="assay-job-"))
+    for name in ("params.yaml", "dvc.yaml"):
+        if (root / name).exists():
+            shutil.copy2(root / name, stage / name)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for folder in ("experiments", "models"):
+        if (root / folder).is_dir():
+            shutil.copytree(root / folder, stage / folder, ignore=ignore)
+    if experiment and Path(experiment).is_file():  # an experiment file outside experiments/
+        shutil.copy2(experiment, stage / Path(experiment).name)
+    data = root / "data" / dataset
+    if not (data / "meta.json").exists():
+        raise ClusterError(
+            f"data/{dataset} is not prepared: run `dvc repro prepare@{dataset}` before submitting"
+        )
+    shutil.copytree(data, stage / "data" / dataset)
+    return stage
+
+
+def submit(
+    root: Path,
+    cfg,
+    args: list[str],
+    address: str | None = None,
+    experiment: str | None = None,
+) -> tuple[str, str]:
+    """Submit `assay train ARGS` as a Ray Job; returns (job id, dashboard address)."""
+    import assay
+    from assay.tracking import tracking_uri
+
+    dashboard = dashboard_address(root, address)
+    jobs = client(dashboard)
+    stage = _stage(root, cfg.train.dataset, experiment)
+    uri = tracking_uri(cfg.tracking, root)
+    env = {
+        "MLFLOW_TRACKING_URI": uri,
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "PYTHONUNBUFFERED": "1",
+    }
+    local = any(h in dashboard for h in ("127.0.0.1", "localhost"))
+    if local:  # the user's W&B folder, as for a run of their own; a remote job keeps its own
+        env["WANDB_DIR"] = str(root.resolve())
+    for var in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_PROJECT", "WANDB_ENTITY"):
+        if var in os.environ:
+            env[var] = os.environ[var]
+    python = sys.executable if local else "python"  # a remote cluster's own interpreter
+    entrypoint = " ".join([python, "-m", "assay.cli", "train", *map(_quote, args)])
+    runtime_env = {
+        "working_dir": str(stage),
+        "py_modules": [str(Path(assay.__file__).parent)],
+        "env_vars": env,
+    }
+    try:
+        job_id = jobs.submit_job(
+            entrypoint=entrypoint,
+            runtime_env=runtime_env,
+            metadata={"assay.key": cfg.train.key, "mlflow_tracking_uri": uri},
+        )
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)  # uploaded by now
+    return job_id, dashboard
+
+
+def _quote(arg: str) -> str:
+    import shlex
+
+    return shlex.quote(arg)
+
+
+def follow(dashboard: str, job_id: str, write=sys.stdout.write) -> str:
+    """Stream a job's logs until it ends; returns its final status (SUCCEEDED, FAILED, ...)."""
+    import asyncio
+
+    jobs = client(dashboard)
+
+    async def tail() -> None:
+        async for lines in jobs.tail_job_logs(job_id):
+            write(lines)
+
+    asyncio.run(tail())
+    return wait(dashboard, job_id)
+
+
+def wait(dashboard: str, job_id: str, timeout: float = 3600) -> str:
+    jobs = client(dashboard)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        status = str(jobs.get_job_status(job_id).value)
+        if status in ("SUCCEEDED", "FAILED", "STOPPED"):
+            return status
+        time.sleep(1)
+    raise ClusterError(f"job {job_id} still running after {timeout:.0f} s")

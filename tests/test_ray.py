@@ -74,6 +74,7 @@ def test_two_workers_train_into_one_mlflow_and_one_wandb_run(project, no_ray_lef
     assert dirs and all((d / f"run-{result.wandb_id}.wandb").stat().st_size > 0 for d in dirs)
     records = b"".join((d / f"run-{result.wandb_id}.wandb").read_bytes() for d in dirs)
     assert b"val/acc" in records and result.run_id.encode() in records
+    assert str(storage).encode() in records  # the Ray run's storage path, in the W&B config
 
 
 def test_killing_a_worker_resumes_from_its_checkpoint_in_the_same_run(project, no_ray_left):
@@ -184,10 +185,12 @@ def _wait_http(url: str, timeout: float = 60) -> None:
 
 
 def _assay(project: Path, *args: str, env=None, timeout: float = 300):
+    # as from an activated virtual environment: a head started here finds `assay` on its PATH
+    path = f"{Path(sys.executable).parent}:{os.environ['PATH']}"
     return subprocess.run(
         [sys.executable, "-m", "assay.cli", *args],
         cwd=project,
-        env={**os.environ, **(env or {})},
+        env={**os.environ, "PATH": path, **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -246,6 +249,45 @@ def test_submit_a_job_to_a_local_head_that_logs_to_an_mlflow_server(project, no_
         assert {"checkpoints", "plots"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
         # the server keeps the project's own store: the user sees the job's run there too
         assert _client(project).get_run(run.info.run_id).info.status == "FINISHED"
+
+        # plain `ray job submit -- assay train ...`, as the README shows it
+        dashboard = json.loads((project / ".assay/cluster.json").read_text())["dashboard"]
+        bin_dir = str(Path(sys.executable).parent)
+        runtime_env = {
+            "excludes": ["data/raw", "mlruns", "wandb", "ray_results", ".assay", "*.db"],
+            "env_vars": {"MLFLOW_TRACKING_URI": uri},
+        }
+        plain = subprocess.run(
+            [
+                f"{bin_dir}/ray",
+                "job",
+                "submit",
+                "--address",
+                dashboard,
+                "--working-dir",
+                ".",
+                "--runtime-env-json",
+                json.dumps(runtime_env),
+                "--",
+                "assay",
+                "train",
+                "--set",
+                "train.dataset=digits",
+                "--set",
+                "train.arch=mlp_tiny",
+                "--set",
+                "train.max_epochs=1",
+            ],
+            cwd=project,
+            env={**os.environ, "RAY_AUTH_MODE": "token", "PATH": f"{bin_dir}:{os.environ['PATH']}"},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert plain.returncode == 0, plain.stdout[-3000:] + plain.stderr[-3000:]
+        experiment = client.get_experiment_by_name("assay").experiment_id
+        keys = {r.data.tags.get("assay.key") for r in client.search_runs([experiment])}
+        assert keys == {"digits-cnn_tiny", "digits-mlp_tiny"}
     finally:
         down = _assay(project, "cluster", "down")
         os.killpg(server.pid, signal.SIGTERM)

@@ -139,6 +139,11 @@ def down(root: Path, timeout: float = 60) -> Head | None:
         return None
     _stop_pid(head.pid, timeout)
     (root / STATE).unlink(missing_ok=True)
+    # `ray start` notes its head here for `ray.init()` to find; `ray stop` would remove it
+    current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+    port = head.address.rsplit(":", 1)[1]
+    if current.exists() and current.read_text().strip().endswith(f":{port}"):
+        current.unlink(missing_ok=True)
     return head
 
 

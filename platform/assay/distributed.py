@@ -77,6 +77,7 @@ def ray_session(cfg):
             t = cfg.train
             need = max(1, int(round(t.workers * t.cpus_per_worker + 0.4999)))
             ray.init(
+                address="local",  # a new Ray, never whatever head the machine has running
                 num_cpus=max(need, os.cpu_count() or 1),
                 num_gpus=None if t.gpus_per_worker else 0,
                 # Ray Train's cleanup polls the state API, which lives in the dashboard: without
@@ -153,6 +154,7 @@ def fit(cfg, root: Path, run, monitor: str, mode: str, dest: Path) -> Fit:
         "seconds": round(seconds, 1),
     }
     run.client.set_tag(run.run_id, "ray.seconds", f"{seconds:.1f}")
+    run.params = {**run.params, "ray": info}  # the W&B run's config, when the driver starts it
     return Fit(best_path, rows, int(state.get("epoch", -1)) + 1, info)  # saved 0-based
 
 

@@ -109,6 +109,15 @@ BAD = {
         ["prepare.val_fraction=0.9"],
         ["prepare.val_fraction", "0.9", "less than 0.5"],
     ),
+    "gpus without workers": (
+        ["train.gpus_per_worker=1"],
+        ["train: gpus_per_worker is 1.0 but workers is 0", "train.workers >= 1"],
+    ),
+    "gpus on cpu": (
+        ["train.gpus_per_worker=1", "train.workers=2"],
+        ["accelerator is 'cpu'", "train.accelerator=gpu"],
+    ),
+    "negative workers": (["train.workers=-1"], ["train.workers", "-1", "greater than or equal"]),
     "bad monitor": (["train.monitor=acc"], ["train.monitor", "'acc'", "val/<metric>:max|min"]),
     "set without value": (["train.lr"], ["train.lr", "KEY.PATH=VALUE"]),
     "set into a value": (["train.lr.max=1"], ["train.lr", "not a section"]),

@@ -457,6 +457,8 @@ def _describe(err: ValidationError, model: type, prefix: str = "") -> list[str]:
             out.append(f"{path}: unknown key (value {given!r}); allowed keys: {allowed}")
         elif e["type"] == "missing":
             out.append(f"{path}: required, but not given")
+        elif isinstance(given, dict):  # a whole-section check: its message names the keys
+            out.append(f"{path}: {e['msg'].removeprefix('Value error, ')}")
         else:
             msg = e["msg"].removeprefix("Value error, ")
             out.append(f"{path}: got {given!r}; {msg}")

@@ -47,8 +47,12 @@ def address(cfg) -> str | None:
     return os.environ.get("RAY_ADDRESS") or cfg.ray.address
 
 
-def storage_path(cfg, root: Path) -> Path:
-    return Path(cfg.ray.storage_path or root / "ray_results").resolve()
+def storage_path(cfg, root: Path) -> str:
+    """An absolute folder (workers run elsewhere) or a URI such as s3://bucket/prefix."""
+    path = cfg.ray.storage_path
+    if path and "://" in path:
+        return path.rstrip("/")
+    return str(Path(path or root / "ray_results").resolve())
 
 
 def _auth_env() -> None:
@@ -105,7 +109,7 @@ def fit(cfg, root: Path, run, monitor: str, mode: str, dest: Path) -> Fit:
     storage = storage_path(cfg, root)
     name = run.run_name
     run.client.set_tag(run.run_id, "ray.run_name", name)
-    run.client.set_tag(run.run_id, "ray.storage_path", str(storage / name))
+    run.client.set_tag(run.run_id, "ray.storage_path", f"{storage}/{name}")
     run.client.set_tag(run.run_id, "ray.workers", str(t.workers))
     worker_config = {
         "cfg": cfg.model_dump(mode="json"),
@@ -124,7 +128,7 @@ def fit(cfg, root: Path, run, monitor: str, mode: str, dest: Path) -> Fit:
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         run_config=RunConfig(
             name=name,
-            storage_path=str(storage),
+            storage_path=storage,
             checkpoint_config=CheckpointConfig(
                 num_to_keep=1,  # the best; Ray also always keeps the latest (to resume from)
                 checkpoint_score_attribute=monitor,
@@ -139,7 +143,7 @@ def fit(cfg, root: Path, run, monitor: str, mode: str, dest: Path) -> Fit:
     seconds = time.perf_counter() - started
     best = result.get_best_checkpoint(monitor, mode) or result.checkpoint
     if best is None:
-        raise RuntimeError(f"Ray Train reported no checkpoint under {storage / name}")
+        raise RuntimeError(f"Ray Train reported no checkpoint under {storage}/{name}")
     with result.checkpoint.as_directory() as latest:
         state = torch.load(Path(latest) / "checkpoint.ckpt", map_location="cpu", weights_only=False)
     rows = _history_rows(state)
@@ -148,7 +152,7 @@ def fit(cfg, root: Path, run, monitor: str, mode: str, dest: Path) -> Fit:
         shutil.copyfile(Path(d) / "checkpoint.ckpt", best_path)
     info = {
         "name": name,
-        "storage_path": str(storage / name),
+        "storage_path": f"{storage}/{name}",
         "workers": t.workers,
         "address": address(cfg) or "local",
         "seconds": round(seconds, 1),

@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from assay.distributed import _auth_env
+from assay.distributed import auth_env
 
 STATE = Path(".assay") / "cluster.json"
 
@@ -191,7 +191,7 @@ def dashboard_address(root: Path, address: str | None) -> str:
 
 
 def client(dashboard: str):
-    _auth_env()
+    auth_env()
     from ray.job_submission import JobSubmissionClient
 
     return JobSubmissionClient(dashboard)

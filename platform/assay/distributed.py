@@ -19,6 +19,7 @@ No `ray.address` / $RAY_ADDRESS: a local Ray is started for the run and stopped 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
@@ -55,47 +56,42 @@ def storage_path(cfg, root: Path) -> str:
     return str(Path(path or root / "ray_results").resolve())
 
 
-def _auth_env() -> None:
+def auth_env() -> None:
     """Ray 2.60 clusters want a token by default (`ray start` writes ~/.ray/auth_token); a
     client that does not say so fails with "Missing authentication token"."""
     if (Path.home() / ".ray" / "auth_token").exists() or os.environ.get("RAY_AUTH_TOKEN"):
         os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 
+@contextlib.contextmanager
 def ray_session(cfg):
-    """A context: joined to the configured cluster, or a local Ray for this run only."""
-    import contextlib
-
+    """Joined to the configured cluster, or a local Ray for this run only."""
     import ray
 
-    @contextlib.contextmanager
-    def session():
-        if ray.is_initialized():  # inside a Ray job or a caller's own session
-            yield
-            return
-        target = address(cfg)
-        if target:  # a cluster: its workers import assay from the job's runtime_env or install
-            _auth_env()
-            ray.init(address=target, log_to_driver=True)
-        else:
-            t = cfg.train
-            need = max(1, int(round(t.workers * t.cpus_per_worker + 0.4999)))
-            ray.init(
-                address="local",  # a new Ray, never whatever head the machine has running
-                num_cpus=max(need, os.cpu_count() or 1),
-                num_gpus=None if t.gpus_per_worker else 0,
-                # Ray Train's cleanup polls the state API, which lives in the dashboard: without
-                # it, every few seconds "Failed to query Ray Train Controller actor state".
-                include_dashboard=True,
-                dashboard_host="127.0.0.1",
-                log_to_driver=True,
-            )
-        try:
-            yield
-        finally:
-            ray.shutdown()
-
-    return session()
+    if ray.is_initialized():  # inside a Ray job or a caller's own session
+        yield
+        return
+    target = address(cfg)
+    if target:  # a cluster: its workers import assay from the job's runtime_env or install
+        auth_env()
+        ray.init(address=target, log_to_driver=True)
+    else:
+        t = cfg.train
+        need = max(1, int(round(t.workers * t.cpus_per_worker + 0.4999)))
+        ray.init(
+            address="local",  # a new Ray, never whatever head the machine has running
+            num_cpus=max(need, os.cpu_count() or 1),
+            num_gpus=None if t.gpus_per_worker else 0,
+            # Ray Train's cleanup polls the state API, which lives in the dashboard: without
+            # it, every few seconds "Failed to query Ray Train Controller actor state".
+            include_dashboard=True,
+            dashboard_host="127.0.0.1",
+            log_to_driver=True,
+        )
+    try:
+        yield
+    finally:
+        ray.shutdown()
 
 
 def fit(cfg, root: Path, run, monitor: str, mode: str, dest: Path) -> Fit:
@@ -145,7 +141,10 @@ def fit(cfg, root: Path, run, monitor: str, mode: str, dest: Path) -> Fit:
     if best is None:
         raise RuntimeError(f"Ray Train reported no checkpoint under {storage}/{name}")
     with result.checkpoint.as_directory() as latest:
-        state = torch.load(Path(latest) / "checkpoint.ckpt", map_location="cpu", weights_only=False)
+        # only its History and epoch are read: mmap spares reading the weights and optimiser
+        state = torch.load(
+            Path(latest) / "checkpoint.ckpt", map_location="cpu", weights_only=False, mmap=True
+        )
     rows = _history_rows(state)
     best_path = dest / "best.ckpt"
     with best.as_directory() as d:
@@ -196,7 +195,7 @@ def _worker(config: dict) -> None:
     from assay import tracking
     from assay.config import validate
     from assay.data import datamodule
-    from assay.training import family_callbacks, trainer_callbacks
+    from assay.training import family_callbacks, trainer_callbacks, trainer_settings
     from models import create_model
 
     cfg = validate(config["cfg"])
@@ -217,21 +216,15 @@ def _worker(config: dict) -> None:
     )
     family = family_callbacks(model, cfg, root)
     callbacks, _ = trainer_callbacks(cfg, family, config["monitor"], config["mode"])
-    clip = t.grad_clip if t.grad_clip > 0 and model.automatic_optimization else None
     trainer = pl.Trainer(
-        gradient_clip_val=clip,
-        max_epochs=t.max_epochs,
+        **trainer_settings(t, model),
         accelerator="gpu" if t.gpus_per_worker > 0 else "cpu",
         devices="auto",
         strategy=RayDDPStrategy(),
         plugins=[RayLightningEnvironment()],
-        precision=t.precision,
-        deterministic=t.deterministic,
         logger=loggers,
         callbacks=[*callbacks, RayTrainReportCallback()],
         enable_checkpointing=False,
-        log_every_n_steps=50,
-        enable_model_summary=False,
         enable_progress_bar=rank == 0,
     )
     trainer = prepare_trainer(trainer)

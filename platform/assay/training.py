@@ -82,22 +82,16 @@ class History(Callback):
     def load_state_dict(self, state: dict) -> None:
         self.rows = list(state.get("rows", []))
 
-    @classmethod
-    def of(cls, rows: list[dict[str, float]]) -> History:
-        history = cls()
-        history.rows = rows
-        return history
 
-    def keys(self) -> list[str]:
-        seen = dict.fromkeys(k for r in self.rows for k in r if k != "epoch")
-        return sorted(seen, key=lambda k: (not k.startswith("train/"), k))
-
-    def csv(self) -> bytes:
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=["epoch", *self.keys()], extrasaction="ignore")
-        w.writeheader()
-        w.writerows(self.rows)
-        return buf.getvalue().encode()
+def history_csv(rows: list[dict[str, float]]) -> bytes:
+    """Epoch rows as CSV: epoch, then train/ columns, then val/ ones."""
+    seen = dict.fromkeys(k for r in rows for k in r if k != "epoch")
+    keys = sorted(seen, key=lambda k: (not k.startswith("train/"), k))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=["epoch", *keys], extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue().encode()
 
 
 class MonitorCheck(Callback):
@@ -170,14 +164,13 @@ def train(cfg: AssayConfig, root: Path | None = None) -> TrainResult:
             run.attach_wandb(fit.rows)
         else:
             fit = _fit_local(model, dm, cfg, run, monitor, mode, model_dir, extra_callbacks)
-        history = History.of(fit.rows)
-        best = _best_scores(history, monitor, mode)
+        best = _best_scores(fit.rows, monitor, mode)
         run.log_metrics({f"best_{k}": v for k, v in best.items()})
         # The best weights, not the last: log them as the MLflow model.
         best_model = type(model).load_from_checkpoint(fit.best_path).cpu().eval()
         model_uri = _log_model(run, best_model, dm, Path(scratch))
         run.log_artifact(fit.best_path, "checkpoints")
-        curve = plots.learning_curve(history.rows, Path(scratch) / "learning_curve.png", run_name)
+        curve = plots.learning_curve(fit.rows, Path(scratch) / "learning_curve.png", run_name)
         run.log_image("learning_curve", curve)
         curve_png = curve.read_bytes()
         info = {
@@ -199,7 +192,7 @@ def train(cfg: AssayConfig, root: Path | None = None) -> TrainResult:
         }
         atomic_write_json(model_dir / "run.json", info)
     # Only once the run has succeeded: a failure above leaves none of the stage's outputs behind.
-    atomic_write_bytes(out / "history.csv", history.csv())
+    atomic_write_bytes(out / "history.csv", history_csv(fit.rows))
     atomic_write_bytes(out / "learning_curve.png", curve_png)
     return TrainResult(
         t.key,
@@ -226,6 +219,20 @@ def trainer_callbacks(
     return callbacks, history
 
 
+def trainer_settings(t, model) -> dict:
+    """The Trainer arguments a run's config decides, the same in-process and on Ray workers."""
+    # Lightning clips for automatic optimisation; a manual loop (the GAN) clips itself.
+    clip = t.grad_clip if t.grad_clip > 0 and model.automatic_optimization else None
+    return {
+        "gradient_clip_val": clip,
+        "max_epochs": t.max_epochs,
+        "precision": t.precision,
+        "deterministic": t.deterministic,
+        "log_every_n_steps": 50,
+        "enable_model_summary": False,
+    }
+
+
 def _fit_local(model, dm, cfg, run, monitor, mode, model_dir, family) -> Fit:
     """Lightning in this process; the best epoch is kept as `model_dir/best.ckpt`."""
     t = cfg.train
@@ -239,20 +246,13 @@ def _fit_local(model, dm, cfg, run, monitor, mode, model_dir, family) -> Fit:
         auto_insert_metric_name=False,
     )
     callbacks.append(checkpoint)
-    # Lightning clips for automatic optimisation; a manual loop (the GAN) clips itself.
-    clip = t.grad_clip if t.grad_clip > 0 and model.automatic_optimization else None
     trainer = pl.Trainer(
-        gradient_clip_val=clip,
-        max_epochs=t.max_epochs,
+        **trainer_settings(t, model),
         accelerator=t.accelerator,
         devices=1,
-        precision=t.precision,
-        deterministic=t.deterministic,
         logger=run.loggers,
         callbacks=callbacks,
         default_root_dir=model_dir,
-        log_every_n_steps=50,
-        enable_model_summary=False,
     )
     trainer.fit(model, datamodule=dm)
     if trainer.interrupted:
@@ -260,11 +260,11 @@ def _fit_local(model, dm, cfg, run, monitor, mode, model_dir, family) -> Fit:
     return Fit(Path(checkpoint.best_model_path), history.rows, trainer.current_epoch)
 
 
-def _best_scores(history: History, monitor: str, mode: str) -> dict[str, float]:
+def _best_scores(rows: list[dict[str, float]], monitor: str, mode: str) -> dict[str, float]:
     """The validation metrics of the epoch ModelCheckpoint kept (the best `monitor`)."""
     worst = np.inf if mode == "min" else -np.inf
     pick = min if mode == "min" else max
-    best_epoch = pick(history.rows, key=lambda r: r.get(monitor, worst))
+    best_epoch = pick(rows, key=lambda r: r.get(monitor, worst))
     return {k: float(v) for k, v in best_epoch.items() if k.startswith("val/")}
 
 

@@ -117,3 +117,47 @@ def test_bad_params_stop_the_pipeline_before_any_output(repo):
     assert done.returncode != 0
     assert "train.optimizer: got 'adamx'" in done.stdout + done.stderr
     assert not (repo / "outputs").exists() and not (repo / "mlflow.db").exists()
+
+
+def test_sweep_stage_writes_best_params_dvc_tracks_and_reruns_fresh(repo):
+    (repo / "sweeps").mkdir()
+    stage = yaml.safe_load((REPO / "sweeps/dvc.yaml").read_text())
+    stage["vars"] = [{"sweeps": {"tiny": "digits"}}]
+    (repo / "sweeps/dvc.yaml").write_text(yaml.safe_dump(stage, sort_keys=False))
+    sweep = {
+        "sweep": {
+            "set": [
+                "train.dataset=digits",
+                "train.arch=cnn_tiny",
+                "train.max_epochs=2",
+                "train.batch_size=64",
+                "tracking.wandb.mode=disabled",
+            ],
+            "objective": {"metric": "val/acc", "direction": "maximize"},
+            "space": {"train.lr": {"type": "float", "low": 1e-3, "high": 3e-2, "log": True}},
+            "pruner": {"name": "none"},
+            "trials": 2,
+            "parallel": 1,
+        }
+    }
+    path = repo / "experiments/sweeps/tiny.yaml"
+    path.write_text(yaml.safe_dump(sweep, sort_keys=False))
+    _run(["git", "add", "-A"], repo)
+    _run(["git", "commit", "-qm", "a sweep"], repo)
+    _run(["dvc", "repro", "sweeps/dvc.yaml"], repo)
+
+    best = yaml.safe_load((repo / "outputs/sweeps/tiny/best_params.yaml").read_text())
+    assert best["study"] == "tiny" and set(best["params"]) == {"train.lr"}
+    shown = json.loads(_run(["dvc", "metrics", "show", "--json"], repo).stdout)
+    metrics = next(iter(shown.values()))["data"]["outputs/sweeps/tiny/metrics.json"]["data"]
+    assert metrics["trials_complete"] == 2 and metrics["best_value"] == best["best_value"]
+    status = _run(["assay", "sweep", "status", "tiny"], repo).stdout
+    assert status.count("complete") >= 2
+    assert "up to date" in _run(["dvc", "repro", "sweeps/dvc.yaml"], repo).stdout
+
+    # a changed sweep file runs a fresh study of the same name (not a refusal, not a resume)
+    sweep["sweep"]["trials"] = 3
+    path.write_text(yaml.safe_dump(sweep, sort_keys=False))
+    _run(["dvc", "repro", "sweeps/dvc.yaml"], repo)
+    metrics = json.loads((repo / "outputs/sweeps/tiny/metrics.json").read_text())
+    assert metrics["trials_complete"] == 3

@@ -4,6 +4,7 @@ and no Ray process behind."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -30,7 +31,9 @@ def _client(root: Path) -> MlflowClient:
 def _ray_processes() -> list[psutil.Process]:
     names = ("raylet", "gcs_server", "RayTrainWorker", "ray::", "dashboard.py")
     found = []
-    for p in psutil.process_iter(["name", "cmdline", "username"]):
+    for p in psutil.process_iter(["name", "cmdline", "username", "status"]):
+        if p.info["status"] == psutil.STATUS_ZOMBIE:  # exited; its parent has yet to reap it
+            continue
         cmd = " ".join(p.info["cmdline"] or [])
         if p.info["username"] == psutil.Process().username() and any(n in cmd for n in names):
             found.append(p)
@@ -45,8 +48,9 @@ def no_ray_left():
         time.sleep(0.5)
     left = _ray_processes()
     for p in left:  # never leak into the next test, even when this one fails
-        p.kill()
-    assert not left, [" ".join(p.cmdline())[:120] for p in left]
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    assert not left, [" ".join(p.info["cmdline"] or [])[:120] for p in left]
 
 
 def _epochs_logged(client: MlflowClient, run_id: str, key: str = "val/acc") -> list[int]:

@@ -224,8 +224,10 @@ def submit(
     args: list[str],
     address: str | None = None,
     experiment: str | None = None,
+    command: str = "train",
 ) -> tuple[str, str]:
-    """Submit `assay train ARGS` as a Ray Job; returns (job id, dashboard address)."""
+    """Submit `assay COMMAND ARGS` (a training, or a sweep) as a Ray Job; returns (job id,
+    dashboard address)."""
     import assay
     from assay.tracking import tracking_uri
 
@@ -246,7 +248,10 @@ def submit(
         if var in os.environ:
             env[var] = os.environ[var]
     python = sys.executable if local else "python"  # a remote cluster's own interpreter
-    entrypoint = " ".join([python, "-m", "assay.cli", "train", *map(_quote, args)])
+    if command == "sweep" and local and not any("sweep.storage" in a for a in args):
+        # the study in the user's own optuna.db, as for a sweep run here
+        args = [*args, "--storage", f"sqlite:///{(root / 'optuna.db').resolve()}"]
+    entrypoint = " ".join([python, "-m", "assay.cli", command, *map(_quote, args)])
     runtime_env = {
         "working_dir": str(stage),
         "py_modules": [str(Path(assay.__file__).parent)],
@@ -256,7 +261,7 @@ def submit(
         job_id = jobs.submit_job(
             entrypoint=entrypoint,
             runtime_env=runtime_env,
-            metadata={"assay.key": cfg.train.key, "mlflow_tracking_uri": uri},
+            metadata={"assay.key": cfg.train.key, "mlflow_tracking_uri": uri, "kind": command},
         )
     finally:
         shutil.rmtree(stage, ignore_errors=True)  # uploaded by now

@@ -42,6 +42,7 @@ class Fit:
     rows: list[dict[str, float]]  # one row of train/ and val/ metrics per epoch
     epochs: int
     ray: dict[str, Any] = field(default_factory=dict)
+    pruned_at: int | None = None  # a sweep trial's: the epoch the pruner stopped it at
 
 
 def address(cfg) -> str | None:
@@ -94,9 +95,10 @@ def ray_session(cfg):
         ray.shutdown()
 
 
-def fit(cfg, root: Path, run, monitor: str, mode: str, dest: Path) -> Fit:
+def fit(cfg, root: Path, run, monitor: str, mode: str, dest: Path, trial=None) -> Fit:
     """Train `cfg.train` on Ray Train workers, logging into the open `run`; the best epoch's
-    checkpoint is copied to `dest/best.ckpt`."""
+    checkpoint is copied to `dest/best.ckpt`. `trial`: a sweep's `TrialContext` (rank 0 reports
+    to Optuna; see `assay.trial`)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -113,6 +115,7 @@ def fit(cfg, root: Path, run, monitor: str, mode: str, dest: Path) -> Fit:
         "tracking": run.spec(),
         "monitor": monitor,
         "mode": mode,
+        "trial": trial.dump() if trial else None,
     }
     resources = {"CPU": t.cpus_per_worker, **({"GPU": t.gpus_per_worker} if use_gpu else {})}
     trainer = TorchTrainer(
@@ -158,7 +161,13 @@ def fit(cfg, root: Path, run, monitor: str, mode: str, dest: Path) -> Fit:
     }
     run.client.set_tag(run.run_id, "ray.seconds", f"{seconds:.1f}")
     run.params = {**run.params, "ray": info}  # the W&B run's config, when the driver starts it
-    return Fit(best_path, rows, int(state.get("epoch", -1)) + 1, info)  # saved 0-based
+    pruned_at = None
+    if trial is not None:  # rank 0 noted it on the Optuna trial
+        import optuna
+
+        storage = optuna.storages.get_storage(trial.storage)
+        pruned_at = storage.get_trial(trial.trial_id).user_attrs.get("pruned_at_epoch")
+    return Fit(best_path, rows, int(state.get("epoch", -1)) + 1, info, pruned_at)  # 0-based
 
 
 def _history_rows(state: dict) -> list[dict[str, float]]:
@@ -185,6 +194,7 @@ def _worker(config: dict) -> None:
     """Runs on every Ray Train worker."""
     import lightning.pytorch as pl
     import ray.train
+    from lightning.pytorch.callbacks import TQDMProgressBar
     from ray.train.lightning import (
         RayDDPStrategy,
         RayLightningEnvironment,
@@ -215,17 +225,26 @@ def _worker(config: dict) -> None:
         else False
     )
     family = family_callbacks(model, cfg, root)
+    if config.get("trial"):
+        from assay.trial import OptunaPruning, TrialContext
+
+        family.append(OptunaPruning(TrialContext.load(config["trial"])))
     callbacks, _ = trainer_callbacks(cfg, family, config["monitor"], config["mode"])
+    if rank == 0 and not config.get("trial"):
+        # Worker output reaches the driver through Ray's log monitor, line by line: a bar
+        # redrawn every step costs the training cores a share; ~20 redraws an epoch do not.
+        callbacks.append(TQDMProgressBar(refresh_rate=max(1, _steps_per_epoch(dm, t) // 20)))
     trainer = pl.Trainer(
         **trainer_settings(t, model),
         accelerator="gpu" if t.gpus_per_worker > 0 else "cpu",
         devices="auto",
-        strategy=RayDDPStrategy(),
+        # Gradients live in DDP's all-reduce buckets: one copy less per step.
+        strategy=RayDDPStrategy(gradient_as_bucket_view=True),
         plugins=[RayLightningEnvironment()],
         logger=loggers,
         callbacks=[*callbacks, RayTrainReportCallback()],
         enable_checkpointing=False,
-        enable_progress_bar=rank == 0,
+        enable_progress_bar=rank == 0 and not config.get("trial"),
     )
     trainer = prepare_trainer(trainer)
     if checkpoint is None:
@@ -233,3 +252,10 @@ def _worker(config: dict) -> None:
     else:
         with checkpoint.as_directory() as d:
             trainer.fit(model, datamodule=dm, ckpt_path=str(Path(d) / "checkpoint.ckpt"))
+
+
+def _steps_per_epoch(dm, t) -> int:
+    """Batches each worker trains per epoch (its shard of the training split)."""
+    dm.setup("fit")
+    n = len(dm.train_dataloader().dataset)
+    return max(1, n // max(1, t.workers) // t.batch_size)

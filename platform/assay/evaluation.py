@@ -229,9 +229,12 @@ SCORERS: dict[str, Scorer] = {
 }
 
 
-def evaluate(cfg: AssayConfig, root: Path) -> tuple[str, str, dict[str, float]]:
+def evaluate(
+    cfg: AssayConfig, root: Path, out: Path | None = None
+) -> tuple[str, str, dict[str, float]]:
+    """`out`: the trained run's folder (default outputs/<key>; a sweep's trial has its own)."""
     t = cfg.train
-    out = output_dir(t.key, root)
+    out = out or output_dir(t.key, root)
     info = read_json(out / "model" / "run.json", f"train it first: `assay train` for {t.key}")
     _threads(t.num_threads)
     entry = get_entry(info["arch"])

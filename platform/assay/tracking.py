@@ -94,6 +94,11 @@ def data_hash(root: Path, dataset: str) -> dict[str, str]:
     return {"dvc.data_hash": h.hexdigest(), "dvc.data_hash_source": "computed"}
 
 
+def provenance(root: Path, dataset: str) -> dict[str, str]:
+    """The git commit and the data's hash: the tags every run carries."""
+    return {**git_info(root), **data_hash(root, dataset)}
+
+
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
     out: dict[str, str] = {}
     for k, v in d.items():
@@ -169,7 +174,8 @@ def run_loggers(spec: dict[str, Any], *, wandb: bool = True, resumed_at: int = 0
             id=spec["wandb_id"],
             save_dir=str(wandb_dir(root)),
             mode=mode,
-            job_type="train",
+            job_type="trial" if spec.get("wandb_group") else "train",
+            group=spec.get("wandb_group"),
             tags=spec["wandb_tags"],
             config=spec["wandb_config"],
         )
@@ -198,12 +204,16 @@ class TrackedRun:
         params: dict[str, Any],
         *,
         remote: bool = False,
+        wandb_after_fit: bool = False,
+        wandb_group: str | None = None,
     ):
         self.cfg, self.root, self.run_name = cfg, root, run_name
         self.tags, self.params = tags, params
         self.uri = tracking_uri(cfg.tracking, root)
         self.loggers: list = []
         self.remote = remote
+        self.wandb_after_fit = remote or wandb_after_fit
+        self.wandb_group = wandb_group
 
     def spec(self) -> dict[str, Any]:
         wb = self.cfg.tracking.wandb
@@ -218,6 +228,7 @@ class TrackedRun:
             "wandb_project": wb.project,
             "wandb_entity": wb.entity,
             "wandb_tags": [self.tags.get("dataset", ""), self.tags.get("arch", "")],
+            "wandb_group": self.wandb_group,
             "wandb_config": {
                 **self.params,
                 "mlflow_run_id": self.run_id,
@@ -225,20 +236,27 @@ class TrackedRun:
             },
         }
 
-    def attach_wandb(self, history: list[dict[str, float]]) -> None:
-        """Start the W&B run of a Ray Train fit and log its epochs (step = epoch).
+    def attach_wandb(self, history: list[dict[str, float]], state: str | None = None) -> None:
+        """Start the W&B run after the fit and log its epochs (step = epoch); `state` (a sweep
+        trial's: complete or pruned) goes to its summary and tags.
 
-        Why not from rank 0 while it trains: after a worker is killed, the restarted rank 0
-        cannot reopen the run ("run ID ... is in use": the dead worker's W&B service still holds
-        it), and two W&B processes writing one run id would be needed anyway. The epochs come
-        from the checkpointed history, so a resumed fit loses none.
+        Why not from rank 0 of a Ray Train fit while it trains: after a worker is killed, the
+        restarted rank 0 cannot reopen the run ("run ID ... is in use": the dead worker's W&B
+        service still holds it), and two W&B processes writing one run id would be needed anyway.
+        The epochs come from the checkpointed history, so a resumed fit loses none. A sweep's
+        trials start theirs after the fit too: W&B's ~1 s start-up stays out of each trial's way.
         """
         if self.wandb_id is None or self.wandb is not None:
             return
-        self.loggers += run_loggers(self.spec())[1:]
+        spec = self.spec()
+        if state:
+            spec["wandb_tags"] = [*spec["wandb_tags"], state]
+        self.loggers += run_loggers(spec)[1:]
         for row in history:
             epoch = int(row.get("epoch", 0))
             self.wandb.log({"epoch": epoch, **{k: v for k, v in row.items() if k != "epoch"}})
+        if state:
+            self.wandb.summary["trial_state"] = state
 
     def __enter__(self) -> TrackedRun:
         self.client = ensure_store(self.uri)
@@ -257,7 +275,7 @@ class TrackedRun:
                 self.client.set_tag(self.run_id, "wandb.run_id", self.wandb_id)
                 self.client.set_tag(self.run_id, "wandb.project", wb.project)
             if not self.remote:
-                self.loggers = run_loggers(self.spec())
+                self.loggers = run_loggers(self.spec(), wandb=not self.wandb_after_fit)
                 if self.wandb is not None:
                     self.wandb_dir = str(Path(self.wandb.dir).parent)
                     self.client.set_tag(self.run_id, "wandb.run_dir", self.wandb_dir)

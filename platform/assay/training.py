@@ -29,6 +29,7 @@ from assay.config import AssayConfig
 from assay.data import ArrayDataModule, datamodule
 from assay.distributed import Fit
 from assay.paths import atomic_dir, atomic_write_bytes, atomic_write_json, find_root
+from assay.trial import TrialContext
 from models import create_model, get_entry
 
 
@@ -40,6 +41,8 @@ class TrainResult:
     checkpoint: Path
     metrics: dict[str, float]  # the best epoch's validation metrics
     seconds: float
+    epochs: int = 0
+    state: str | None = None  # a sweep trial's: complete or pruned
 
 
 @dataclass
@@ -115,8 +118,14 @@ def _threads(n: int) -> None:
         torch.set_num_threads(n)
 
 
-def train(cfg: AssayConfig, root: Path | None = None) -> TrainResult:
-    """Train `cfg.train.arch` on `cfg.train.dataset`, tracked in MLflow and W&B."""
+def train(
+    cfg: AssayConfig, root: Path | None = None, *, trial: TrialContext | None = None
+) -> TrainResult:
+    """Train `cfg.train.arch` on `cfg.train.dataset`, tracked in MLflow and W&B.
+
+    `trial`: a sweep's trial (see `assay.sweep`). Its MLflow run is a child of the sweep's run,
+    its W&B run is grouped under the study, it reports to Optuna every epoch and stops when
+    pruned, and its outputs go to the trial's own folder. Its model is logged only if it wins."""
     root = (root or find_root()).resolve()
     t = cfg.train
     started = time.perf_counter()
@@ -126,7 +135,13 @@ def train(cfg: AssayConfig, root: Path | None = None) -> TrainResult:
     model = create_model(t.arch, task=dm.task, optim=t.optim(), **t.arch_config())
     entry = get_entry(t.arch)
     extra_callbacks = family_callbacks(model, cfg, root)  # before any run: a missing judge fails
-    run_name = f"{t.key}-{time.strftime('%Y%m%d-%H%M%S')}"
+    pruning = None
+    if trial is not None:
+        from assay.trial import OptunaPruning
+
+        pruning = OptunaPruning(trial)
+        extra_callbacks.append(pruning)
+    run_name = trial.run_name if trial else f"{t.key}-{time.strftime('%Y%m%d-%H%M%S')}"
     digest = cfg.digest()
     tags = {
         "dataset": t.dataset,
@@ -135,9 +150,17 @@ def train(cfg: AssayConfig, root: Path | None = None) -> TrainResult:
         "objective": model.objective,
         "assay.key": t.key,
         "params.digest": digest,
-        **tracking.git_info(root),
-        **tracking.data_hash(root, t.dataset),
+        # a sweep computes these once for all its trials
+        **(trial.tags if trial else tracking.provenance(root, t.dataset)),
     }
+    if trial is not None:
+        tags.update(
+            {
+                "mlflow.parentRunId": trial.parent_run_id,
+                "optuna.study": trial.study,
+                "optuna.trial": str(trial.number),
+            }
+        )
     params = {
         "train": t.model_dump(exclude={"models"}),
         "model": model.config.model_dump(),
@@ -149,26 +172,51 @@ def train(cfg: AssayConfig, root: Path | None = None) -> TrainResult:
         "prepare": cfg.prepare.model_dump(),
         "params_digest": digest,
     }
-    out = output_dir(t.key, root)
+    out = Path(trial.out_dir) if trial else output_dir(t.key, root)
     monitor, mode = t.monitor_for(model.monitor)
     remote = t.workers > 0
     with (
-        tracking.TrackedRun(cfg, root, run_name, tags, params, remote=remote) as run,
+        tracking.TrackedRun(
+            cfg,
+            root,
+            run_name,
+            tags,
+            params,
+            remote=remote,
+            # a trial's W&B run starts after its fit: W&B's start-up stays off the trial's clock
+            wandb_after_fit=trial is not None,
+            wandb_group=trial.study if trial else None,
+        ) as run,
         atomic_dir(out / "model") as model_dir,
         tempfile.TemporaryDirectory() as scratch,
     ):
+        if trial is not None:  # so a resumed sweep finds this run even if its driver died
+            from assay.trial import set_user_attr
+
+            set_user_attr(trial, "mlflow_run_id", run.run_id)
         if remote:
             from assay import distributed
 
-            fit = distributed.fit(cfg, root, run, monitor, mode, model_dir)
-            run.attach_wandb(fit.rows)
+            fit = distributed.fit(cfg, root, run, monitor, mode, model_dir, trial=trial)
         else:
-            fit = _fit_local(model, dm, cfg, run, monitor, mode, model_dir, extra_callbacks)
+            fit = _fit_local(
+                model, dm, cfg, run, monitor, mode, model_dir, extra_callbacks, bar=not trial
+            )
+        state = None
+        if trial is not None:
+            pruned_at = pruning.pruned_at if not remote else fit.pruned_at
+            state = "pruned" if pruned_at is not None else "complete"
+            run.client.set_tag(run.run_id, "trial.state", state)
+            if pruned_at is not None:
+                run.client.set_tag(run.run_id, "trial.pruned_at_epoch", str(pruned_at))
+        if remote or trial is not None:
+            run.attach_wandb(fit.rows, state=state)
         best = _best_scores(fit.rows, monitor, mode)
         run.log_metrics({f"best_{k}": v for k, v in best.items()})
-        # The best weights, not the last: log them as the MLflow model.
+        # The best weights, not the last: log them as the MLflow model (a trial's only if it
+        # wins the sweep: `log_trained_model`).
         best_model = type(model).load_from_checkpoint(fit.best_path).cpu().eval()
-        model_uri = _log_model(run, best_model, dm, Path(scratch))
+        model_uri = None if trial else _log_model(run, best_model, dm, Path(scratch))
         run.log_artifact(fit.best_path, "checkpoints")
         curve = plots.learning_curve(fit.rows, Path(scratch) / "learning_curve.png", run_name)
         run.log_image("learning_curve", curve)
@@ -189,6 +237,7 @@ def train(cfg: AssayConfig, root: Path | None = None) -> TrainResult:
             "best_val": best,
             "epochs": fit.epochs,
             **({"ray": fit.ray} if fit.ray else {}),
+            **({"trial": {"number": trial.number, "state": state}} if trial else {}),
         }
         atomic_write_json(model_dir / "run.json", info)
     # Only once the run has succeeded: a failure above leaves none of the stage's outputs behind.
@@ -201,6 +250,8 @@ def train(cfg: AssayConfig, root: Path | None = None) -> TrainResult:
         out / "model" / "best.ckpt",
         best,
         time.perf_counter() - started,
+        fit.epochs,
+        state,
     )
 
 
@@ -233,7 +284,7 @@ def trainer_settings(t, model) -> dict:
     }
 
 
-def _fit_local(model, dm, cfg, run, monitor, mode, model_dir, family) -> Fit:
+def _fit_local(model, dm, cfg, run, monitor, mode, model_dir, family, bar=True) -> Fit:
     """Lightning in this process; the best epoch is kept as `model_dir/best.ckpt`."""
     t = cfg.train
     callbacks, history = trainer_callbacks(cfg, family, monitor, mode)
@@ -253,6 +304,7 @@ def _fit_local(model, dm, cfg, run, monitor, mode, model_dir, family) -> Fit:
         logger=run.loggers,
         callbacks=callbacks,
         default_root_dir=model_dir,
+        enable_progress_bar=bar,  # a sweep's trials: the driver prints a line per trial
     )
     trainer.fit(model, datamodule=dm)
     if trainer.interrupted:
@@ -331,6 +383,36 @@ def _log_model(run: tracking.TrackedRun, model, dm: ArrayDataModule, scratch: Pa
             extra_files=extra,
         )
     return logged.model_uri  # models:/<model id>: what the registry registers
+
+
+def read_run_info(out: Path) -> dict:
+    from assay.paths import read_json
+
+    return read_json(out / "model" / "run.json", f"no trained run in {out}")
+
+
+def log_trained_model(cfg: AssayConfig, root: Path, out: Path) -> str:
+    """Log the best checkpoint in `out` as the MLflow model of its run (a sweep does this for its
+    best trial only); records the model URI in its run.json. Returns the URI."""
+    info = read_run_info(out)
+    if info.get("model_uri"):
+        return info["model_uri"]
+    t = cfg.train
+    model = get_entry(info["arch"]).module_cls.load_from_checkpoint(
+        out / "model" / "best.ckpt", map_location="cpu"
+    )
+    dm = datamodule(t.dataset, root, batch_size=t.batch_size, seed=t.seed)
+
+    class _Run:  # what _log_model needs of a TrackedRun
+        run_id = info["mlflow_run_id"]
+
+    import mlflow
+
+    mlflow.set_tracking_uri(info["mlflow_tracking_uri"])
+    with tempfile.TemporaryDirectory() as scratch:
+        uri = _log_model(_Run(), model.cpu().eval(), dm, Path(scratch))
+    atomic_write_json(out / "model" / "run.json", {**info, "model_uri": uri})
+    return uri
 
 
 def evaluate(cfg: AssayConfig, root: Path | None = None) -> EvalResult:

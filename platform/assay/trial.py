@@ -1,0 +1,157 @@
+"""One Optuna trial inside a training run: what `train()` needs to know when a sweep runs it, and
+the pruning callback that reports to the study.
+
+Kept apart from `assay.sweep` (the driver) because a Ray Train worker imports it: under DDP the
+callback runs on every rank, but only rank 0 talks to Optuna. Rank 0 reports the epoch's value,
+asks the pruner, and broadcasts the answer, so every rank stops at the same epoch. That is the fix
+for optuna-integration's `PyTorchLightningPruningCallback`, which under DDP reports from each rank
+and leaves the other ranks waiting in a collective (optuna/optuna#6043).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from lightning.pytorch.callbacks import Callback
+
+
+@dataclass
+class TrialContext:
+    """What the sweep driver hands a trial: plain data, so it crosses to Ray workers."""
+
+    study: str
+    storage: str  # an Optuna storage URL the trial's process can reach
+    trial_id: int
+    number: int
+    metric: str  # e.g. val/acc: reported to the pruner every epoch
+    pruner: dict[str, Any]  # assay.sweep.PrunerConfig, dumped
+    parent_run_id: str  # the sweep's MLflow run; the trial's run is its child
+    out_dir: str  # the trial's own outputs (model/best.ckpt, run.json)
+    params: dict[str, Any] = field(default_factory=dict)  # the sampled values, by key path
+    tags: dict[str, str] = field(default_factory=dict)  # provenance the driver computed once
+    started: float = 0.0  # time.time() when the trial's process took it up
+    driver: tuple[str, int] | None = None  # (host, pid) of the sweep driver
+
+    def dump(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def load(cls, data: dict[str, Any]) -> TrialContext:
+        return cls(**data)
+
+    @property
+    def run_name(self) -> str:
+        return f"{self.study}-trial-{self.number}"
+
+
+def build_pruner(cfg: dict[str, Any]):
+    """An Optuna pruner from a dumped `PrunerConfig`."""
+    import optuna
+
+    name = cfg["name"]
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(
+            min_resource=cfg["min_resource"], reduction_factor=cfg["reduction_factor"]
+        )
+    if name == "asha":
+        return optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=cfg["min_resource"], reduction_factor=cfg["reduction_factor"]
+        )
+    if name == "median":
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=cfg["n_startup_trials"], n_warmup_steps=cfg["n_warmup_steps"]
+        )
+    if name == "threshold":
+        return optuna.pruners.ThresholdPruner(lower=cfg.get("lower"), upper=cfg.get("upper"))
+    return optuna.pruners.NopPruner()
+
+
+class OptunaPruning(Callback):
+    """Report `ctx.metric` to the trial after every validation; stop when the pruner says so.
+
+    Rank 0 alone reports and decides; the decision is broadcast to all ranks. The epoch a trial
+    was pruned at is stored on the trial (`pruned_at_epoch`), where the driver reads it whichever
+    process trained. Also notes when the first training step starts (the platform's overhead).
+    """
+
+    def __init__(self, ctx: TrialContext) -> None:
+        self.ctx = ctx
+        self.pruned_at: int | None = None
+        self.first_step_at: float | None = None
+        self._trial = None
+
+    def _optuna_trial(self):
+        if self._trial is None:
+            import optuna
+
+            optuna.logging.set_verbosity(optuna.logging.WARNING)
+            study = optuna.load_study(
+                study_name=self.ctx.study,
+                storage=self.ctx.storage,
+                pruner=build_pruner(self.ctx.pruner),
+            )
+            self._trial = optuna.trial.Trial(study, self.ctx.trial_id)
+        return self._trial
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if trainer.is_global_zero:
+            self._optuna_trial()  # before the first step: a storage error costs no training
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.first_step_at is None:
+            self.first_step_at = time.time()
+            if trainer.is_global_zero and self.ctx.started:
+                trial = self._optuna_trial()
+                trial.set_user_attr("overhead_s", round(self.first_step_at - self.ctx.started, 3))
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        epoch = trainer.current_epoch
+        prune = False
+        if trainer.is_global_zero:
+            value = trainer.callback_metrics.get(self.ctx.metric)
+            if value is not None:
+                trial = self._optuna_trial()
+                trial.report(float(value), epoch)
+                prune = trial.should_prune()
+                if prune:
+                    trial.set_user_attr("pruned_at_epoch", epoch)
+        prune = trainer.strategy.broadcast(prune, src=0)
+        if prune:
+            self.pruned_at = epoch
+            trainer.should_stop = True
+
+
+def set_user_attr(ctx: TrialContext, key: str, value: Any) -> None:
+    """Note something on the trial in the study's storage (from whichever process trains it)."""
+    import optuna
+
+    optuna.storages.get_storage(ctx.storage).set_trial_user_attr(ctx.trial_id, key, value)
+
+
+def die_with_driver(ctx: TrialContext, every: float = 1.0) -> None:
+    """A watchdog thread: if the sweep driver on this machine is gone (killed), end this trial's
+    process at once. Otherwise an orphaned trial would train on and write to the study and the
+    MLflow run after `--resume` has failed it. (On another node Ray ends a dead driver's tasks.)"""
+    import os
+    import socket
+    import threading
+
+    if not ctx.driver or ctx.driver[0] != socket.gethostname():
+        return
+    pid = int(ctx.driver[1])
+
+    def watch() -> None:
+        while True:
+            time.sleep(every)
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                os._exit(1)  # noqa: SLF001  no clean-up: the driver that wanted it is gone
+            except PermissionError:
+                pass
+
+    threading.Thread(target=watch, name="assay-driver-watch", daemon=True).start()

@@ -1,0 +1,346 @@
+"""Sweeps for real: an Optuna study in a SQLite file, trials on a local Ray, pruning (in-process
+and under Ray Train DDP), the driver killed with SIGKILL and resumed, four trials writing to one
+store at once. Every trial is a real digits training with its MLflow child run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from assay.config import ConfigError
+from assay.sweep import SweepError, load_sweep, run_sweep
+from tests.test_ray import no_ray_left  # noqa: F401  (fixture)
+
+BASE = [
+    "train.dataset=digits",
+    "train.arch=cnn_tiny",
+    "train.batch_size=64",
+    "train.early_stopping_patience=0",
+    "train.scheduler=none",
+]
+
+
+def _write(project: Path, name: str = "s", **sweep) -> Path:
+    body = {
+        "set": [*BASE, f"train.max_epochs={sweep.pop('epochs', 3)}"],
+        "study": name,
+        "objective": {"metric": "val/acc", "direction": "maximize"},
+        "space": {
+            "train.lr": {"type": "float", "low": 1e-3, "high": 3e-2, "log": True},
+            "train.models.cnn_tiny.dropout": {"type": "float", "low": 0.0, "high": 0.3},
+        },
+        "sampler": {"name": "tpe", "seed": 0, "n_startup_trials": 2},
+        "pruner": {"name": "none"},
+        "trials": 3,
+        "parallel": 1,
+        **sweep,
+    }
+    path = project / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({"sweep": body}, sort_keys=False))
+    return path
+
+
+def _client(root: Path) -> MlflowClient:
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    return MlflowClient(uri, registry_uri=uri)
+
+
+def _study(root: Path, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{root / 'optuna.db'}")
+
+
+def _children(client: MlflowClient, parent_id: str) -> list:
+    exp = client.get_experiment_by_name("assay").experiment_id
+    return client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent_id}'")
+
+
+class Lines:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def print(self, text: str = "", **_: object) -> None:
+        self.lines.append(str(text))
+
+
+# ------------------------------------------------------------------------------ bad input
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (
+            {"space": {"train.lr_typo": {"type": "float", "low": 0.1, "high": 1}}},
+            "space.train.lr_typo: no such setting",
+        ),
+        (
+            {"space": {"train.lr": {"type": "float", "low": 0.0, "high": 1, "log": True}}},
+            "log scale needs low > 0",
+        ),
+        ({"space": {"train.lr": {"type": "float", "low": 1.0, "high": 0.1}}}, "above high"),
+        (
+            {"space": {"train.optimizer": {"type": "categorical", "choices": ["adam", "lion"]}}},
+            "space.train.optimizer: value 'lion' gives: train.optimizer",
+        ),
+        ({"sampler": {"name": "bayes"}}, "sweep.sampler.name"),
+        ({"pruner": {"name": "asha", "reduction_factor": 1}}, "sweep.pruner.reduction_factor"),
+        ({"trials": None}, "give a budget"),
+        ({"objective": {"metric": "acc"}}, "sweep.objective.metric"),
+        (
+            {
+                "space": {
+                    "train.lr": {"type": "float", "low": 0.1, "high": 1, "when": {"train.nope": 1}}
+                }
+            },
+            "when: train.nope",
+        ),
+    ],
+)
+def test_a_bad_sweep_file_is_refused_before_anything_runs(project, change, expected):
+    path = _write(project, **change)
+    with pytest.raises(ConfigError) as e:
+        load_sweep(path, root=project)
+    assert expected in str(e.value), str(e.value)
+    assert str(path) in str(e.value)
+    assert not (project / "optuna.db").exists() and not (project / "mlflow.db").exists()
+
+
+def test_conditional_space_samples_a_parameter_only_with_its_architecture(project):
+    from assay.sweep import suggest
+
+    path = _write(
+        project,
+        space={
+            "train.arch": {"type": "categorical", "choices": ["cnn_tiny", "mlp_tiny"]},
+            "train.models.cnn_tiny.dropout": {
+                "type": "float",
+                "low": 0,
+                "high": 0.3,
+                "when": {"train.arch": "cnn_tiny"},
+            },
+            "train.models.mlp_tiny.hidden_sizes": {
+                "type": "categorical",
+                "choices": [[16], [32, 16]],
+                "when": {"train.arch": "mlp_tiny"},
+            },
+        },
+    )
+    s = load_sweep(path, root=project)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    seen = set()
+    for _ in range(12):
+        params = suggest(study.ask(), s.cfg.space, s.base.model_dump())
+        arch = params["train.arch"]
+        seen.add(arch)
+        other = "mlp_tiny" if arch == "cnn_tiny" else "cnn_tiny"
+        assert not any(f".{other}." in k for k in params)
+        if arch == "mlp_tiny":
+            assert params["train.models.mlp_tiny.hidden_sizes"] in ([16], [32, 16])
+    assert seen == {"cnn_tiny", "mlp_tiny"}
+
+
+# ----------------------------------------------------------------------------- real sweeps
+@pytest.mark.slow
+def test_sweep_tracks_a_parent_and_one_child_per_trial_and_registers_the_best(
+    project,
+    no_ray_left,  # noqa: F811
+):
+    s = load_sweep(_write(project, "lr", trials=3, parallel=2), root=project)
+    out = Lines()
+    result = run_sweep(s, console=out)
+
+    study = _study(project, "lr")
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    client = _client(project)
+    parent = client.get_run(result.parent_run_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.metrics["best_value"] == pytest.approx(study.best_value)
+    assert parent.data.tags["best.train.lr"] == str(study.best_params["train.lr"])
+    children = _children(client, result.parent_run_id)
+    by_trial = {int(r.data.tags["optuna.trial"]): r for r in children}
+    assert sorted(by_trial) == [0, 1, 2] and len(children) == 3
+    for t in trials:
+        run = by_trial[t.number]
+        assert run.info.run_id == t.user_attrs["mlflow_run_id"]
+        assert run.info.status == "FINISHED" and run.data.tags["trial.state"] == "complete"
+        assert float(run.data.params["train.lr"]) == pytest.approx(t.params["train.lr"])
+        assert len(client.get_metric_history(run.info.run_id, "val/acc")) == 3
+        # the trial's value is its best epoch's objective, as logged in MLflow
+        assert run.data.metrics["best_val/acc"] == pytest.approx(t.value)
+    artifacts = {a.path for a in client.list_artifacts(result.parent_run_id, "plots")}
+    for name in ("optimization_history", "param_importances", "parallel_coordinate"):
+        assert {f"plots/{name}.html", f"plots/{name}.png"} <= artifacts
+    sweep_out = project / "outputs/sweeps/lr"
+    best = yaml.safe_load((sweep_out / "best_params.yaml").read_text())
+    assert best["params"] == study.best_params and best["best_value"] == study.best_value
+    html = (sweep_out / "plots/optimization_history.html").read_text()
+    assert "plotly" in html and "<script" in html
+    # the best trial went through the champion gate under <dataset>-<arch>
+    version = client.get_model_version_by_alias("digits-cnn_tiny", "champion")
+    assert version.run_id == study.best_trial.user_attrs["mlflow_run_id"]
+    assert result.registration["promoted"] is True
+    # W&B: one offline run per trial (job type "trial") plus the sweep's ("sweep"); W&B 0.31
+    # reads its run files only in Go, so the group is checked as the bytes it wrote
+    files = {
+        f.parent.name.rsplit("-", 1)[1]: f.read_bytes()
+        for f in (project / "wandb").glob("offline-run-*/run-*.wandb")
+    }
+    wandb_ids = {r.data.tags["wandb.run_id"] for r in children}
+    assert wandb_ids < set(files) and len(files) == 4
+    assert all(b"trial" in files[i] and b"lr" in files[i] for i in wandb_ids)
+    assert sum(b"sweep-lr" in data for data in files.values()) == 1
+    assert any("complete" in line and "new best" in line for line in out.lines)
+    # running the same study again without --resume is refused
+    with pytest.raises(SweepError, match="--resume"):
+        run_sweep(load_sweep(_write(project, "lr"), root=project))
+
+
+@pytest.mark.slow
+def test_pruned_trials_stop_early_and_say_so_everywhere(project, no_ray_left):  # noqa: F811
+    # the threshold pruner stops every trial below 0.99 val/acc after its first epoch
+    path = _write(project, "pr", epochs=4, trials=2, pruner={"name": "threshold", "lower": 0.99})
+    out = Lines()
+    result = run_sweep(load_sweep(path, root=project), console=out)
+    study = _study(project, "pr")
+    assert [t.state for t in study.trials] == [TrialState.PRUNED] * 2
+    assert all(t.user_attrs["pruned_at_epoch"] == 0 for t in study.trials)
+    client = _client(project)
+    for run in _children(client, result.parent_run_id):
+        assert run.data.tags["trial.state"] == "pruned"
+        assert run.data.tags["trial.pruned_at_epoch"] == "0"
+        assert len(client.get_metric_history(run.info.run_id, "val/acc")) == 1  # stopped early
+        wandb_id = run.data.tags["wandb.run_id"]
+        wb = list((project / "wandb").glob(f"offline-run-*-{wandb_id}"))
+        assert wb and b"pruned" in (wb[0] / f"run-{wandb_id}.wandb").read_bytes()
+    assert sum("pruned at epoch 0" in line for line in out.lines) == 2
+
+
+@pytest.mark.slow
+def test_pruning_works_when_each_trial_trains_on_two_ray_workers(project, no_ray_left):  # noqa: F811
+    """optuna#6043: Optuna's Lightning callback breaks under DDP. Rank 0 reports here, and every
+    rank stops at the epoch the pruner chose (a rank that kept going would hang the group)."""
+    path = _write(
+        project,
+        "ddp",
+        epochs=4,
+        trials=1,
+        set=[*BASE, "train.max_epochs=4", "train.workers=2", "tracking.wandb.mode=disabled"],
+        pruner={"name": "threshold", "lower": 0.99},
+    )
+    result = run_sweep(load_sweep(path, root=project))
+    trial = _study(project, "ddp").trials[0]
+    assert trial.state == TrialState.PRUNED and trial.user_attrs["pruned_at_epoch"] == 0
+    assert list(trial.intermediate_values) == [0]
+    (run,) = _children(_client(project), result.parent_run_id)
+    assert run.data.tags["ray.workers"] == "2" and run.data.tags["trial.state"] == "pruned"
+
+
+@pytest.mark.slow
+def test_killed_driver_resumes_the_same_study_without_losing_or_doubling_a_trial(
+    project,
+    no_ray_left,  # noqa: F811
+):
+    path = _write(project, "kill", epochs=40, trials=5, parallel=2)
+    cmd = [sys.executable, "-m", "assay.cli", "sweep", "-e", str(path)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    log = open(project / "driver.log", "wb")  # noqa: SIM115
+    driver = subprocess.Popen(cmd, cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline:  # one trial done and two running: kill the driver now
+            time.sleep(0.5)
+            if not (project / "optuna.db").exists():
+                continue
+            try:
+                states = [t.state for t in _study(project, "kill").get_trials(deepcopy=False)]
+            except (KeyError, Exception):  # the study is being created
+                continue
+            if states.count(TrialState.COMPLETE) >= 1 and states.count(TrialState.RUNNING) == 2:
+                break
+        else:
+            pytest.fail("the sweep never had a trial done and two running")
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(30)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+        log.close()
+    killed = _study(project, "kill")
+    running = [t.number for t in killed.get_trials() if t.state == TrialState.RUNNING]
+    assert len(running) == 2
+
+    done = subprocess.run(
+        [*cmd, "--resume"], cwd=project, env=env, capture_output=True, text=True, timeout=400
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    trials = _study(project, "kill").get_trials()
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert len(finished) == 5  # all requested trials, none counted twice
+    # The trials the kill interrupted were failed (the trial processes die with the driver)...
+    assert sorted(t.number for t in failed) == running, done.stdout
+    assert "marked failed" in done.stdout
+    retried = {t.user_attrs.get("retry_of"): t for t in trials if "retry_of" in t.user_attrs}
+    assert sorted(retried) == running  # ...and ran again, with the same parameters
+    for number, retry in retried.items():
+        assert retry.params == trials[number].params
+        assert retry.state in (TrialState.COMPLETE, TrialState.PRUNED)
+    client = _client(project)
+    parent = killed.user_attrs["mlflow_parent_run_id"]
+    children = _children(client, parent)
+    by_trial = {int(r.data.tags["optuna.trial"]): r for r in children}
+    assert len(children) == len(by_trial) == len(trials)  # one to one, no duplicate runs
+    status = {"complete": "FINISHED", "pruned": "FINISHED", "fail": "KILLED"}
+    for t in trials:
+        run = by_trial[t.number]
+        assert run.info.status == status[t.state.name.lower()], t.number
+        assert run.info.run_id == t.user_attrs["mlflow_run_id"]
+    assert client.get_run(parent).info.status == "FINISHED"
+
+
+@pytest.mark.slow
+def test_four_parallel_trials_share_the_default_stores_without_losing_a_metric(
+    project,
+    no_ray_left,  # noqa: F811
+):
+    path = _write(
+        project,
+        "four",
+        epochs=5,
+        trials=8,
+        parallel=4,
+        cpus_per_trial=0.5,
+        set=[*BASE, "train.max_epochs=5", "tracking.wandb.mode=disabled"],
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "assay.cli", "sweep", "-e", str(path)],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=500,
+    )
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 0, text[-3000:]
+    assert "database is locked" not in text
+    study = _study(project, "four")
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 8
+    starts = sorted((t.datetime_start, t.datetime_complete) for t in study.trials)
+    overlap = max(sum(s <= a < e for s, e in starts) for a, _ in starts)
+    assert overlap == 4  # four ran at once
+    client = _client(project)
+    for t in study.trials:
+        run_id = t.user_attrs["mlflow_run_id"]
+        assert len(client.get_metric_history(run_id, "val/acc")) == 5
+        epochs = sorted({m.value for m in client.get_metric_history(run_id, "epoch")})
+        assert epochs == [0, 1, 2, 3, 4]
+        assert len(client.get_metric_history(run_id, "train/loss")) == 5
+        assert sorted(t.intermediate_values) == [0, 1, 2, 3, 4]

@@ -34,16 +34,16 @@ SPACE = {
 }
 
 
-def project(root: Path | None) -> Path:
+def project(root: Path | None, dataset: str = "digits") -> Path:
     from assay.config import load_config
     from assay.data import fetch, prepare
 
     root = root or Path(tempfile.mkdtemp(prefix="assay-sweep-bench-"))
     shutil.copy(REPO / "params.yaml", root / "params.yaml")
-    if not (root / "data/digits/meta.json").exists():
+    if not (root / f"data/{dataset}/meta.json").exists():
         cfg = load_config(root=root)
-        fetch("digits", cfg.fetch, root)
-        prepare("digits", cfg.prepare, root)
+        fetch(dataset, cfg.fetch, root)
+        prepare(dataset, cfg.prepare, root)
     return root
 
 
@@ -56,12 +56,16 @@ def sweep_file(
     trials: int,
     epochs: int,
     parallel: int = 1,
+    min_resource: int = 2,
+    startup: int = 5,
+    dataset: str = "digits",
+    arch: str = "cnn",
 ) -> Path:
     body = {
         "sweep": {
             "set": [
-                "train.dataset=digits",
-                "train.arch=cnn",
+                f"train.dataset={dataset}",
+                f"train.arch={arch}",
                 f"train.max_epochs={epochs}",
                 "train.early_stopping_patience=0",
                 "train.scheduler=none",
@@ -71,8 +75,8 @@ def sweep_file(
             "study": study,
             "objective": {"metric": "val/acc", "direction": "maximize"},
             "space": SPACE,
-            "sampler": {"name": sampler, "seed": seed, "n_startup_trials": 5},
-            "pruner": {"name": pruner, "min_resource": 2, "reduction_factor": 3},
+            "sampler": {"name": sampler, "seed": seed, "n_startup_trials": startup},
+            "pruner": {"name": pruner, "min_resource": min_resource, "reduction_factor": 3},
             "trials": trials,
             "parallel": parallel,
             "register_best": False,
@@ -92,6 +96,18 @@ def run(root: Path, path: Path):
     result = run_sweep(s)
     study = optuna.load_study(study_name=s.study, storage=s.storage)
     return result, study
+
+
+def _storage(root: Path) -> str:
+    return f"sqlite:///{(root / 'optuna.db').resolve()}"
+
+
+def _studies(root: Path) -> list[str]:
+    import optuna
+
+    if not (root / "optuna.db").exists():
+        return []
+    return [s.study_name for s in optuna.get_all_study_summaries(_storage(root))]
 
 
 def reach(study, target: float) -> tuple[int | None, float | None, int]:
@@ -115,6 +131,9 @@ def main() -> None:
     ap.add_argument("--random-trials", type=int, default=20)
     ap.add_argument("--tpe-trials", type=int, default=40, help="TPE's budget (it may need fewer)")
     ap.add_argument("--root", type=Path, default=None, help="a project folder to reuse (data)")
+    ap.add_argument("--min-resource", type=int, default=1, help="Hyperband's first rung (epochs)")
+    ap.add_argument("--startup", type=int, default=5, help="TPE's random trials first")
+    ap.add_argument("--tag", default="", help="suffix for the study names (re-runs)")
     args = ap.parse_args()
 
     from rich.console import Console
@@ -137,21 +156,32 @@ def main() -> None:
     )
     ratios = []
     for seed in args.seeds:
-        _, rnd = run(
-            root,
-            sweep_file(
-                root, f"random-{seed}", "random", "none", seed, args.random_trials, args.epochs
-            ),
-        )
+        rnd_name = f"random-{seed}-e{args.epochs}-n{args.random_trials}"
+        if rnd_name in _studies(root):  # the same seed, space and epochs: reuse it
+            import optuna
+
+            rnd = optuna.load_study(study_name=rnd_name, storage=_storage(root))
+        else:
+            rnd_file = sweep_file(
+                root, rnd_name, "random", "none", seed, args.random_trials, args.epochs
+            )
+            _, rnd = run(root, rnd_file)
         target = rnd.best_value
         r_epochs = sum(len(t.intermediate_values) for t in rnd.trials)
         r_secs = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in rnd.trials)
-        _, tpe = run(
+        tpe_name = f"tpe-hb-{seed}-e{args.epochs}-m{args.min_resource}-s{args.startup}{args.tag}"
+        tpe_file = sweep_file(
             root,
-            sweep_file(
-                root, f"tpe-hb-{seed}", "tpe", "hyperband", seed, args.tpe_trials, args.epochs
-            ),
+            tpe_name,
+            "tpe",
+            "hyperband",
+            seed,
+            args.tpe_trials,
+            args.epochs,
+            min_resource=args.min_resource,
+            startup=args.startup,
         )
+        _, tpe = run(root, tpe_file)
         t_epochs, t_secs, at = reach(tpe, target)
         ratio = (t_epochs / r_epochs) if t_epochs else None
         ratios.append(ratio if ratio is not None else float("inf"))

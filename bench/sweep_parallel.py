@@ -9,7 +9,8 @@ seed and so the same trials. Trials per hour: trials / (sweep wall time from the
 start to the last trial's end). Overhead: from the moment a trial's Ray task starts to its first
 training step (config, data, model, MLflow child run, Optuna, Lightning's set-up and sanity
 check), as each trial records it (`overhead_s`). A worker process's first trial also imports
-torch/Lightning/MLflow: shown apart as "cold".
+torch/Lightning/MLflow: shown apart as "cold". Last, the machine's own ceiling: the same CNN's
+bare training loop (no Lightning, no Ray, no tracking) in one process, then two side by side.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,18 +28,67 @@ sys.path.insert(0, str(REPO / "bench"))
 from sweep_efficiency import project, run, sweep_file  # noqa: E402
 
 
+def _steps_per_second(root: str, seconds: float, queue) -> None:
+    """The digits CNN's training steps per second, one torch thread, in this process."""
+    import time
+
+    import torch
+    import torch.nn.functional as F
+
+    from assay.data import datamodule
+    from models import create_model
+
+    torch.set_num_threads(1)
+    dm = datamodule("digits", Path(root), batch_size=64)
+    model = create_model("cnn", task=dm.task)
+    x, y = dm.tensors("train")[:2]
+    opt = torch.optim.Adam(model.parameters())
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        i = (n * 64) % (len(x) - 64)
+        opt.zero_grad()
+        F.cross_entropy(model(x[i : i + 64]), y[i : i + 64]).backward()
+        opt.step()
+        n += 1
+    queue.put(n / (time.perf_counter() - start))
+
+
+def ceiling(root: Path, seconds: float = 15) -> tuple[float, float]:
+    """What the machine itself gives: steps/s of one training process alone, and of two side by
+    side (summed). Two trials can't beat the second number's ratio to the first."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    out = []
+    for n in (1, 2):
+        q = ctx.Queue()
+        procs = [
+            ctx.Process(target=_steps_per_second, args=(str(root), seconds, q)) for _ in range(n)
+        ]
+        for p in procs:
+            p.start()
+        rates = [q.get() for _ in procs]
+        for p in procs:
+            p.join()
+        out.append(sum(rates))
+    return out[0], out[1]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--trials", type=int, default=8)
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--settings", default="1,2", help="trials at once, comma-separated")
     ap.add_argument("--root", type=Path, default=None)
+    ap.add_argument("--dataset", default="digits", help="e.g. mnist (with --arch mlp)")
+    ap.add_argument("--arch", default="cnn")
+    ap.add_argument("--no-ceiling", action="store_true", help="skip the raw 1-vs-2 process check")
     args = ap.parse_args()
 
     from rich.console import Console
     from rich.table import Table
 
-    root = project(args.root)
+    root = project(args.root, args.dataset)
     console = Console(width=130)
     table = Table(
         "parallel",
@@ -49,22 +100,26 @@ def main() -> None:
         "overhead s median",
         "p90",
         "cold (first per worker)",
-        title=f"digits CNN sweeps: {args.trials} trials x {args.epochs} epochs, 1 thread a trial",
+        title=f"{args.dataset} {args.arch} sweeps: {args.trials} trials x {args.epochs} epochs, "
+        "1 thread a trial",
     )
     base = None
+    stamp = time.strftime("%H%M%S")  # new studies each run
     for i, setting in enumerate(args.settings.split(",")):
         parallel = int(setting)
         _, study = run(
             root,
             sweep_file(
                 root,
-                f"par{parallel}-{i}",
+                f"par{parallel}-{i}-e{args.epochs}-{stamp}",
                 "random",
                 "none",
                 0,
                 args.trials,
                 args.epochs,
                 parallel=parallel,
+                dataset=args.dataset,
+                arch=args.arch,
             ),
         )
         trials = study.trials
@@ -92,6 +147,12 @@ def main() -> None:
         )
         console.print(f"parallel {parallel}: {per_hour:.0f} trials/hour")
     console.print(table)
+    if not args.no_ceiling:
+        one, two = ceiling(root)
+        console.print(
+            f"the machine's ceiling: the digits CNN's training loop alone {one:.0f} steps/s in "
+            f"one process, {two:.0f} steps/s summed over two side by side: {two / one:.2f}x"
+        )
 
 
 if __name__ == "__main__":

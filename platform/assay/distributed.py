@@ -65,8 +65,9 @@ def auth_env() -> None:
 
 
 @contextlib.contextmanager
-def ray_session(cfg):
-    """Joined to the configured cluster, or a local Ray for this run only."""
+def ray_session(cfg, dashboard: bool = True):
+    """Joined to the configured cluster, or a local Ray for this run only. `dashboard=False`:
+    a local Ray without the dashboard (and its CPU), for work that needs no Ray Train."""
     import ray
 
     if ray.is_initialized():  # inside a Ray job or a caller's own session
@@ -85,7 +86,7 @@ def ray_session(cfg):
             num_gpus=None if t.gpus_per_worker else 0,
             # Ray Train's cleanup polls the state API, which lives in the dashboard: without
             # it, every few seconds "Failed to query Ray Train Controller actor state".
-            include_dashboard=True,
+            include_dashboard=dashboard,
             dashboard_host="127.0.0.1",
             log_to_driver=True,
         )

@@ -617,7 +617,8 @@ def run_sweep(
         offer["cpus_per_worker"] = cpus
     ray_cfg = sweep.base.model_copy(update={"train": sweep.base.train.model_copy(update=offer)})
     try:
-        with distributed.ray_session(ray_cfg):
+        # Trials that are plain Ray tasks need no dashboard; it costs the trials CPU.
+        with distributed.ray_session(ray_cfg, dashboard=uses_ray_train):
             while True:
                 room = budget - _finished(study) - len(pending)
                 while len(pending) < cfg.parallel and room > 0 and time.time() < deadline:

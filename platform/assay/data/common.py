@@ -104,6 +104,26 @@ def read_meta(name: str, root: Path) -> dict:
     return json.loads(path.read_text())
 
 
+# A process that trains one model after another on the same data (a sweep's Ray worker runs trial
+# after trial) reads each split once: the tensors are kept, keyed by the files they came from.
+# Training never writes into them. At most two data sets are held.
+_SPLITS_CACHE: dict[tuple, TensorDataset] = {}
+
+
+def _cached_split(dm: ArrayDataModule, split: str) -> TensorDataset:
+    f = dm.folder / f"{split}.npz"
+    stat = f.stat() if f.exists() else None
+    key = (type(dm).__name__, str(f.resolve()), split, stat and (stat.st_mtime_ns, stat.st_size))
+    if stat is None:  # not a plain .npz split: no caching
+        return TensorDataset(*dm.tensors(split))
+    if key not in _SPLITS_CACHE:
+        folders = {k[1].rsplit("/", 1)[0] for k in _SPLITS_CACHE}
+        if len(folders) >= 2 and str(f.resolve().parent) not in folders:
+            _SPLITS_CACHE.clear()
+        _SPLITS_CACHE[key] = TensorDataset(*dm.tensors(split))
+    return _SPLITS_CACHE[key]
+
+
 class ArrayDataModule(pl.LightningDataModule):
     """Prepared splits held in memory as tensors; batches are tuples (inputs..., target).
 
@@ -143,7 +163,7 @@ class ArrayDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         for split in SPLITS:
             if split not in self._data:
-                self._data[split] = TensorDataset(*self.tensors(split))
+                self._data[split] = _cached_split(self, split)
 
     def _loader(self, split: str, shuffle: bool, batch_size: int | None = None) -> DataLoader:
         self.setup()

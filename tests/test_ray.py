@@ -103,6 +103,8 @@ def test_killing_a_worker_resumes_from_its_checkpoint_in_the_same_run(project, n
         "train.early_stopping_patience=0",
         "--set",
         "train.max_failures=2",
+        "--set",
+        "train.batch_size=16",  # epochs of ~1 s: longer than Ray takes to register a checkpoint
     ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_DEDUP_LOGS": "0"}
     log = project / "train.log"
@@ -149,7 +151,9 @@ def test_killing_a_worker_resumes_from_its_checkpoint_in_the_same_run(project, n
     reports = [line for line in text.splitlines() if "Reporting training result" in line]
     rank0 = [int(r.split("'epoch': ")[1].split(",")[0]) for r in reports if "from rank 0" in r]
     assert rank0.count(0) == 1 and sorted(set(rank0)) == list(range(epochs)), rank0
-    assert len(rank0) <= epochs + 1, rank0
+    # Ray resumes from the last checkpoint its controller had registered, which can trail the
+    # last one reported by an epoch; never from scratch (epoch 0 once, above).
+    assert len(rank0) <= epochs + 2, rank0
 
 
 def test_a_crash_that_exhausts_the_retries_ends_failed_with_the_worker_traceback(

@@ -4,6 +4,7 @@ store at once. Every trial is a real digits training with its MLflow child run."
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -12,6 +13,7 @@ import time
 from pathlib import Path
 
 import optuna
+import psutil
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
@@ -19,7 +21,7 @@ from optuna.trial import TrialState
 
 from assay.config import ConfigError
 from assay.sweep import SweepError, load_sweep, run_sweep
-from tests.test_ray import no_ray_left  # noqa: F401  (fixture)
+from tests.test_ray import _ray_processes, no_ray_left  # noqa: F401  (fixture)
 
 BASE = [
     "train.dataset=digits",
@@ -62,6 +64,10 @@ def _study(root: Path, name: str) -> optuna.Study:
 def _children(client: MlflowClient, parent_id: str) -> list:
     exp = client.get_experiment_by_name("assay").experiment_id
     return client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent_id}'")
+
+
+def _trial_processes() -> list:
+    return [p for p in _ray_processes() if "run_trial" in " ".join(p.info["cmdline"] or [])]
 
 
 class Lines:
@@ -269,10 +275,20 @@ def test_killed_driver_resumes_the_same_study_without_losing_or_doubling_a_trial
             pytest.fail("the sweep never had a trial done and two running")
         driver.send_signal(signal.SIGKILL)
         driver.wait(30)
+        # The trials die with their driver (each watches its pid)...
+        deadline = time.time() + 15
+        while time.time() < deadline and _trial_processes():
+            time.sleep(0.5)
+        assert not _trial_processes()
     finally:
         if driver.poll() is None:
             driver.kill()
         log.close()
+        # ...but a SIGKILLed driver's local Ray leaves its agents behind for a while (they poll
+        # for their raylet; `ray stop` would end them). End them here.
+        for p in _ray_processes():
+            with contextlib.suppress(psutil.Error):
+                p.kill()
     killed = _study(project, "kill")
     running = [t.number for t in killed.get_trials() if t.state == TrialState.RUNNING]
     assert len(running) == 2
@@ -286,11 +302,13 @@ def test_killed_driver_resumes_the_same_study_without_losing_or_doubling_a_trial
     finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     failed = [t for t in trials if t.state == TrialState.FAIL]
     assert len(finished) == 5  # all requested trials, none counted twice
-    # The trials the kill interrupted were failed (the trial processes die with the driver)...
-    assert sorted(t.number for t in failed) == running, done.stdout
-    assert "marked failed" in done.stdout
+    # The trials the kill interrupted were failed and run again. One that wrote all its outputs
+    # in the instant before its process saw the driver gone is adopted instead (kept as it ended).
+    adopted = [n for n in running if trials[n].state != TrialState.FAIL]
+    assert sorted([t.number for t in failed] + adopted) == running, done.stdout
+    assert len(adopted) <= 1 and (not failed or "marked failed" in done.stdout), done.stdout
     retried = {t.user_attrs.get("retry_of"): t for t in trials if "retry_of" in t.user_attrs}
-    assert sorted(retried) == running  # ...and ran again, with the same parameters
+    assert sorted(retried) == sorted(t.number for t in failed)  # with the same parameters
     for number, retry in retried.items():
         assert retry.params == trials[number].params
         assert retry.state in (TrialState.COMPLETE, TrialState.PRUNED)

@@ -452,10 +452,16 @@ def fail_interrupted(study, client, metric: str) -> tuple[list[int], list[int]]:
         tid = t._trial_id  # noqa: SLF001
         run = _child_run(client, study, t)
         tags = run.data.tags if run else {}
+        # Adopted only if its outputs were written whole (run.json last of them): Lightning's
+        # MLflow logger marks the run FINISHED when the fit ends, before the outputs exist.
+        out = _trial_out(study, t)
         if (
             run
             and run.info.status == "FINISHED"
             and tags.get("trial.state") in ("complete", "pruned")
+            and out is not None
+            and (out / "model" / "run.json").exists()
+            and (out / "history.csv").exists()
         ):
             storage.set_trial_user_attr(tid, "mlflow_run_id", run.info.run_id)
             if tags["trial.state"] == "pruned":
@@ -475,7 +481,7 @@ def fail_interrupted(study, client, metric: str) -> tuple[list[int], list[int]]:
             storage.set_trial_user_attr(tid, "mlflow_run_id", run.info.run_id)
         storage.set_trial_state_values(tid, TrialState.FAIL)
         if run is not None:
-            if run.info.status in ("RUNNING", "SCHEDULED"):
+            if run.info.status in ("RUNNING", "SCHEDULED", "FINISHED"):
                 client.set_tag(run.info.run_id, "trial.state", "failed")
                 client.set_tag(
                     run.info.run_id, "error", "the sweep driver stopped during this trial"
@@ -484,6 +490,11 @@ def fail_interrupted(study, client, metric: str) -> tuple[list[int], list[int]]:
         study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
         failed.append(t.number)
     return failed, adopted
+
+
+def _trial_out(study, t) -> Path | None:
+    sweep = study.user_attrs.get("sweep_out")
+    return Path(sweep) / "trials" / f"trial-{t.number}" if sweep else None
 
 
 def _child_run(client, study, t):
@@ -581,6 +592,7 @@ def run_sweep(
         parent_id = parent.info.run_id
         study.set_user_attr("mlflow_parent_run_id", parent_id)
         study.set_user_attr("sweep", cfg.model_dump(mode="json"))
+        study.set_user_attr("sweep_out", str(sweep.out))
         _log_sweep_params(client, parent_id, sweep)
     else:
         client.update_run(parent_id, status="RUNNING")

@@ -362,3 +362,54 @@ def test_four_parallel_trials_share_the_default_stores_without_losing_a_metric(
         assert epochs == [0, 1, 2, 3, 4]
         assert len(client.get_metric_history(run_id, "train/loss")) == 5
         assert sorted(t.intermediate_values) == [0, 1, 2, 3, 4]
+
+
+PG = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def _pg_up() -> bool:
+    import sqlalchemy
+
+    try:
+        with sqlalchemy.create_engine(PG).connect():
+            return True
+    except Exception:
+        return False
+
+
+@pytest.mark.slow
+def test_a_study_on_postgresql_is_shared_by_parallel_trials(project, no_ray_left):  # noqa: F811
+    """The multi-machine path: the study in a real PostgreSQL server (the machine's own)."""
+    if not _pg_up():
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL is not reachable at {PG}")
+        pytest.skip(f"no PostgreSQL at {PG}")
+    import uuid
+
+    name = f"pg-{uuid.uuid4().hex[:8]}"
+    path = _write(
+        project,
+        name,
+        trials=3,
+        parallel=2,
+        storage=PG,
+        set=[*BASE, "train.max_epochs=2", "tracking.wandb.mode=disabled"],
+    )
+    try:
+        result = run_sweep(load_sweep(path, root=project))
+        study = optuna.load_study(study_name=name, storage=PG)
+        assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
+        assert all(sorted(t.intermediate_values) == [0, 1] for t in study.trials)
+        assert result.storage == PG and not (project / "optuna.db").exists()
+        assert len(_children(_client(project), result.parent_run_id)) == 3
+        shown = subprocess.run(
+            [sys.executable, "-m", "assay.cli", "sweep", "status", name, "--storage", PG],
+            cwd=project,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert shown.returncode == 0 and shown.stdout.count("complete") >= 3, shown.stdout
+    finally:
+        with contextlib.suppress(KeyError):
+            optuna.delete_study(study_name=name, storage=PG)

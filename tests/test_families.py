@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from assay.cli import app
-from assay.config import load_config, validate
+from assay.config import apply_overrides, load_config, validate
 from assay.data import fetch, prepare
 from assay.registry import register
 from assay.training import evaluate, train
@@ -429,6 +429,41 @@ def test_ratings_split_by_time_per_user_and_negatives_are_unrated(family_data):
     assert cand.shape == (943, 100)
     assert rated[np.arange(943), cand[:, 0]].all()  # the positive was rated (in test)
     assert not rated[np.arange(943)[:, None], cand[:, 1:]].any()  # negatives never were
+    # by time: no user has a training rating later than any of their test ratings
+    last_train = np.zeros(943, np.int64)
+    np.maximum.at(last_train, d["train"]["u"], d["train"]["t"])
+    first_test = np.full(943, np.iinfo(np.int64).max)
+    np.minimum.at(first_test, d["test"]["u"], d["test"]["t"])
+    assert (last_train <= first_test).all()
+
+
+def test_ratings_random_split_keeps_each_users_fractions(family_data, tmp_path):
+    cfg = validate(
+        apply_overrides(
+            load_config(params=REPO / "params.yaml", root=tmp_path).model_dump(),
+            ["prepare.ratings.split=random"],
+        )
+    )
+    shutil.copytree(family_data / "raw/movielens", tmp_path / "data/raw/movielens")
+    prepare("movielens", cfg.prepare, tmp_path)
+    rand = {s: np.load(tmp_path / f"data/movielens/{s}.npz") for s in ("train", "val", "test")}
+    time = {s: np.load(family_data / f"movielens/{s}.npz") for s in ("train", "val", "test")}
+    for s in rand:  # the same number of ratings per user and split, other ratings in them
+        assert (np.bincount(rand[s]["u"]) == np.bincount(time[s]["u"])).all()
+
+    def pairs(d):
+        return set(zip(d["u"].tolist(), d["i"].tolist(), strict=True))
+
+    assert len(pairs(rand["test"]) & pairs(time["test"])) < 0.5 * len(rand["test"]["u"])
+    assert not pairs(rand["train"]) & pairs(rand["test"])
+    # now some users rated a training film after a test one
+    last_train = np.zeros(943, np.int64)
+    np.maximum.at(last_train, rand["train"]["u"], rand["train"]["t"])
+    first_test = np.full(943, np.iinfo(np.int64).max)
+    np.minimum.at(first_test, rand["test"]["u"], rand["test"]["t"])
+    assert (last_train > first_test).mean() > 0.5
+    meta = json.loads((tmp_path / "data/movielens/meta.json").read_text())
+    assert meta["split"] == "random"
 
 
 def test_shuttle_trains_on_normal_rows_only(family_data):

@@ -129,6 +129,11 @@ class RatingsPrepConfig(StrictModel):
     negatives: int = Field(
         99, ge=1, le=10_000, description="unrated items ranked with each test item"
     )
+    split: Literal["time", "random"] = Field(
+        "time",
+        description="per user: `time` puts each user's latest ratings in test (forecasting "
+        "what they rate next); `random` draws them at random (the common benchmark protocol)",
+    )
 
 
 class PrepareConfig(StrictModel):

@@ -1,9 +1,11 @@
 """Recommendation: MovieLens-100K explicit ratings (943 users, 1,682 films, 1-5 stars).
 
-Split by time per user: each user's ratings in time order, the latest `test_fraction` to test, the
-`val_fraction` before them to val, the rest to train (every user has >= 20 ratings, so each split
-holds every user). Ranking: for each user, their latest test rating is ranked against
-`prepare.ratings.negatives` films they never rated (sampled once, with the seed): HR@10, NDCG@10.
+Split per user (`prepare.ratings.split`). `time` (the default): each user's ratings in time order,
+the latest `test_fraction` to test, the `val_fraction` before them to val, the rest to train.
+`random`: the same fractions of each user's ratings, drawn with the seed. Every user has >= 20
+ratings, so each split holds every user. Ranking: for each user, their latest test rating is
+ranked against `prepare.ratings.negatives` films they never rated (sampled once, with the seed):
+HR@10, NDCG@10. Each split keeps the ratings' Unix timestamps (`t`).
 Ids are 0-based indices; `meta` maps them back to MovieLens ids.
 """
 
@@ -31,9 +33,15 @@ def prepare(name: str, raw: Path, source: dict, cfg) -> tuple[dict, dict]:
     item_ids, i = np.unique(items_raw, return_inverse=True)
     order = np.lexsort((i, ts, u))  # by user, then time (ties: item id), stable
     u, i, r, ts = u[order], i[order], rating[order].astype(np.float32), ts[order]
-    split = np.zeros(len(u), np.int8)  # 0 train, 1 val, 2 test
     starts = np.flatnonzero(np.r_[True, u[1:] != u[:-1]])
     ends = np.r_[starts[1:], len(u)]
+    if cfg.ratings.split == "random":  # shuffle within each user; the fractions below still hold
+        shuffle = np.random.default_rng(cfg.seed + 1)
+        order = np.concatenate(
+            [a + shuffle.permutation(b - a) for a, b in zip(starts, ends, strict=True)]
+        )
+        i, r, ts = i[order], r[order], ts[order]
+    split = np.zeros(len(u), np.int8)  # 0 train, 1 val, 2 test
     for a, b in zip(starts, ends, strict=True):
         n = b - a
         n_test = max(1, math.ceil(cfg.test_fraction * n))
@@ -41,7 +49,7 @@ def prepare(name: str, raw: Path, source: dict, cfg) -> tuple[dict, dict]:
         split[b - n_test : b] = 2
         split[b - n_test - n_val : b - n_test] = 1
     splits = {
-        name: {"u": u[split == k], "i": i[split == k], "r": r[split == k]}
+        name: {"u": u[split == k], "i": i[split == k], "r": r[split == k], "t": ts[split == k]}
         for k, name in enumerate(("train", "val", "test"))
     }
     # Ranking: the latest test item of each user against never-rated items.
@@ -49,7 +57,12 @@ def prepare(name: str, raw: Path, source: dict, cfg) -> tuple[dict, dict]:
     n_users, n_items = len(user_ids), len(item_ids)
     rated = np.zeros((n_users, n_items), bool)
     rated[u, i] = True
-    last_test = ends - 1  # each user's latest rating is in test
+    last_test = np.array(  # each user's latest test rating
+        [
+            b - 1 - np.argmax(np.where(split[a:b] == 2, ts[a:b], -1)[::-1])
+            for a, b in zip(starts, ends, strict=True)
+        ]
+    )
     candidates = np.empty((n_users, 1 + cfg.ratings.negatives), np.int64)
     for user in range(n_users):
         pool = np.flatnonzero(~rated[user])
@@ -63,6 +76,7 @@ def prepare(name: str, raw: Path, source: dict, cfg) -> tuple[dict, dict]:
         "rating_range": [float(r.min()), float(r.max())],
         "train_mean": float(splits["train"]["r"].mean()),
         "negatives": cfg.ratings.negatives,
+        "split": cfg.ratings.split,
         "user_ids": user_ids.tolist(),
         "item_ids": item_ids.tolist(),
     }

@@ -4,6 +4,7 @@ test split.
 
     python bench/ray_scaling.py                   # full mnist-cnn (6 epochs) per setting
     python bench/ray_scaling.py --epochs 3 --settings 2x1,1x2
+    python bench/ray_scaling.py --settings 1x1,2x1 --set train.batch_size=256
 
 Each setting is WORKERSxCPUS_PER_WORKER (0x2: in-process, 2 threads). Throughput is steady
 state: training samples per second between the end of the first epoch and the end of the last,
@@ -33,6 +34,13 @@ def main() -> None:
     ap.add_argument("--settings", default="1x1,1x2,2x1", help="WORKERSxCPUS, comma-separated")
     ap.add_argument("--root", type=Path, default=None, help="a project folder to reuse (data)")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    ap.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        help="KEY.PATH=VALUE for every setting, e.g. train.batch_size=256 (per worker)",
+    )
     args = ap.parse_args()
 
     from mlflow.tracking import MlflowClient
@@ -62,6 +70,7 @@ def main() -> None:
         ]
         if args.epochs:
             sets.append(f"train.max_epochs={args.epochs}")
+        sets += args.overrides
         cfg = validate(apply_overrides(base.model_dump(), sets))
         console.print(f"[bold]{setting}[/]: {workers or 'in-process'} x {cpus} CPU ...")
         started = time.time()
@@ -90,7 +99,8 @@ def main() -> None:
             }
         )
     ref = rows[0]["samples_per_s"]
-    table = Table(title=f"MNIST CNN on {root}: {n_train} training samples per epoch")
+    extra = f" ({', '.join(args.overrides)})" if args.overrides else ""
+    table = Table(title=f"MNIST CNN on {root}: {n_train} training samples per epoch{extra}")
     for col in (
         "setting",
         "epochs",

@@ -164,10 +164,9 @@ def fit(cfg, root: Path, run, monitor: str, mode: str, dest: Path, trial=None) -
     run.params = {**run.params, "ray": info}  # the W&B run's config, when the driver starts it
     pruned_at = None
     if trial is not None:  # rank 0 noted it on the Optuna trial
-        import optuna
+        from assay.trial import get_user_attr
 
-        storage = optuna.storages.get_storage(trial.storage)
-        pruned_at = storage.get_trial(trial.trial_id).user_attrs.get("pruned_at_epoch")
+        pruned_at = get_user_attr(trial, "pruned_at_epoch")
     return Fit(best_path, rows, int(state.get("epoch", -1)) + 1, info, pruned_at)  # 0-based
 
 

@@ -48,6 +48,19 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def csv_bytes(rows: list[dict[str, Any]], fieldnames: list[str] | None = None) -> bytes:
+    """Rows as CSV; columns `fieldnames` (default: every key, in first-seen order)."""
+    import csv
+    import io
+
+    keys = fieldnames or list(dict.fromkeys(k for r in rows for k in r))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue().encode()
+
+
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 

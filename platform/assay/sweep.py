@@ -44,7 +44,7 @@ from assay.config import (
     load_config,
     validate,
 )
-from assay.paths import atomic_dir, atomic_write_bytes, atomic_write_json, find_root
+from assay.paths import atomic_dir, atomic_write_bytes, atomic_write_json, csv_bytes, find_root
 from assay.trial import TrialContext, build_pruner
 from models.base import StrictModel
 
@@ -793,9 +793,6 @@ def trials_table(study) -> list[dict[str, Any]]:
 
 
 def _summarise(sweep: Sweep, study, client, parent_id: str, seconds: float, say) -> SweepResult:
-    import csv
-    import io
-
     from optuna.trial import TrialState
 
     counts = _study_state(study)
@@ -825,16 +822,10 @@ def _summarise(sweep: Sweep, study, client, parent_id: str, seconds: float, say)
         files += [str(sweep.out / "plots" / p.name) for p in _plots(study, folder)]
         for p in sorted(folder.iterdir()):
             client.log_artifact(parent_id, str(p), "plots")
-    buf = io.StringIO()
-    if rows:
-        keys = list(dict.fromkeys(k for r in rows for k in r))
-        w = csv.DictWriter(buf, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
-    atomic_write_bytes(sweep.out / "trials.csv", buf.getvalue().encode())
+    atomic_write_bytes(sweep.out / "trials.csv", csv_bytes(rows) if rows else b"")
     client.log_artifact(parent_id, str(sweep.out / "trials.csv"))
     for k, v in metrics.items():
-        if isinstance(v, int | float) and v is not None:
+        if isinstance(v, int | float):
             client.log_metric(parent_id, k, float(v))
     for k, v in best_params.items():
         client.set_tag(parent_id, f"best.{k}", str(v))

@@ -12,8 +12,6 @@ family's name: `assay.evaluation` holds one scorer per objective.
 
 from __future__ import annotations
 
-import csv
-import io
 import tempfile
 import time
 from dataclasses import dataclass
@@ -28,7 +26,14 @@ from assay import plots, tracking
 from assay.config import AssayConfig
 from assay.data import ArrayDataModule, datamodule
 from assay.distributed import Fit
-from assay.paths import atomic_dir, atomic_write_bytes, atomic_write_json, find_root
+from assay.paths import (
+    atomic_dir,
+    atomic_write_bytes,
+    atomic_write_json,
+    csv_bytes,
+    find_root,
+    read_json,
+)
 from assay.trial import TrialContext
 from models import create_model, get_entry
 
@@ -90,11 +95,7 @@ def history_csv(rows: list[dict[str, float]]) -> bytes:
     """Epoch rows as CSV: epoch, then train/ columns, then val/ ones."""
     seen = dict.fromkeys(k for r in rows for k in r if k != "epoch")
     keys = sorted(seen, key=lambda k: (not k.startswith("train/"), k))
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=["epoch", *keys], extrasaction="ignore")
-    w.writeheader()
-    w.writerows(rows)
-    return buf.getvalue().encode()
+    return csv_bytes(rows, ["epoch", *keys])
 
 
 class MonitorCheck(Callback):
@@ -216,7 +217,7 @@ def train(
         # The best weights, not the last: log them as the MLflow model (a trial's only if it
         # wins the sweep: `log_trained_model`).
         best_model = type(model).load_from_checkpoint(fit.best_path).cpu().eval()
-        model_uri = None if trial else _log_model(run, best_model, dm, Path(scratch))
+        model_uri = None if trial else _log_model(run.run_id, best_model, dm, Path(scratch))
         run.log_artifact(fit.best_path, "checkpoints")
         curve = plots.learning_curve(fit.rows, Path(scratch) / "learning_curve.png", run_name)
         run.log_image("learning_curve", curve)
@@ -353,7 +354,7 @@ def model_card(model, dm: ArrayDataModule) -> dict:
     }
 
 
-def _log_model(run: tracking.TrackedRun, model, dm: ArrayDataModule, scratch: Path) -> str:
+def _log_model(run_id: str, model, dm: ArrayDataModule, scratch: Path) -> str:
     """Log the inference network (one array in, one out) with a signature, plus `assay.json`
     (and the tokenizer for text) as extra files, so a registered model predicts on its own."""
     import json
@@ -372,7 +373,7 @@ def _log_model(run: tracking.TrackedRun, model, dm: ArrayDataModule, scratch: Pa
     if dm.meta["kind"] == "text":
         extra.append(str(dm.tokenizer_path))
     # pickle keeps our own class on load; explicit requirements spare 6-7 s of inference.
-    with mlflow.start_run(run_id=run.run_id, nested=mlflow.active_run() is not None):
+    with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
         logged = mlflow.pytorch.log_model(
             net,
             name="model",
@@ -386,8 +387,6 @@ def _log_model(run: tracking.TrackedRun, model, dm: ArrayDataModule, scratch: Pa
 
 
 def read_run_info(out: Path) -> dict:
-    from assay.paths import read_json
-
     return read_json(out / "model" / "run.json", f"no trained run in {out}")
 
 
@@ -402,15 +401,11 @@ def log_trained_model(cfg: AssayConfig, root: Path, out: Path) -> str:
         out / "model" / "best.ckpt", map_location="cpu"
     )
     dm = datamodule(t.dataset, root, batch_size=t.batch_size, seed=t.seed)
-
-    class _Run:  # what _log_model needs of a TrackedRun
-        run_id = info["mlflow_run_id"]
-
     import mlflow
 
     mlflow.set_tracking_uri(info["mlflow_tracking_uri"])
     with tempfile.TemporaryDirectory() as scratch:
-        uri = _log_model(_Run(), model.cpu().eval(), dm, Path(scratch))
+        uri = _log_model(info["mlflow_run_id"], model.cpu().eval(), dm, Path(scratch))
     atomic_write_json(out / "model" / "run.json", {**info, "model_uri": uri})
     return uri
 

@@ -132,6 +132,14 @@ def set_user_attr(ctx: TrialContext, key: str, value: Any) -> None:
     optuna.storages.get_storage(ctx.storage).set_trial_user_attr(ctx.trial_id, key, value)
 
 
+def get_user_attr(ctx: TrialContext, key: str) -> Any:
+    """What a process noted on the trial (`set_user_attr`), read back from the study's storage."""
+    import optuna
+
+    storage = optuna.storages.get_storage(ctx.storage)
+    return storage.get_trial(ctx.trial_id).user_attrs.get(key)
+
+
 def die_with_driver(ctx: TrialContext, every: float = 1.0) -> None:
     """A watchdog thread: if the sweep driver on this machine is gone (killed), end this trial's
     process at once. Otherwise an orphaned trial would train on and write to the study and the

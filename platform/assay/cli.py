@@ -552,7 +552,16 @@ def submit(
         rel = os.path.relpath(s.path, find_root())
         args = ["-e", rel, *[a for x in (sets or []) for a in ("--set", x)]]
         job_id, dashboard = _cluster_call(
-            lambda: cluster.submit(find_root(), s.base, args, address, None, command="sweep")
+            lambda: cluster.submit(
+                find_root(),
+                s.base,
+                args,
+                address,
+                None,
+                command="sweep",
+                # only the default: a storage the sweep file or --set names travels in `args`
+                storage=None if s.cfg.storage else s.storage,
+            )
         )
         out.print(f"submitted sweep {s.study} as Ray job {job_id} to {dashboard}")
         _follow_or_hint(follow, dashboard, job_id)

@@ -225,9 +225,11 @@ def submit(
     address: str | None = None,
     experiment: str | None = None,
     command: str = "train",
+    storage: str | None = None,
 ) -> tuple[str, str]:
     """Submit `assay COMMAND ARGS` (a training, or a sweep) as a Ray Job; returns (job id,
-    dashboard address)."""
+    dashboard address). `storage`: a sweep's default study storage (the user's own optuna.db),
+    passed on when the cluster is on this machine; a remote job keeps its own default."""
     import assay
     from assay.tracking import tracking_uri
 
@@ -248,9 +250,8 @@ def submit(
         if var in os.environ:
             env[var] = os.environ[var]
     python = sys.executable if local else "python"  # a remote cluster's own interpreter
-    if command == "sweep" and local and not any("sweep.storage" in a for a in args):
-        # the study in the user's own optuna.db, as for a sweep run here
-        args = [*args, "--storage", f"sqlite:///{(root / 'optuna.db').resolve()}"]
+    if storage and local:  # the study in the user's own optuna.db, as for a sweep run here
+        args = [*args, "--storage", storage]
     entrypoint = " ".join([python, "-m", "assay.cli", command, *map(_quote, args)])
     runtime_env = {
         "working_dir": str(stage),

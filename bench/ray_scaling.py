@@ -5,12 +5,14 @@ test split.
     python bench/ray_scaling.py                   # full mnist-cnn (6 epochs) per setting
     python bench/ray_scaling.py --epochs 3 --settings 2x1,1x2
     python bench/ray_scaling.py --settings 1x1,2x1 --set train.batch_size=256
+    python bench/ray_scaling.py --settings 1x1,2x1,2x1@train.ddp_bucket_mb=25
 
-Each setting is WORKERSxCPUS_PER_WORKER (0x2: in-process, 2 threads). Throughput is steady
-state: training samples per second between the end of the first epoch and the end of the last,
-from the MLflow timestamps of each epoch's validation (so start-up and the first epoch's warm-up
-are excluded). Start-up is what remains before the first epoch: Ray's start, the worker group,
-DDP's process group, the data. Machines are noisy: compare ratios, and re-run.
+Each setting is WORKERSxCPUS_PER_WORKER (0x2: in-process, 2 threads), optionally followed by
+@KEY=VALUE overrides of its own (several: @K=V@K=V). Throughput is steady state: training
+samples per second between the end of the first epoch and the end of the last, from the MLflow
+timestamps of each epoch's validation (so start-up and the first epoch's warm-up are excluded).
+Start-up is what remains before the first epoch: Ray's start, the worker group, DDP's process
+group, the data. Machines are noisy: compare ratios, and re-run.
 """
 
 from __future__ import annotations
@@ -26,14 +28,20 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--epochs", type=int, default=None, help="default: the mnist-cnn run's")
-    ap.add_argument("--settings", default="1x1,1x2,2x1", help="WORKERSxCPUS, comma-separated")
+    ap.add_argument(
+        "--settings", default="1x1,1x2,2x1", help="WORKERSxCPUS[@KEY=VALUE...], comma-separated"
+    )
     ap.add_argument("--root", type=Path, default=None, help="a project folder to reuse (data)")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    ap.add_argument(
+        "--no-ceiling", action="store_true", help="skip the bare-loop and bare-DDP references"
+    )
     ap.add_argument(
         "--set",
         dest="overrides",
@@ -61,7 +69,8 @@ def main() -> None:
     console = Console(width=120)
     rows = []
     for setting in args.settings.split(","):
-        workers, cpus = (int(v) for v in setting.lower().split("x"))
+        shape, *own = setting.split("@")
+        workers, cpus = (int(v) for v in shape.lower().split("x"))
         sets = [
             f"train.workers={workers}",
             f"train.cpus_per_worker={cpus}",
@@ -70,7 +79,7 @@ def main() -> None:
         ]
         if args.epochs:
             sets.append(f"train.max_epochs={args.epochs}")
-        sets += args.overrides
+        sets += args.overrides + own
         cfg = validate(apply_overrides(base.model_dump(), sets))
         console.print(f"[bold]{setting}[/]: {workers or 'in-process'} x {cpus} CPU ...")
         started = time.time()
@@ -124,6 +133,19 @@ def main() -> None:
             f"{r['test_acc']:.4f}",
         )
     console.print(table)
+    if not args.no_ceiling:
+        from ceiling import ceiling
+        from ddp_buckets import samples_per_second
+
+        t = cfg.train
+        one, two = ceiling(root, "mnist", t.arch, t.batch_size, t.arch_config())
+        ddp = samples_per_second(root, "mnist", t.arch, t.batch_size, 2, 25.0, 15, t.arch_config())
+        console.print(
+            f"references, the same model and batch ({t.batch_size}) without Lightning or Ray, "
+            f"1 thread a process: one process {one:.0f} samples/s; two independent processes "
+            f"{two:.0f} ({two / one:.2f}x: the machine's ceiling); two DDP processes (gloo, "
+            f"PyTorch's 25 MB buckets) {ddp:.0f} ({ddp / one:.2f}x)"
+        )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 

@@ -25,53 +25,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+from ceiling import ceiling  # noqa: E402
 from sweep_efficiency import project, run, sweep_file  # noqa: E402
-
-
-def _steps_per_second(root: str, seconds: float, queue) -> None:
-    """The digits CNN's training steps per second, one torch thread, in this process."""
-    import time
-
-    import torch
-    import torch.nn.functional as F
-
-    from assay.data import datamodule
-    from models import create_model
-
-    torch.set_num_threads(1)
-    dm = datamodule("digits", Path(root), batch_size=64)
-    model = create_model("cnn", task=dm.task)
-    x, y = dm.tensors("train")[:2]
-    opt = torch.optim.Adam(model.parameters())
-    n, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        i = (n * 64) % (len(x) - 64)
-        opt.zero_grad()
-        F.cross_entropy(model(x[i : i + 64]), y[i : i + 64]).backward()
-        opt.step()
-        n += 1
-    queue.put(n / (time.perf_counter() - start))
-
-
-def ceiling(root: Path, seconds: float = 15) -> tuple[float, float]:
-    """What the machine itself gives: steps/s of one training process alone, and of two side by
-    side (summed). Two trials can't beat the second number's ratio to the first."""
-    import multiprocessing as mp
-
-    ctx = mp.get_context("spawn")
-    out = []
-    for n in (1, 2):
-        q = ctx.Queue()
-        procs = [
-            ctx.Process(target=_steps_per_second, args=(str(root), seconds, q)) for _ in range(n)
-        ]
-        for p in procs:
-            p.start()
-        rates = [q.get() for _ in procs]
-        for p in procs:
-            p.join()
-        out.append(sum(rates))
-    return out[0], out[1]
 
 
 def main() -> None:
@@ -148,10 +103,11 @@ def main() -> None:
         console.print(f"parallel {parallel}: {per_hour:.0f} trials/hour")
     console.print(table)
     if not args.no_ceiling:
-        one, two = ceiling(root)
+        one, two = ceiling(root, args.dataset, args.arch, batch_size=64)
         console.print(
-            f"the machine's ceiling: the digits CNN's training loop alone {one:.0f} steps/s in "
-            f"one process, {two:.0f} steps/s summed over two side by side: {two / one:.2f}x"
+            f"the machine's ceiling: the same model's bare training loop (batch 64) alone "
+            f"{one:.0f} samples/s in one process, {two:.0f} summed over two side by side: "
+            f"{two / one:.2f}x"
         )
 
 

@@ -8,9 +8,11 @@ gives each bucket size's median speed-up: this machine is noisy.
 
 Why: DDP all-reduces a bucket as soon as all its gradients exist, while the backward pass goes
 on. With PyTorch's default 25 MB, a small model's gradients (the MNIST CNN's: 1.7 MB) fill one
-bucket, sent only after the whole backward pass. Measured here, the bare loop gains from small
-buckets (MNIST CNN: 1.68x with 25 MB, 1.83x with 0.25 MB, medians of 6) but a Ray Train run does
-not (bench/ray_scaling.py: 1.57x either way), so Assay keeps PyTorch's default; this bench is the
+bucket, sent only after the whole backward pass. Measured here (MNIST CNN, batch 128), the bare
+loop gains from small buckets: 1.81x with 25 MB and 1.94x with 0.25 MB (this bench, 3 rounds;
+an earlier run of the same loop, 6 rounds: 1.68x and 1.83x). A Ray Train run does not: with
+the bucket size passed to its DDP strategy (tried, then taken out), `bench/ray_scaling.py` gave
+1.57x for 0.25 MB and for 25 MB. So Assay keeps PyTorch's default, and this bench is the
 reference for what DDP itself costs on a machine.
 """
 

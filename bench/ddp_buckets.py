@@ -19,75 +19,15 @@ reference for what DDP itself costs on a machine.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
-
-def _work(rank, world, root, dataset, arch, cfg, batch, bucket, seconds, port, queue) -> None:
-    import torch
-    import torch.distributed as dist
-    import torch.nn.functional as F
-
-    from assay.data import datamodule
-    from models import create_model
-
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dm = datamodule(dataset, Path(root), batch_size=batch)
-    model = create_model(arch, task=dm.task, **cfg)
-    x, y = dm.tensors("train")[:2]
-    if world > 1:
-        dist.init_process_group("gloo", rank=rank, world_size=world)
-        model = torch.nn.parallel.DistributedDataParallel(
-            model, bucket_cap_mb=bucket, gradient_as_bucket_view=True
-        )
-    opt = torch.optim.Adam(model.parameters())
-
-    def step(i: int) -> None:
-        opt.zero_grad()
-        F.cross_entropy(model(x[i : i + batch]), y[i : i + batch]).backward()
-        opt.step()
-
-    for i in range(3):  # warm-up
-        step(i * batch)
-    if world > 1:
-        dist.barrier()
-    n, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        step(((n * world + rank) * batch) % (len(x) - batch))
-        n += 1
-    queue.put(n * batch / (time.perf_counter() - start))
-    if world > 1:
-        dist.destroy_process_group()
-
-
-def samples_per_second(
-    root, dataset, arch, batch, world, bucket, seconds, model_cfg: dict | None = None
-) -> float:
-    """Training samples/s summed over `world` processes (1: no DDP)."""
-    import multiprocessing as mp
-    import socket
-
-    with socket.socket() as s:  # a free port for the process group
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    args = (world, str(root), dataset, arch, model_cfg or {}, batch, bucket, seconds, port, q)
-    procs = [ctx.Process(target=_work, args=(rank, *args)) for rank in range(world)]
-    for p in procs:
-        p.start()
-    rates = [q.get() for _ in procs]
-    for p in procs:
-        p.join()
-    return sum(rates)
+from ceiling import samples_per_second  # noqa: E402
 
 
 def main() -> None:
@@ -110,11 +50,17 @@ def main() -> None:
     console = Console(width=110)
     for r in range(args.repeat):
         for b in buckets:  # each DDP run right after its own single-process reference
-            one = samples_per_second(
-                args.root, args.dataset, args.arch, args.batch_size, 1, b, args.seconds
-            )
-            two = samples_per_second(
-                args.root, args.dataset, args.arch, args.batch_size, 2, b, args.seconds
+            one, two = (
+                samples_per_second(
+                    args.root,
+                    args.dataset,
+                    args.arch,
+                    args.batch_size,
+                    n,
+                    ddp_bucket_mb=b,
+                    seconds=args.seconds,
+                )
+                for n in (1, 2)
             )
             singles.append(one)
             ratios[b].append(two / one)

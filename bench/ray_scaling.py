@@ -5,7 +5,7 @@ test split.
     python bench/ray_scaling.py                   # full mnist-cnn (6 epochs) per setting
     python bench/ray_scaling.py --epochs 3 --settings 2x1,1x2
     python bench/ray_scaling.py --settings 1x1,2x1 --set train.batch_size=256
-    python bench/ray_scaling.py --settings 1x1,2x1,2x1@train.ddp_bucket_mb=25
+    python bench/ray_scaling.py --settings 1x1,2x1,2x1@train.batch_size=256
 
 Each setting is WORKERSxCPUS_PER_WORKER (0x2: in-process, 2 threads), optionally followed by
 @KEY=VALUE overrides of its own (several: @K=V@K=V). Throughput is steady state: training
@@ -50,6 +50,8 @@ def main() -> None:
         help="KEY.PATH=VALUE for every setting, e.g. train.batch_size=256 (per worker)",
     )
     args = ap.parse_args()
+    if args.epochs is not None and args.epochs < 2:
+        ap.error("--epochs must be at least 2: steady state is measured from epoch 1 to the last")
 
     from mlflow.tracking import MlflowClient
     from rich.console import Console
@@ -134,12 +136,22 @@ def main() -> None:
         )
     console.print(table)
     if not args.no_ceiling:
-        from ceiling import ceiling
-        from ddp_buckets import samples_per_second
+        from ceiling import samples_per_second
 
         t = cfg.train
-        one, two = ceiling(root, "mnist", t.arch, t.batch_size, t.arch_config())
-        ddp = samples_per_second(root, "mnist", t.arch, t.batch_size, 2, 25.0, 15, t.arch_config())
+
+        def rate(n: int, bucket: float | None = None) -> float:
+            return samples_per_second(
+                root,
+                "mnist",
+                t.arch,
+                t.batch_size,
+                n,
+                ddp_bucket_mb=bucket,
+                model_cfg=t.arch_config(),
+            )
+
+        one, two, ddp = rate(1), rate(2), rate(2, 25.0)
         console.print(
             f"references, the same model and batch ({t.batch_size}) without Lightning or Ray, "
             f"1 thread a process: one process {one:.0f} samples/s; two independent processes "

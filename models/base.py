@@ -231,6 +231,11 @@ class AssayModule(pl.LightningModule):
         """An input for the MLflow signature, from the data's own example (the GAN: codes)."""
         return example
 
+    def card(self) -> dict:
+        """What `assay predict` must know about this model's inputs beyond the data's meta (the
+        GAN: how its codes are made); stored in the logged model's assay.json."""
+        return {}
+
 
 class ImageClassifier(AssayModule):
     """Softmax classifier over images (B, C, H, W): the MLP and the CNN."""

@@ -4,7 +4,12 @@ real/fake logit), trained with two optimisers by manual optimisation (non-satura
 loss, one-sided label smoothing). Assay judges it with its own registered classifier
 (assay.generation): `val/fd` (Fréchet distance in that classifier's feature space) picks the
 checkpoint. On MNIST, `g_extra: 1` cost 35% more time an epoch than 0 and gave a 35% lower FD
-after 5 epochs (14.6 against 22.6), the same share of recognised digits (0.62)."""
+after 5 epochs (14.6 against 22.6), the same share of recognised digits (0.62).
+
+`conditional: true` makes it a class-conditional GAN: the generator's code is z followed by a
+one-hot class, the discriminator a projection discriminator (its real/fake logit plus the inner
+product of a learned class embedding with its features). Generated batches ask for every class in
+turn, so no digit is left rare, and the judge also reports whether it sees the digit asked for."""
 
 from __future__ import annotations
 
@@ -34,18 +39,24 @@ class GANConfig(StrictModel):
         description="the registered classifier that scores samples; {dataset} is filled in",
     )
     eval_samples: int = Field(2000, ge=10, le=100_000, description="images per Fréchet distance")
+    conditional: bool = Field(
+        False,
+        description="class-conditional (cGAN): the generator's code is z plus a one-hot class, "
+        "the discriminator a projection discriminator; needs a labelled data set",
+    )
 
 
 class Generator(nn.Module):
-    """z (B, latent) -> images (B, C, H, W) in [0, 1]; H and W divisible by 4."""
+    """codes (B, latent [+ classes, one-hot]) -> images (B, C, H, W) in [0, 1]; H, W divisible
+    by 4."""
 
-    def __init__(self, shape: tuple[int, int, int], cfg: GANConfig):
+    def __init__(self, shape: tuple[int, int, int], cfg: GANConfig, num_classes: int = 0):
         super().__init__()
         c, h, w = shape
-        self.shape, self.latent_dim = shape, cfg.latent_dim
+        self.shape, self.code_dim = shape, cfg.latent_dim + num_classes
         g = cfg.g_channels
         bn = nn.BatchNorm2d if cfg.batch_norm else lambda n: nn.Identity()
-        self.fc = nn.Sequential(nn.Linear(cfg.latent_dim, g * (h // 4) * (w // 4)), nn.ReLU())
+        self.fc = nn.Sequential(nn.Linear(self.code_dim, g * (h // 4) * (w // 4)), nn.ReLU())
 
         def extra(n: int) -> list[nn.Module]:  # refine at this resolution before upsampling
             return [
@@ -72,11 +83,15 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    def __init__(self, shape: tuple[int, int, int], cfg: GANConfig):
+    """images (B, C, H, W) [, classes (B,)] -> real/fake logits (B,). Conditional: a projection
+    discriminator (Miyato & Koyama, 2018), logit = w.h + embed(class).h."""
+
+    def __init__(self, shape: tuple[int, int, int], cfg: GANConfig, num_classes: int = 0):
         super().__init__()
         c, h, w = shape
         d = cfg.d_channels
         bn = nn.BatchNorm2d if cfg.batch_norm else lambda n: nn.Identity()
+        features = 2 * d * (h // 4) * (w // 4)
         self.body = nn.Sequential(
             nn.Conv2d(c, d, 4, 2, 1),
             nn.LeakyReLU(0.2),
@@ -85,18 +100,27 @@ class Discriminator(nn.Module):
             nn.LeakyReLU(0.2),
             nn.Flatten(),
             nn.Dropout(cfg.dropout),
-            nn.Linear(2 * d * (h // 4) * (w // 4), 1),
         )
+        self.head = nn.Linear(features, 1)
+        self.embed = nn.Embedding(num_classes, features) if num_classes else None
+        if self.embed is not None:
+            nn.init.normal_(self.embed.weight, std=features**-0.5)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x).squeeze(-1)  # logits (B,)
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.body(x)
+        logits = self.head(h).squeeze(-1)
+        if self.embed is not None:
+            if y is None:
+                raise ValueError("a conditional discriminator needs the images' classes")
+            logits = logits + (self.embed(y) * h).sum(-1)
+        return logits
 
 
 class GANNet(nn.Module):
-    def __init__(self, shape, cfg: GANConfig):
+    def __init__(self, shape, cfg: GANConfig, num_classes: int = 0):
         super().__init__()
-        self.generator = Generator(shape, cfg)
-        self.discriminator = Discriminator(shape, cfg)
+        self.generator = Generator(shape, cfg, num_classes)
+        self.discriminator = Discriminator(shape, cfg, num_classes)
 
 
 @register_model(
@@ -115,45 +139,89 @@ class GAN(AssayModule):
         shape = tuple(self.task.in_shape)
         if len(shape) != 3 or shape[1] % 4 or shape[2] % 4:
             raise ValueError(f"gan needs images (C, H, W) with H, W divisible by 4; got {shape}")
-        return GANNet(shape, self.config)
+        if self.config.conditional and self.task.num_classes < 2:
+            raise ValueError(
+                "gan: conditional: true needs a labelled data set (task.num_classes >= 2); "
+                f"this one has {self.task.num_classes} classes"
+            )
+        return GANNet(shape, self.config, self.num_classes)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net.generator(z)
+    @property
+    def num_classes(self) -> int:
+        """Classes in the generator's code: the data's when conditional, else 0."""
+        return self.task.num_classes if self.config.conditional else 0
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.net.generator(codes)
 
     def _metric(self):
         return None
 
-    def generate(self, n: int, seed: int = 0) -> torch.Tensor:
-        g = torch.Generator().manual_seed(seed)
-        z = torch.randn(n, self.config.latent_dim, generator=g).to(self.device)
+    def codes(self, z: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """The generator's input: z, then (conditional) the one-hot class."""
+        if not self.num_classes:
+            return z
+        return torch.cat([z, F.one_hot(y, self.num_classes).to(z.dtype)], -1)
+
+    def sample_codes(
+        self, n: int, seed: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """n codes and (conditional) their classes, cycling 0, 1, ... so classes are balanced."""
+        g = torch.Generator().manual_seed(seed) if seed is not None else None
+        z = torch.randn(n, self.config.latent_dim, generator=g)
+        y = torch.arange(n) % self.num_classes if self.num_classes else None
+        return self.codes(z, y), y
+
+    def card(self) -> dict:
+        return {"code": {"latent_dim": self.config.latent_dim, "classes": self.num_classes}}
+
+    def generate(
+        self, n: int, seed: int = 0, with_classes: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
+        """n images from fixed codes (`seed`); `with_classes`: also the classes asked for
+        (None when unconditional)."""
+        codes, y = self.sample_codes(n, seed)
         was = self.training
         self.eval()
         with torch.no_grad():
-            out = torch.cat([self(part) for part in torch.split(z, 1000)]).cpu()
+            out = torch.cat([self(part.to(self.device)) for part in torch.split(codes, 1000)])
         self.train(was)
-        return out
+        return (out.cpu(), y) if with_classes else out.cpu()
 
-    def _d_loss(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    def _random_classes(self, n: int) -> torch.Tensor | None:
+        if not self.num_classes:
+            return None
+        return torch.randint(self.num_classes, (n,), device=self.device)
+
+    def _d_loss(
+        self,
+        real: torch.Tensor,
+        fake: torch.Tensor,
+        y_real: torch.Tensor | None = None,
+        y_fake: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         d = self.net.discriminator
-        real_logits, fake_logits = d(real), d(fake)
+        real_logits, fake_logits = d(real, y_real), d(fake, y_fake)
         smooth = 1.0 - self.config.label_smoothing
         return F.binary_cross_entropy_with_logits(
             real_logits, torch.full_like(real_logits, smooth)
         ) + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
 
     def training_step(self, batch, batch_idx):
-        real, _ = batch
+        real, y_real = batch
+        y_real = y_real if self.num_classes else None
         opt_d, opt_g = self.optimizers()
         z = torch.randn(len(real), self.config.latent_dim, device=self.device)
-        fake = self(z)
+        y_fake = self._random_classes(len(real))
+        fake = self(self.codes(z, y_fake))
         # discriminator: real -> (smoothed) 1, fake -> 0
-        d_loss = self._d_loss(real, fake.detach())
+        d_loss = self._d_loss(real, fake.detach(), y_real, y_fake)
         opt_d.zero_grad()
         self.manual_backward(d_loss)
         self._clip(opt_d)
         opt_d.step()
         # generator: make the discriminator say 1 (the non-saturating loss)
-        logits = self.net.discriminator(fake)
+        logits = self.net.discriminator(fake, y_fake)
         g_loss = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
         if self.optim.l1 > 0:
             g_loss = g_loss + self.optim.l1 * self._l1()
@@ -179,9 +247,13 @@ class GAN(AssayModule):
             )
 
     def validation_step(self, batch, batch_idx):
-        real, _ = batch
+        real, y_real = batch
         z = torch.randn(len(real), self.config.latent_dim, device=self.device)
-        self.log("val/d_loss", self._d_loss(real, self(z)), on_epoch=True, sync_dist=True)
+        y_fake = self._random_classes(len(real))
+        d_loss = self._d_loss(
+            real, self(self.codes(z, y_fake)), y_real if self.num_classes else None, y_fake
+        )
+        self.log("val/d_loss", d_loss, on_epoch=True, sync_dist=True)
 
     def test_step(self, batch, batch_idx):
         self.validation_step(batch, batch_idx)
@@ -203,9 +275,8 @@ class GAN(AssayModule):
         return out
 
     def inference_model(self) -> nn.Module:
-        return self.net.generator.eval()  # codes (B, latent_dim) -> images (B, C, H, W)
+        # codes (B, latent_dim [+ one-hot class]) -> images (B, C, H, W)
+        return self.net.generator.eval()
 
     def inference_example(self, example: torch.Tensor) -> torch.Tensor:
-        return torch.randn(
-            len(example), self.config.latent_dim, generator=torch.Generator().manual_seed(0)
-        )
+        return self.sample_codes(len(example), seed=0)[0]

@@ -315,17 +315,20 @@ def test_gan_is_judged_by_the_registered_classifier(fproject, monkeypatch):
         "gan_tiny",
         max_epochs=2,
         batch_size=64,
-        models={"gan_tiny": {"judge": "models:/{dataset}-cnn_tiny@champion"}},
+        # conditional, as experiments/mnist-gan.yaml; the unconditional one: tests/test_models.py
+        models={"gan_tiny": {"judge": "models:/{dataset}-cnn_tiny@champion", "conditional": True}},
     )
     result = train(cfg, fproject)
     client = _client(fproject)
     fd = client.get_metric_history(result.run_id, "val/fd")
     assert len(fd) == 2 and all(m.value > 0 for m in fd)  # one Fréchet distance per epoch
+    assert len(client.get_metric_history(result.run_id, "val/class_match")) == 2
     samples = {a.path for a in client.list_artifacts(result.run_id, "samples")}
     assert samples == {"samples/samples_epoch000.png", "samples/samples_epoch001.png"}
     assert {"train/d_loss", "train/g_loss"} <= set(client.get_run(result.run_id).data.metrics)
     scores = evaluate(cfg, fproject).metrics
     assert scores["test/fd"] > 0 and 0 <= scores["test/recognised"] <= 1
+    assert 0 <= scores["test/class_match"] <= 1
     assert register(cfg, fproject).metric == "test/fd"
 
     r = _predict(
@@ -342,6 +345,24 @@ def test_gan_is_judged_by_the_registered_classifier(fproject, monkeypatch):
     images = np.load(fproject / "g.npy")
     assert images.shape == (6, 1, 8, 8) and images.min() >= 0 and images.max() <= 1
     assert (fproject / "g.png").read_bytes()[:4] == b"\x89PNG"
+
+    args = ("-m", "models:/digits-gan_tiny@champion", "--samples", "3", "--output", "c.csv")
+    r = _predict(fproject, monkeypatch, *args, "--label", "7")
+    assert r.exit_code == 0, r.output
+    assert (fproject / "c.csv").read_text().splitlines()[1:] == ["0,7", "1,7", "2,7"]
+    r = _predict(fproject, monkeypatch, *args, "--label", "10")
+    assert r.exit_code == 2 and "allowed classes 0..9" in r.stderr
+
+    judge_uri = "models:/{dataset}-cnn_tiny@champion"
+    plain = _cfg(
+        fproject, "digits", "gan_tiny", batch_size=64, models={"gan_tiny": {"judge": judge_uri}}
+    )
+    uri = f"runs:/{train(plain, fproject).run_id}/model"
+    r = _predict(fproject, monkeypatch, "-m", uri, "--samples", "4", "--output", "u.npy")
+    assert r.exit_code == 0, r.output
+    assert np.load(fproject / "u.npy").shape == (4, 1, 8, 8)
+    r = _predict(fproject, monkeypatch, "-m", uri, "--label", "1")
+    assert r.exit_code == 2 and "not conditional" in r.stderr
 
 
 def test_gan_without_its_judge_fails_before_any_run(fproject):

@@ -174,3 +174,31 @@ def test_checkpoint_hparams_rebuild_the_same_model(tmp_path):
     model = create_model("cnn_tiny", task=TASKS["digits"], activation="tanh")
     clone = type(model)(**model.hparams)
     assert clone.config == model.config and clone.task == model.task
+
+
+def test_conditional_gan_codes_carry_the_class():
+    torch.manual_seed(0)
+    model = create_model("gan_tiny", task=TASKS["mnist"], conditional=True)
+    codes, classes = model.sample_codes(B, seed=0)
+    latent = model.config.latent_dim
+    assert codes.shape == (B, latent + 10) and classes.tolist() == [0, 1, 2, 3, 4, 5]
+    assert torch.equal(codes[:, latent:].argmax(1), classes)  # one-hot class after z
+    assert model.inference_example(torch.zeros(B, 1, 28, 28)).shape == (B, latent + 10)
+    images, asked = model.generate(B, seed=0, with_classes=True)
+    assert images.shape == (B, 1, 28, 28) and torch.equal(asked, classes)
+
+    # the projection discriminator scores the same image differently under different classes
+    real, y = batch(TASKS["mnist"])
+    d = model.net.discriminator.eval()
+    assert not torch.allclose(d(real, y), d(real, (y + 1) % 10))
+    with pytest.raises(ValueError, match="needs the images' classes"):
+        d(real)
+    loss = model._d_loss(real, model(codes), y, classes)
+    loss.backward()
+    assert model.net.discriminator.embed.weight.grad.abs().sum() > 0
+
+    unconditional = create_model("gan_tiny", task=TASKS["mnist"])
+    assert unconditional.sample_codes(B, seed=0)[1] is None
+    assert unconditional.card() == {"code": {"latent_dim": latent, "classes": 0}}
+    with pytest.raises(ValueError, match="needs a labelled data set"):
+        create_model("gan_tiny", task=Task(in_shape=(1, 28, 28)), conditional=True)

@@ -225,6 +225,10 @@ def predict(
     ] = None,
     samples: Annotated[int, typer.Option(help="GAN without --input: images to generate")] = 16,
     seed: Annotated[int, typer.Option(help="GAN without --input: seed of the random codes")] = 0,
+    label: Annotated[
+        int | None,
+        typer.Option(help="conditional GAN without --input: the class to draw (default: each)"),
+    ] = None,
     limit: Annotated[int, typer.Option(help="rows to print (all go to --output)")] = 20,
 ) -> None:
     """Predict with a registered model of any family: classes, forecasts, anomaly scores,
@@ -234,7 +238,9 @@ def predict(
     from assay.paths import find_root
     from assay.predict import predict as do_predict
 
-    p = _guarded(lambda: do_predict(model, input, find_root(), samples=samples, seed=seed))
+    p = _guarded(
+        lambda: do_predict(model, input, find_root(), samples=samples, seed=seed, label=label)
+    )
     table = Table(
         *p.columns[:9], title=f"{model} ({p.objective})" + (f" on {input}" if input else "")
     )

@@ -180,10 +180,10 @@ def score_generation(model, dm, out: Path, title: str, cfg: AssayConfig, root: P
     judge = Judge.load(model.config.judge.format(dataset=cfg.train.dataset), cfg, root)
     x, _ = dm.load_split("test")
     n = min(len(x), model.config.eval_samples)
-    fake = model.generate(n, seed=cfg.train.seed)
+    fake, classes = model.generate(n, seed=cfg.train.seed, with_classes=True)
     metrics = {
         "test/fd": judge.frechet(x[:n], fake),
-        "test/recognised": judge.recognised(fake),
+        **{f"test/{k}": v for k, v in judge.scores(fake, classes).items()},
     }
     plots.image_grid(
         [fake[:64].numpy()],

@@ -4,7 +4,8 @@ The Fréchet distance here is *not* the Inception FID: it is computed in the fea
 classifier registered for the same data set (by default `models:/<dataset>-cnn@champion`, the
 penultimate layer), with torchmetrics' `FrechetInceptionDistance` and that network as its feature
 extractor. Lower is closer to the real test images. `recognised` is the share of generated images
-the classifier labels with confidence >= 0.9.
+the classifier labels with confidence >= 0.9; for a conditional GAN, `class_match` is the share it
+labels as the class the generator was asked for.
 """
 
 from __future__ import annotations
@@ -73,9 +74,19 @@ class Judge:
             return float(fd.compute())
 
     def recognised(self, fake: torch.Tensor, confidence: float = 0.9) -> float:
+        return self.scores(fake, None, confidence)["recognised"]
+
+    def scores(
+        self, fake: torch.Tensor, classes: torch.Tensor | None, confidence: float = 0.9
+    ) -> dict[str, float]:
+        """`recognised` and, given the classes asked for, `class_match`."""
         with torch.no_grad():
             probs = torch.cat([self.head(p) for p in torch.split(fake, 1000)])
-        return float((probs.max(-1).values >= confidence).float().mean())
+        top, label = probs.max(-1)
+        out = {"recognised": float((top >= confidence).float().mean())}
+        if classes is not None:
+            out["class_match"] = float((label == classes.to(label.device)).float().mean())
+        return out
 
 
 class GenerationMonitor(Callback):
@@ -95,10 +106,11 @@ class GenerationMonitor(Callback):
             return
         real = torch.cat([b[0] for b in trainer.datamodule.val_dataloader()])[: self.n]
         was_training = pl_module.training
-        fake = pl_module.generate(len(real), seed=self.seed)
+        fake, classes = pl_module.generate(len(real), seed=self.seed, with_classes=True)
         pl_module.train(was_training)
         pl_module.log("val/fd", self.judge.frechet(real.cpu(), fake), prog_bar=True)
-        pl_module.log("val/recognised", self.judge.recognised(fake), prog_bar=True)
+        for name, value in self.judge.scores(fake, classes).items():
+            pl_module.log(f"val/{name}", value, prog_bar=name == "recognised")
         self._log_grid(trainer, fake[:64].numpy())
 
     @staticmethod

@@ -8,7 +8,9 @@ objective and what its outputs mean) and, for text, its tokenizer, so nothing el
                    last `window` rows are used) -> the next `horizon` values
   anomaly          rows (.npy/.npz/.csv (N, features)) -> anomaly score
   reconstruction   images -> reconstructions (.npy)
-  generation       latent codes (.npy (N, latent)), or none: `--samples N` random codes -> images
+  generation       latent codes (.npy (N, latent); a conditional GAN's end with a one-hot class,
+                   (N, latent + classes)), or none: `--samples N` random codes (conditional:
+                   classes 0, 1, ... in turn, or all `--label K`) -> images
   rating           (user, item) pairs in MovieLens ids (.csv `user,item` or .npy (N, 2)) -> rating
 """
 
@@ -111,6 +113,34 @@ def _load(model_uri: str, root: Path):
     return model.eval(), card, shape, local
 
 
+def _generate(model, card, width, input, samples, seed, label) -> Prediction:
+    """Images from codes: z (latent) followed, for a conditional GAN, by a one-hot class."""
+    k = card.get("code", {}).get("classes", 0)
+    if label is not None and not (0 <= label < k):
+        allowed = f"0..{k - 1}" if k else "none: this GAN is not conditional"
+        raise PredictError(f"--label {label}: allowed classes {allowed}")
+    if input is None:
+        z = np.random.default_rng(seed).standard_normal((samples, width)).astype(np.float32)
+        if k:
+            classes = np.full(samples, label) if label is not None else np.arange(samples) % k
+            z[:, width - k :] = np.eye(k, dtype=np.float32)[classes]
+    else:
+        if label is not None:
+            raise PredictError(
+                "--label picks the class of random codes; with --input the codes say it"
+            )
+        z = load_input(input)
+        if z.size % width:
+            what = f"{width - k} latent + {k} one-hot class" if k else "latent"
+            raise PredictError(f"input {input}: codes must be (N, {width}) ({what} columns)")
+        z = z.astype(np.float32).reshape(-1, width)
+    imgs = _run(model, z)
+    if k:
+        rows = [[i, int(c)] for i, c in enumerate(z[:, width - k :].argmax(1))]
+        return Prediction("generation", ["index", "class"], rows, imgs, True)
+    return Prediction("generation", ["index"], [[i] for i in range(len(imgs))], imgs, True)
+
+
 def _run(model, x: np.ndarray, dtype=np.float32) -> np.ndarray:
     import torch
 
@@ -165,7 +195,13 @@ def _numeric(path: Path, n_features: int, what: str) -> np.ndarray:
 
 
 def predict(
-    model_uri: str, input: Path | None, root: Path, *, samples: int = 16, seed: int = 0
+    model_uri: str,
+    input: Path | None,
+    root: Path,
+    *,
+    samples: int = 16,
+    seed: int = 0,
+    label: int | None = None,
 ) -> Prediction:
     """Apply a logged Assay model to the file `input` (see the module doc for formats)."""
     model, card, shape, local = _load(model_uri, root)
@@ -229,17 +265,10 @@ def predict(
             objective, ["index", "mse"], [[i, float(e)] for i, e in enumerate(err)], recon, True
         )
 
+    if label is not None and objective != "generation":
+        raise PredictError(f"--label is for a conditional GAN; {model_uri} is a {objective} model")
     if objective == "generation":
-        latent = shape[0]
-        if input is None:
-            z = np.random.default_rng(seed).standard_normal((samples, latent)).astype(np.float32)
-        else:
-            z = load_input(input)
-            if z.size % latent:
-                raise PredictError(f"input {input}: latent codes must be (N, {latent})")
-            z = z.astype(np.float32).reshape(-1, latent)
-        imgs = _run(model, z)
-        return Prediction(objective, ["index"], [[i] for i in range(len(imgs))], imgs, True)
+        return _generate(model, card, shape[0], input, samples, seed, label)
 
     # rating: (user, item) pairs in MovieLens ids
     users, items = card["user_ids"], card["item_ids"]

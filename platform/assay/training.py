@@ -351,6 +351,7 @@ def model_card(model, dm: ArrayDataModule) -> dict:
         "dataset": dm.meta["dataset"],
         "task": model.task.model_dump(mode="json"),
         **{k: dm.meta[k] for k in keep if k in dm.meta},
+        **model.card(),
     }
 
 

@@ -8,17 +8,21 @@ test split.
     python bench/ray_scaling.py --settings 1x1,2x1,2x1@train.batch_size=256
 
 Each setting is WORKERSxCPUS_PER_WORKER (0x2: in-process, 2 threads), optionally followed by
-@KEY=VALUE overrides of its own (several: @K=V@K=V). Throughput is steady state: training
-samples per second between the end of the first epoch and the end of the last, from the MLflow
-timestamps of each epoch's validation (so start-up and the first epoch's warm-up are excluded).
-Start-up is what remains before the first epoch: Ray's start, the worker group, DDP's process
-group, the data. Machines are noisy: compare ratios, and re-run.
+@KEY=VALUE overrides of its own (several: @K=V@K=V); @env.NAME=VALUE sets an environment
+variable for that setting only, read by the Ray it starts (@env.RAY_enable_metrics_collection=0).
+
+Throughput is steady state: training samples per second between the end of the first epoch and
+the end of the last, from the MLflow timestamps of each epoch's validation (so start-up and the
+first epoch's warm-up are excluded). Start-up is what remains before the first epoch: Ray's
+start, the worker group, DDP's process group, the data. Machines are noisy: compare ratios, and
+re-run.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -81,11 +85,21 @@ def main() -> None:
         ]
         if args.epochs:
             sets.append(f"train.max_epochs={args.epochs}")
-        sets += args.overrides + own
+        env = dict(o[len("env.") :].split("=", 1) for o in own if o.startswith("env."))
+        sets += args.overrides + [o for o in own if not o.startswith("env.")]
         cfg = validate(apply_overrides(base.model_dump(), sets))
         console.print(f"[bold]{setting}[/]: {workers or 'in-process'} x {cpus} CPU ...")
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
         started = time.time()
-        result = train(cfg, root)
+        try:
+            result = train(cfg, root)
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
         wall = time.time() - started
         test = evaluate(cfg, root).metrics["test/acc"]
         client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")

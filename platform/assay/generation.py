@@ -73,9 +73,6 @@ class Judge:
                 fd.update(part, real=False)
             return float(fd.compute())
 
-    def recognised(self, fake: torch.Tensor, confidence: float = 0.9) -> float:
-        return self.scores(fake, None, confidence)["recognised"]
-
     def scores(
         self, fake: torch.Tensor, classes: torch.Tensor | None, confidence: float = 0.9
     ) -> dict[str, float]:

@@ -307,3 +307,15 @@ def test_submit_without_a_cluster_says_how_to_get_one(project):
     result = _assay(project, "submit", "--set", "train.dataset=digits", env={"RAY_ADDRESS": ""})
     assert result.returncode == 2
     assert "assay cluster up" in result.stderr
+
+
+def test_gpus_this_machine_lacks_are_refused_before_any_run(project, no_ray_left):
+    """A local Ray asked for GPUs it has not got would wait for them forever."""
+    args = ("--set", "train.dataset=digits", "--set", "train.accelerator=gpu")
+    result = _assay(project, "train", "--workers", "64", "--gpus-per-worker", "1", *args)
+    assert result.returncode == 2, result.stderr
+    assert "64 workers x 1.0 GPU need 64 GPU(s)" in result.stderr
+    assert "train.gpus_per_worker=0" in result.stderr
+    assert not (project / "mlflow.db").exists() or not _client(project).search_runs(
+        [e.experiment_id for e in _client(project).search_experiments()]
+    )

@@ -20,6 +20,7 @@ No `ray.address` / $RAY_ADDRESS: a local Ray is started for the run and stopped 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import shutil
 import time
@@ -47,6 +48,30 @@ class Fit:
 
 def address(cfg) -> str | None:
     return os.environ.get("RAY_ADDRESS") or cfg.ray.address
+
+
+def check_local_gpus(cfg) -> None:
+    """A local Ray (no cluster) asked for more GPUs than this machine has would wait for them
+    forever; say so before any run starts. A cluster may add GPU nodes (autoscaling), so there
+    Ray's own "waiting for resources" is the right answer."""
+    import ray
+
+    t = cfg.train
+    if t.workers == 0 or t.gpus_per_worker == 0 or address(cfg) or ray.is_initialized():
+        return
+    need = math.ceil(t.workers * t.gpus_per_worker - 1e-9)
+    have = torch.cuda.device_count()
+    if need > have:
+        from assay.config import ConfigError
+
+        raise ConfigError(
+            [
+                f"train.gpus_per_worker: {t.workers} workers x {t.gpus_per_worker} GPU need "
+                f"{need} GPU(s) and this machine has {have} (torch.cuda.device_count()); set "
+                "train.gpus_per_worker=0 to train on CPUs, or run on a cluster with GPUs "
+                "(--address / $RAY_ADDRESS)"
+            ]
+        )
 
 
 def storage_path(cfg, root: Path) -> str:

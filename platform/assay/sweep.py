@@ -537,6 +537,7 @@ def run_sweep(
     # TPE's `group` (for conditional spaces) is marked experimental since Optuna 2.8
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     cfg = sweep.cfg
+    distributed.check_local_gpus(sweep.base)  # before the study or any run is touched
     started = time.perf_counter()
     storage = open_storage(sweep.storage)
     names = [s.study_name for s in optuna.get_all_study_summaries(storage)]

@@ -136,6 +136,10 @@ def train(
     model = create_model(t.arch, task=dm.task, optim=t.optim(), **t.arch_config())
     entry = get_entry(t.arch)
     extra_callbacks = family_callbacks(model, cfg, root)  # before any run: a missing judge fails
+    if t.workers > 0:
+        from assay import distributed
+
+        distributed.check_local_gpus(cfg)  # before any run: GPUs this machine lacks
     pruning = None
     if trial is not None:
         from assay.trial import OptunaPruning

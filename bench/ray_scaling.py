@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -89,17 +90,9 @@ def main() -> None:
         sets += args.overrides + [o for o in own if not o.startswith("env.")]
         cfg = validate(apply_overrides(base.model_dump(), sets))
         console.print(f"[bold]{setting}[/]: {workers or 'in-process'} x {cpus} CPU ...")
-        saved = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
         started = time.time()
-        try:
+        with mock.patch.dict(os.environ, env):  # this setting's Ray only; restored after
             result = train(cfg, root)
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
         wall = time.time() - started
         test = evaluate(cfg, root).metrics["test/acc"]
         client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")

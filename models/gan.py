@@ -84,7 +84,8 @@ class Generator(nn.Module):
 
 class Discriminator(nn.Module):
     """images (B, C, H, W) [, classes (B,)] -> real/fake logits (B,). Conditional: a projection
-    discriminator (Miyato & Koyama, 2018), logit = w.h + embed(class).h."""
+    discriminator (Miyato & Koyama, 2018), logit = w.h + embed(class).h; unconditional, the
+    classes are ignored."""
 
     def __init__(self, shape: tuple[int, int, int], cfg: GANConfig, num_classes: int = 0):
         super().__init__()
@@ -188,10 +189,11 @@ class GAN(AssayModule):
         self.train(was)
         return (out.cpu(), y) if with_classes else out.cpu()
 
-    def _random_classes(self, n: int) -> torch.Tensor | None:
-        if not self.num_classes:
-            return None
-        return torch.randint(self.num_classes, (n,), device=self.device)
+    def _fake(self, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """n generated images from fresh codes, and (conditional) the random classes asked for."""
+        z = torch.randn(n, self.config.latent_dim, device=self.device)
+        y = torch.randint(self.num_classes, (n,), device=self.device) if self.num_classes else None
+        return self(self.codes(z, y)), y
 
     def _d_loss(
         self,
@@ -208,12 +210,9 @@ class GAN(AssayModule):
         ) + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
 
     def training_step(self, batch, batch_idx):
-        real, y_real = batch
-        y_real = y_real if self.num_classes else None
+        real, y_real = batch  # an unconditional discriminator ignores the classes
         opt_d, opt_g = self.optimizers()
-        z = torch.randn(len(real), self.config.latent_dim, device=self.device)
-        y_fake = self._random_classes(len(real))
-        fake = self(self.codes(z, y_fake))
+        fake, y_fake = self._fake(len(real))
         # discriminator: real -> (smoothed) 1, fake -> 0
         d_loss = self._d_loss(real, fake.detach(), y_real, y_fake)
         opt_d.zero_grad()
@@ -248,12 +247,10 @@ class GAN(AssayModule):
 
     def validation_step(self, batch, batch_idx):
         real, y_real = batch
-        z = torch.randn(len(real), self.config.latent_dim, device=self.device)
-        y_fake = self._random_classes(len(real))
-        d_loss = self._d_loss(
-            real, self(self.codes(z, y_fake)), y_real if self.num_classes else None, y_fake
+        fake, y_fake = self._fake(len(real))
+        self.log(
+            "val/d_loss", self._d_loss(real, fake, y_real, y_fake), on_epoch=True, sync_dist=True
         )
-        self.log("val/d_loss", d_loss, on_epoch=True, sync_dist=True)
 
     def test_step(self, batch, batch_idx):
         self.validation_step(batch, batch_idx)

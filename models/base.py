@@ -50,7 +50,8 @@ PRIMARY_METRIC: dict[str, tuple[str, Literal["max", "min"]]] = {
 class Task(StrictModel):
     """What the data gives a model. Only the fields of its kind are set:
     image/tabular: in_shape (+ classes); text: vocab_size, max_len, classes; timeseries: in_shape
-    (window, features), horizon, target feature; ratings: n_users, n_items, rating range.
+    (window, features), horizon, target feature; ratings: n_users, n_items, rating range and each
+    item's rating count in the training split.
     `mean`/`std` (per input feature, from the training split) let a model take raw units."""
 
     kind: Kind = "image"
@@ -65,6 +66,7 @@ class Task(StrictModel):
     n_users: int = Field(0, ge=0)
     n_items: int = Field(0, ge=0)
     rating_range: tuple[float, float] = (0.0, 0.0)
+    item_counts: list[int] = []  # ratings: how often each item is rated in the training split
     mean: list[float] = []
     std: list[float] = []
 

@@ -456,6 +456,14 @@ def test_ratings_split_by_time_per_user_and_negatives_are_unrated(family_data):
     first_test = np.full(943, np.iinfo(np.int64).max)
     np.minimum.at(first_test, d["test"]["u"], d["test"]["t"])
     assert (last_train <= first_test).all()
+    # the recommenders' popularity bias counts each film's ratings in the training split only
+    from assay.data.ratings import RatingsDataModule
+
+    task = RatingsDataModule("movielens", family_data.parent).task
+    assert task.item_counts == np.bincount(d["train"]["i"], minlength=1682).tolist()
+    # and rarely rated films are rated lower in test, which is what it is for
+    counts = np.asarray(task.item_counts)[d["test"]["i"]]
+    assert d["test"]["r"][counts < 20].mean() < d["test"]["r"][counts >= 100].mean() - 0.5
 
 
 def test_ratings_random_split_keeps_each_users_fractions(family_data, tmp_path):

@@ -21,7 +21,9 @@ TASKS = {
         kind="timeseries", in_shape=(16, 3), horizon=4, season=8, mean=[3, 10, 0], std=[1, 5, 1]
     ),
     "tabular": Task(kind="tabular", in_shape=(9,), num_classes=2, mean=[0] * 9, std=[2] * 9),
-    "ratings": Task(kind="ratings", in_shape=(2,), n_users=10, n_items=20, mean=[3.5]),
+    "ratings": Task(
+        kind="ratings", in_shape=(2,), n_users=10, n_items=20, mean=[3.5], item_counts=[0, 5] * 10
+    ),
 }
 
 
@@ -202,3 +204,23 @@ def test_conditional_gan_codes_carry_the_class():
     assert unconditional.card() == {"code": {"latent_dim": latent, "classes": 0}}
     with pytest.raises(ValueError, match="needs a labelled data set"):
         create_model("gan_tiny", task=Task(in_shape=(1, 28, 28)), conditional=True)
+
+
+@pytest.mark.parametrize("name", ["matrix_factorization_tiny", "ncf_tiny"])
+def test_popularity_bias_is_shared_by_the_items_of_one_count_bin(name):
+    counts = [0, 1, 2, 3, 300, 400]
+    task = Task(kind="ratings", in_shape=(2,), n_users=3, n_items=6, mean=[3.5], item_counts=counts)
+    net = create_model(name, task=task).net.eval()
+    assert net.popularity.bins.tolist() == [0, 1, 1, 2, 8, 8]  # floor(log2(count + 1))
+    users, items = torch.zeros(6, dtype=torch.long), torch.arange(6)
+    with torch.no_grad():
+        before = net(users, items)
+        net.popularity.bias.weight[8] = 1.0  # the bin of the two popular films
+        shift = net(users, items) - before
+    assert torch.allclose(shift, torch.tensor([0, 0, 0, 0, 1.0, 1.0]))
+    # the bins travel with the network's state, so a logged model predicts with them
+    assert "popularity.bins" in net.state_dict()
+    off = create_model(name, task=task, popularity_bias=False).net
+    assert off.popularity is None
+    with pytest.raises(ValueError, match="item_counts has 5 entries for 6 items"):
+        create_model(name, task=task.model_copy(update={"item_counts": counts[:5]}))

@@ -12,6 +12,7 @@ Ids are 0-based indices; `meta` maps them back to MovieLens ids.
 from __future__ import annotations
 
 import math
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -87,7 +88,7 @@ class RatingsDataModule(ArrayDataModule):
     kind = "ratings"
     eval_batch_size = 8192
 
-    @property
+    @cached_property  # reads the training split once, for its item counts
     def task(self) -> Task:
         m = self.meta
         return Task(
@@ -96,6 +97,7 @@ class RatingsDataModule(ArrayDataModule):
             n_users=m["n_users"],
             n_items=m["n_items"],
             rating_range=tuple(m["rating_range"]),
+            item_counts=np.bincount(self.arrays("train")["i"], minlength=m["n_items"]).tolist(),
             mean=[m["train_mean"]],
         )
 

@@ -10,11 +10,12 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from assay.cli import app
-from assay.config import apply_overrides, load_config, validate
+from assay.config import ConfigError, apply_overrides, load_config, validate
 from assay.data import fetch, prepare
 from assay.registry import register
 from assay.training import evaluate, train
@@ -363,6 +364,79 @@ def test_gan_is_judged_by_the_registered_classifier(fproject, monkeypatch):
     assert np.load(fproject / "u.npy").shape == (4, 1, 8, 8)
     r = _predict(fproject, monkeypatch, "-m", uri, "--label", "1")
     assert r.exit_code == 2 and "not conditional" in r.stderr
+
+
+def test_refit_trains_a_fresh_model_on_train_and_val_and_it_is_the_runs_model(fproject):
+    """`train.refit`: the fit picks the epoch count on val, then a fresh model trains that
+    many epochs on train + val; it is what is logged, evaluated and registered."""
+    cfg = _cfg(
+        fproject, "movielens", "matrix_factorization_tiny", max_epochs=3, refit=True, lr=0.01
+    )
+    result = train(cfg, fproject)
+    out = fproject / "outputs/movielens-matrix_factorization_tiny"
+    info = json.loads((out / "model/run.json").read_text())
+    history = np.genfromtxt(out / "history.csv", delimiter=",", names=True)
+    best_epoch = int(history["epoch"][np.argmin(history["valrmse"])])
+    assert info["checkpoint"] == "refit.ckpt" and result.checkpoint == out / "model/refit.ckpt"
+    assert info["refit_epochs"] == best_epoch + 1 and info["epochs"] == 3
+    assert (out / "model/best.ckpt").exists()  # the selection fit's, kept beside it
+
+    from models.recommender import MatrixFactorization
+
+    refit = MatrixFactorization.load_from_checkpoint(out / "model/refit.ckpt")
+    chosen = MatrixFactorization.load_from_checkpoint(out / "model/best.ckpt")
+    d = {s: np.load(fproject / f"data/movielens/{s}.npz") for s in ("train", "val")}
+    # the refit learned from val: its item counts (the popularity bias) include val's ratings
+    both = np.bincount(np.r_[d["train"]["i"], d["val"]["i"]], minlength=1682).tolist()
+    assert refit.task.item_counts == both != chosen.task.item_counts
+    assert not torch.equal(refit.net.user.weight, chosen.net.user.weight)
+
+    client = _client(fproject)
+    run = client.get_run(result.run_id)
+    assert run.data.tags["refit.epochs"] == str(best_epoch + 1)
+    steps = client.get_metric_history(result.run_id, "refit/loss")
+    assert [m.step for m in steps] == list(range(best_epoch + 1))
+    artifacts = {a.path for a in client.list_artifacts(result.run_id, "checkpoints")}
+    assert artifacts == {"checkpoints/best.ckpt", "checkpoints/refit.ckpt"}
+
+    # evaluate scores the refit model
+    metrics = evaluate(cfg, fproject).metrics
+    test = np.load(fproject / "data/movielens/test.npz")
+    with torch.no_grad():
+        pred = refit.net(torch.from_numpy(test["u"]), torch.from_numpy(test["i"])).clamp(1, 5)
+    rmse = float(((pred - torch.from_numpy(test["r"])) ** 2).mean().sqrt())
+    assert metrics["test/rmse"] == pytest.approx(rmse, rel=1e-4)
+
+
+def test_refit_where_it_has_no_meaning_fails_before_any_run(fproject, monkeypatch):
+    cfg = _cfg(fproject, "digits", "gan_tiny", refit=True)
+    with pytest.raises(ConfigError, match="train.refit: true: a GAN's validation split only"):
+        train(cfg, fproject)
+    assert not (fproject / "mlflow.db").exists()
+    monkeypatch.chdir(fproject)
+    r = CliRunner().invoke(
+        app, ["train", "--dataset", "digits", "--arch", "mlp", "--refit", "-w", "2"]
+    )
+    assert r.exit_code == 2 and "refit is true but workers is 2" in r.stderr
+    assert not (fproject / "outputs").exists()
+
+
+def test_refit_data_is_train_plus_val_and_anomalies_stay_out(family_data):
+    from assay.data import datamodule
+
+    root = family_data.parent
+    for name in ("movielens", "elecdemand", "shuttle"):
+        dm, refit = datamodule(name, root), datamodule(name, root, refit=True)
+        dm.setup(), refit.setup()
+        n_train, n_val = len(dm._data["train"]), len(dm._data["val"])
+        rows = refit.train_dataloader().dataset
+        if name == "shuttle":  # its training split is normal rows: so is what val adds
+            normal_val = int((dm._data["val"].tensors[1] == 0).sum())
+            assert 0 < normal_val < n_val and len(rows) == n_train + normal_val
+            assert all(int(rows[k][1]) == 0 for k in range(n_train, len(rows), 97))
+        else:
+            assert len(rows) == n_train + n_val
+        assert len(refit.val_dataloader().dataset) == n_val  # val itself is unchanged
 
 
 def test_gan_without_its_judge_fails_before_any_run(fproject):

@@ -95,6 +95,7 @@ class Lines:
             {"space": {"train.optimizer": {"type": "categorical", "choices": ["adam", "lion"]}}},
             "space.train.optimizer: value 'lion' gives: train.optimizer",
         ),
+        ({"set": ["train.refit=true"]}, "train.refit: true in a sweep"),
         ({"sampler": {"name": "bayes"}}, "sweep.sampler.name"),
         ({"pruner": {"name": "asha", "reduction_factor": 1}}, "sweep.pruner.reduction_factor"),
         ({"trials": None}, "give a budget"),

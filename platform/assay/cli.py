@@ -70,6 +70,17 @@ Address = Annotated[
 ]
 
 
+Refit = Annotated[
+    bool | None,
+    typer.Option(
+        "--refit/--no-refit",
+        help="after early stopping picks the best epoch count, retrain a fresh model on "
+        "train + val for that many epochs; it is the model logged, evaluated and registered "
+        "(train.refit)",
+    ),
+]
+
+
 def _ray_sets(workers, gpus, cpus, address) -> list[str]:
     pairs = {
         "train.workers": workers,
@@ -152,15 +163,20 @@ def train(
     gpus_per_worker: GpusPerWorker = None,
     cpus_per_worker: CpusPerWorker = None,
     address: Address = None,
+    refit: Refit = None,
 ) -> None:
     """Train one model, logged to MLflow and W&B at once.
 
     With --workers N it runs on Ray Train: DDP over N workers, a checkpoint every epoch, and
     worker crashes recovered from it (train.max_failures); still one MLflow and one W&B run.
+    With --refit, the epochs early stopping chose are trained again, from scratch, on train +
+    val (in this process), and that model is the run's.
     """
     from assay.training import train as do_train
 
     ray_sets = _ray_sets(workers, gpus_per_worker, cpus_per_worker, address)
+    if refit is not None:
+        ray_sets.append(f"train.refit={str(refit).lower()}")
     cfg = _config(experiment, [*(sets or []), *ray_sets], run, dataset, arch)
     result = _guarded(do_train, cfg)
     scores = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())

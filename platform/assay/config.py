@@ -167,6 +167,11 @@ class TrainConfig(OptimConfig):
         description="what picks the best epoch and stops early: 'auto' (the model's own, "
         "val/loss for most) or 'val/<metric>:max|min', e.g. val/acc:max",
     )
+    refit: bool = Field(
+        False,
+        description="after the fit picks its best epoch, train a fresh model on train + val for "
+        "that many epochs and make it the run's model (val metrics stay the first fit's)",
+    )
     precision: Literal["32-true", "bf16-mixed", "16-mixed"] = "32-true"
     accelerator: Literal["auto", "cpu", "gpu"] = "cpu"
     num_threads: int = Field(0, ge=0, le=256, description="torch threads; 0 = torch's default")
@@ -214,6 +219,11 @@ class TrainConfig(OptimConfig):
             raise ValueError(
                 f"gpus_per_worker is {self.gpus_per_worker} but workers is 0: GPUs per worker "
                 "need Ray Train workers (set train.workers >= 1)"
+            )
+        if self.refit and self.workers > 0:
+            raise ValueError(
+                f"refit is true but workers is {self.workers}: the refit runs in this process, "
+                "not on Ray Train; set train.workers=0 or train.refit=false"
             )
         if self.gpus_per_worker > 0 and self.accelerator == "cpu":
             raise ValueError(

@@ -238,7 +238,8 @@ def evaluate(
     info = read_json(out / "model" / "run.json", f"train it first: `assay train` for {t.key}")
     _threads(t.num_threads)
     entry = get_entry(info["arch"])
-    model = entry.module_cls.load_from_checkpoint(out / "model" / "best.ckpt", map_location="cpu")
+    checkpoint = out / "model" / info.get("checkpoint", "best.ckpt")  # refit.ckpt after a refit
+    model = entry.module_cls.load_from_checkpoint(checkpoint, map_location="cpu")
     model.eval()
     dm = datamodule(t.dataset, root, batch_size=cfg.evaluate.batch_size)
     with atomic_dir(out / "eval") as folder:

@@ -221,6 +221,12 @@ def load_sweep(
     except ConfigError as e:
         raise ConfigError([f"{file}: sweep.set: {p}" for p in e.problems]) from None
     problems = _check_space(cfg, base)
+    if base.train.refit or "train.refit" in cfg.space:
+        problems.append(
+            "train.refit: true in a sweep: trials are compared on val, which a refit trains "
+            "on; leave it false here, then refit the best trial's settings with `assay train "
+            "--refit`"
+        )
     if problems:
         raise ConfigError([f"{file}: {p}" for p in problems])
     study = cfg.study or file.stem

@@ -2,6 +2,7 @@
 
 Outputs of a run `<dataset>-<arch>` (all DVC outputs, each written whole or not at all):
   outputs/<key>/model/        best.ckpt, run.json (MLflow and W&B ids)      <- train
+                              (+ refit.ckpt, the run's model, with train.refit)
   outputs/<key>/history.csv, learning_curve.png                              <- train
   outputs/<key>/metrics.json, eval/ (the objective's plots and tables)       <- evaluate
 
@@ -21,6 +22,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_info
 
 from assay import plots, tracking
 from assay.config import AssayConfig
@@ -79,9 +81,10 @@ class History(Callback):
         self.rows.append({"epoch": trainer.current_epoch, **self._scalars(trainer, "val/")})
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        # runs after validation: complete the epoch's row
-        if self.rows and self.rows[-1]["epoch"] == trainer.current_epoch:
-            self.rows[-1].update(self._scalars(trainer, "train/"))
+        # runs after validation: complete the epoch's row (a refit has no validation: start it)
+        if not self.rows or self.rows[-1]["epoch"] != trainer.current_epoch:
+            self.rows.append({"epoch": trainer.current_epoch})
+        self.rows[-1].update(self._scalars(trainer, "train/"))
 
     # Saved in every Lightning checkpoint, so a run resumed on Ray keeps its earlier epochs.
     def state_dict(self) -> dict:
@@ -135,6 +138,8 @@ def train(
     dm = datamodule(t.dataset, root, batch_size=t.batch_size, seed=t.seed)
     model = create_model(t.arch, task=dm.task, optim=t.optim(), **t.arch_config())
     entry = get_entry(t.arch)
+    if t.refit:
+        check_refit(model)  # before any run, like the checks below
     extra_callbacks = family_callbacks(model, cfg, root)  # before any run: a missing judge fails
     if t.workers > 0:
         from assay import distributed
@@ -219,10 +224,16 @@ def train(
         best = _best_scores(fit.rows, monitor, mode)
         run.log_metrics({f"best_{k}": v for k, v in best.items()})
         # The best weights, not the last: log them as the MLflow model (a trial's only if it
-        # wins the sweep: `log_trained_model`).
+        # wins the sweep: `log_trained_model`). With train.refit, the refit's weights instead.
         best_model = type(model).load_from_checkpoint(fit.best_path).cpu().eval()
+        checkpoint, refit_epochs = fit.best_path, None
+        if t.refit:
+            refit_epochs = _best_epoch(fit.rows, monitor, mode) + 1
+            best_model, dm, checkpoint = _refit(cfg, root, refit_epochs, run, model_dir)
         model_uri = None if trial else _log_model(run.run_id, best_model, dm, Path(scratch))
         run.log_artifact(fit.best_path, "checkpoints")
+        if t.refit:
+            run.log_artifact(checkpoint, "checkpoints")
         curve = plots.learning_curve(fit.rows, Path(scratch) / "learning_curve.png", run_name)
         run.log_image("learning_curve", curve)
         curve_png = curve.read_bytes()
@@ -241,6 +252,8 @@ def train(
             "wandb_run_id": run.wandb_id,
             "best_val": best,
             "epochs": fit.epochs,
+            "checkpoint": checkpoint.name,  # the run's model, in this folder
+            **({"refit_epochs": refit_epochs} if refit_epochs else {}),
             **({"ray": fit.ray} if fit.ray else {}),
             **({"trial": {"number": trial.number, "state": state}} if trial else {}),
         }
@@ -252,7 +265,7 @@ def train(
         t.key,
         run.run_id,
         run.wandb_id,
-        out / "model" / "best.ckpt",
+        out / "model" / checkpoint.name,
         best,
         time.perf_counter() - started,
         fit.epochs,
@@ -317,12 +330,68 @@ def _fit_local(model, dm, cfg, run, monitor, mode, model_dir, family, bar=True) 
     return Fit(Path(checkpoint.best_model_path), history.rows, trainer.current_epoch)
 
 
-def _best_scores(rows: list[dict[str, float]], monitor: str, mode: str) -> dict[str, float]:
-    """The validation metrics of the epoch ModelCheckpoint kept (the best `monitor`)."""
+def _best_row(rows: list[dict[str, float]], monitor: str, mode: str) -> dict[str, float]:
+    """The epoch ModelCheckpoint kept (the best `monitor`)."""
     worst = np.inf if mode == "min" else -np.inf
     pick = min if mode == "min" else max
-    best_epoch = pick(rows, key=lambda r: r.get(monitor, worst))
-    return {k: float(v) for k, v in best_epoch.items() if k.startswith("val/")}
+    return pick(rows, key=lambda r: r.get(monitor, worst))
+
+
+def _best_scores(rows: list[dict[str, float]], monitor: str, mode: str) -> dict[str, float]:
+    """The validation metrics of the epoch ModelCheckpoint kept."""
+    return {k: float(v) for k, v in _best_row(rows, monitor, mode).items() if k.startswith("val/")}
+
+
+def _best_epoch(rows: list[dict[str, float]], monitor: str, mode: str) -> int:
+    return int(_best_row(rows, monitor, mode)["epoch"])
+
+
+# Objectives a refit does not fit, and why.
+_NO_REFIT = {
+    "generation": "a GAN's validation split only feeds its judge (the Fréchet distance of "
+    "generated samples), so there is nothing to refit on"
+}
+
+
+def check_refit(model) -> None:
+    """Refuse `train.refit` where it has no meaning, before any run starts."""
+    from assay.config import ConfigError
+
+    if model.objective in _NO_REFIT:
+        raise ConfigError([f"train.refit: true: {_NO_REFIT[model.objective]}; set it false"])
+
+
+def _refit(cfg: AssayConfig, root: Path, epochs: int, run, model_dir: Path):
+    """Train a fresh model (same seed) on train + val for `epochs` epochs, the fit's best count,
+    in this process; its final weights become `model_dir/refit.ckpt`, the run's model. Its
+    per-epoch training metrics go to MLflow as refit/<name> (no validation: val trains it)."""
+    t = cfg.train
+    pl.seed_everything(t.seed, workers=True, verbose=False)
+    dm = datamodule(t.dataset, root, batch_size=t.batch_size, seed=t.seed, refit=True)
+    model = create_model(t.arch, task=dm.task, optim=t.optim(), **t.arch_config())
+    history = History()
+    trainer = pl.Trainer(
+        **{**trainer_settings(t, model), "max_epochs": epochs},
+        accelerator=t.accelerator,
+        devices=1,
+        logger=False,
+        callbacks=[history],
+        enable_checkpointing=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        default_root_dir=model_dir,
+    )
+    rank_zero_info(f"refit: a fresh model, {epochs} epoch(s) on train + val")
+    trainer.fit(model, datamodule=dm)
+    if trainer.interrupted:
+        raise KeyboardInterrupt("the refit was interrupted")
+    path = model_dir / "refit.ckpt"
+    trainer.save_checkpoint(path)
+    for row in history.rows:
+        metrics = {f"refit/{k.removeprefix('train/')}": v for k, v in row.items() if "/" in k}
+        run.log_metrics(metrics, step=int(row["epoch"]))
+    run.client.set_tag(run.run_id, "refit.epochs", str(epochs))
+    return model.cpu().eval(), dm, path
 
 
 def family_callbacks(model, cfg: AssayConfig, root: Path) -> list[Callback]:
@@ -403,7 +472,7 @@ def log_trained_model(cfg: AssayConfig, root: Path, out: Path) -> str:
         return info["model_uri"]
     t = cfg.train
     model = get_entry(info["arch"]).module_cls.load_from_checkpoint(
-        out / "model" / "best.ckpt", map_location="cpu"
+        out / "model" / info.get("checkpoint", "best.ckpt"), map_location="cpu"
     )
     dm = datamodule(t.dataset, root, batch_size=t.batch_size, seed=t.seed)
     import mlflow

@@ -86,6 +86,8 @@ def prepare(name: str, cfg: PrepareConfig, root: Path) -> Path:
     return out
 
 
-def datamodule(name: str, root: Path, batch_size: int = 128, seed: int = 0) -> ArrayDataModule:
-    """The DataModule for a prepared data set, by its kind."""
-    return _MODULES[_kind(name)](name, root, batch_size=batch_size, seed=seed)
+def datamodule(
+    name: str, root: Path, batch_size: int = 128, seed: int = 0, refit: bool = False
+) -> ArrayDataModule:
+    """The DataModule for a prepared data set, by its kind. `refit`: it trains on train + val."""
+    return _MODULES[_kind(name)](name, root, batch_size=batch_size, seed=seed, refit=refit)

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, TensorDataset
 
 from assay.paths import atomic_write_bytes
 from models.base import Task
@@ -133,11 +133,15 @@ class ArrayDataModule(pl.LightningDataModule):
     kind: ClassVar[str]
     eval_batch_size: ClassVar[int] = 1024
 
-    def __init__(self, name: str, root: Path, batch_size: int = 128, seed: int = 0):
+    def __init__(
+        self, name: str, root: Path, batch_size: int = 128, seed: int = 0, refit: bool = False
+    ):
         super().__init__()
         self.name, self.root, self.batch_size, self.seed = name, Path(root), batch_size, seed
+        # `train.refit`: the training loader serves train + val (what of val `refit_extra` keeps)
+        self.refit = refit
         self.meta = read_meta(name, self.root)
-        self._data: dict[str, TensorDataset] = {}
+        self._data: dict[str, Dataset] = {}
 
     @property
     def folder(self) -> Path:
@@ -164,6 +168,13 @@ class ArrayDataModule(pl.LightningDataModule):
         for split in SPLITS:
             if split not in self._data:
                 self._data[split] = _cached_split(self, split)
+        if self.refit and "refit" not in self._data:
+            self._data["refit"] = ConcatDataset([self._data["train"], self.refit_extra()])
+
+    def refit_extra(self) -> Dataset:
+        """What of the validation split joins the training split for a refit: all of it, unless
+        the kind's training split is a subset of its rows (anomalies: normal rows only)."""
+        return self._data["val"]
 
     def _loader(self, split: str, shuffle: bool, batch_size: int | None = None) -> DataLoader:
         self.setup()
@@ -176,7 +187,7 @@ class ArrayDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        return self._loader("refit" if self.refit else "train", shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", shuffle=False, batch_size=self.eval_batch_size)

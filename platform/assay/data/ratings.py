@@ -97,9 +97,15 @@ class RatingsDataModule(ArrayDataModule):
             n_users=m["n_users"],
             n_items=m["n_items"],
             rating_range=tuple(m["rating_range"]),
-            item_counts=np.bincount(self.arrays("train")["i"], minlength=m["n_items"]).tolist(),
+            item_counts=self._item_counts(m["n_items"]),
             mean=[m["train_mean"]],
         )
+
+    def _item_counts(self, n_items: int) -> list[int]:
+        """Each film's ratings in what the model trains on (train, plus val for a refit)."""
+        splits = ("train", "val") if self.refit else ("train",)
+        items = np.concatenate([self.arrays(s)["i"] for s in splits])
+        return np.bincount(items, minlength=n_items).tolist()
 
     def tensors(self, split: str) -> tuple[torch.Tensor, ...]:
         d = self.arrays(split)

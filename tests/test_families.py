@@ -533,11 +533,31 @@ def test_ratings_split_by_time_per_user_and_negatives_are_unrated(family_data):
     # the recommenders' popularity bias counts each film's ratings in the training split only
     from assay.data.ratings import RatingsDataModule
 
-    task = RatingsDataModule("movielens", family_data.parent).task
+    dm = RatingsDataModule("movielens", family_data.parent)
+    task = dm.task
     assert task.item_counts == np.bincount(d["train"]["i"], minlength=1682).tolist()
     # and rarely rated films are rated lower in test, which is what it is for
     counts = np.asarray(task.item_counts)[d["test"]["i"]]
     assert d["test"]["r"][counts < 20].mean() < d["test"]["r"][counts >= 100].mean() - 0.5
+    # a training rating's position is k/n in its user's training history, by time; val and
+    # test ratings come after all of them: position 1
+    u, _, position, _ = (x.numpy() for x in dm.tensors("train"))
+    first = np.flatnonzero(u == u[0])
+    n = len(first)
+    assert np.allclose(position[first], np.arange(1, n + 1) / n)  # the split is in time order
+    assert (np.diff(d["train"]["t"][first]) >= 0).all()
+    for split in ("val", "test"):
+        assert (dm.tensors(split)[2] == 1).all()
+    # a refit's positions run over train + val: each user's val ratings are their latest
+    refit = RatingsDataModule("movielens", family_data.parent, refit=True)
+    refit.setup()
+    ru, _, rpos, _ = refit.train_dataloader().dataset.tensors
+    n_train = len(u)
+    assert len(ru) == n_train + len(d["val"]["u"])
+    latest_train = np.zeros(943, np.float32)
+    np.maximum.at(latest_train, ru[:n_train].numpy(), rpos[:n_train].numpy())
+    assert (rpos[n_train:].numpy() > latest_train[ru[n_train:].numpy()]).all()
+    assert np.isclose(rpos.max(), 1.0) and (latest_train < 1).all()
 
 
 def test_ratings_random_split_keeps_each_users_fractions(family_data, tmp_path):

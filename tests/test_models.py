@@ -41,7 +41,8 @@ def batch(task: Task):
     if task.kind == "tabular":
         return torch.randn(B, 9, generator=g), torch.zeros(B, dtype=torch.long)
     u, i = torch.randint(0, 10, (B,), generator=g), torch.randint(0, 20, (B,), generator=g)
-    return u, i, torch.randint(1, 6, (B,), generator=g).float()
+    position = torch.rand(B, generator=g)  # each rating's place in its user's history
+    return u, i, position, torch.randint(1, 6, (B,), generator=g).float()
 
 
 CASES = [
@@ -224,3 +225,26 @@ def test_popularity_bias_is_shared_by_the_items_of_one_count_bin(name):
     assert off.popularity is None
     with pytest.raises(ValueError, match="item_counts has 5 entries for 6 items"):
         create_model(name, task=task.model_copy(update={"item_counts": counts[:5]}))
+
+
+@pytest.mark.parametrize("name", ["matrix_factorization_tiny", "ncf_tiny"])
+def test_recent_user_bias_is_fitted_by_a_users_latest_ratings_and_added_to_any_prediction(name):
+    task = Task(kind="ratings", in_shape=(2,), n_users=2, n_items=3, mean=[3.5])
+    net = create_model(name, task=task, recent_user_bias=0.25).net.eval()
+    users, items = torch.tensor([0, 0, 0, 1]), torch.tensor([0, 1, 2, 0])
+    position = torch.tensor([0.5, 0.75, 0.8, 1.0])  # only those past 1 - 0.25 are "recent"
+    with torch.no_grad():
+        before, before_now = net(users, items, position), net(users, items)
+        net.recent.bias.weight[:] = torch.tensor([[1.0], [2.0]])
+        shift = net(users, items, position) - before
+        shift_now = net(users, items) - before_now  # no position: a prediction, i.e. now
+    assert torch.allclose(shift, torch.tensor([0.0, 0.0, 1.0, 2.0]))
+    assert torch.allclose(shift_now, torch.tensor([1.0, 1.0, 1.0, 2.0]))
+    # a training step through the module: a batch is (user, item, position, rating)
+    model = create_model(name, task=task, recent_user_bias=0.25)
+    loss = model.training_step((users, items, position, torch.tensor([4.0, 3, 2, 5])), 0)
+    loss.backward()
+    grad = model.net.recent.bias.weight.grad
+    assert grad is not None and grad.abs().sum() > 0
+    base = name.removesuffix("_tiny")  # the tiny preset turns it on, to exercise it
+    assert create_model(base, task=task).net.recent is None  # off by default

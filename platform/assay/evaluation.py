@@ -197,7 +197,7 @@ def score_generation(model, dm, out: Path, title: str, cfg: AssayConfig, root: P
 def score_rating(model, dm, out: Path, title: str, **_):
     from torchmetrics.retrieval import RetrievalHitRate, RetrievalNormalizedDCG
 
-    u, i, r = dm.load_split("test")
+    u, i, _, r = dm.load_split("test")  # the position of every test rating is "now"
     lo, hi = dm.task.rating_range
     pred = _batched(model, u, i, size=8192).clamp(lo, hi)
     metrics = {

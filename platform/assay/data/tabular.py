@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import ConcatDataset, Dataset, Subset
 
 from assay.data.common import SPLITS, ArrayDataModule, fetch_wheel_member, stratified_split
 from models.base import Task
@@ -62,7 +62,8 @@ class TabularDataModule(ArrayDataModule):
         d = self.arrays(split)
         return torch.from_numpy(d["x"]).float(), torch.from_numpy(d["y"]).long()
 
-    def refit_extra(self) -> Dataset:
+    def refit_set(self) -> Dataset:
         # the training split is normal rows only: so is what a refit adds from val
         val = self._data["val"]
-        return Subset(val, torch.nonzero(val.tensors[1] == 0).squeeze(1).tolist())
+        normal = Subset(val, torch.nonzero(val.tensors[1] == 0).squeeze(1).tolist())
+        return ConcatDataset([self._data["train"], normal])

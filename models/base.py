@@ -67,6 +67,8 @@ class Task(StrictModel):
     n_items: int = Field(0, ge=0)
     rating_range: tuple[float, float] = (0.0, 0.0)
     item_counts: list[int] = []  # ratings: how often each item is rated in the training split
+    item_attributes: list[list[int]] = []  # ratings: each item's attribute indices (genres, ...)
+    n_item_attributes: int = Field(0, ge=0)
     mean: list[float] = []
     std: list[float] = []
 

@@ -11,6 +11,11 @@ films with 100 or more. A rarely rated film's own bias is shrunk to zero by the 
 this prior the model rates it like an average film. It also follows the drift of a time split:
 each user's later ratings are of rarer films.
 
+Both add, where the data lists item attributes (MovieLens: genres and release period), an
+attribute bias: a learned offset per attribute, summed over an item's attributes (`attribute_bias`,
+on by default). A rarely rated film's genres and age say something about it that its own few
+ratings cannot.
+
 Both can add a recent-user bias (`recent_user_bias`, a share; off by default): a second offset per
 user, fitted on the latest share of each user's training ratings only and applied to every
 prediction, which is about now. Users drift (on MovieLens, each user's ratings fall over their
@@ -25,7 +30,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from models.base import Activation, AssayModule, StrictModel, norm_act_drop
+from models.base import Activation, AssayModule, StrictModel, Task, norm_act_drop
 from models.registry import register_model
 
 POPULARITY_BINS = 16  # floor(log2(count + 1)): counts 0 | 1-2 | 3-6 | 7-14 | ... | 32767+
@@ -68,6 +73,27 @@ class RecentUserBias(nn.Module):
         return b if position is None else b * (position > 1 - self.share)
 
 
+class AttributeBias(nn.Module):
+    """A learned offset per item attribute (Task.item_attributes), summed over each item's. The
+    attributes are a multi-hot buffer, so a logged model keeps them. Not penalised: a few dozen
+    numbers, each fitted from the ratings of many items."""
+
+    def __init__(self, attributes: list[list[int]], n_attributes: int, n_items: int):
+        super().__init__()
+        if len(attributes) != n_items:
+            raise ValueError(f"item_attributes has {len(attributes)} entries for {n_items} items")
+        hot = torch.zeros(n_items, n_attributes)
+        for item, indices in enumerate(attributes):
+            hot[item, indices] = 1.0
+        self.register_buffer("attributes", hot)
+        self.weight = nn.Linear(n_attributes, 1, bias=False)
+        nn.init.zeros_(self.weight.weight)
+
+    def forward(self, items: torch.Tensor) -> torch.Tensor:
+        return self.weight(self.attributes[items]).squeeze(-1)
+
+
+ATTRIBUTE_HELP = "a learned bias per item attribute the data lists (MovieLens: genre, period)"
 RECENT_HELP = (
     "the share of each user's latest training ratings that fit a second user offset, applied "
     "to every prediction (0 = off)"
@@ -79,13 +105,47 @@ class MFConfig(StrictModel):
     dropout: float = Field(0.0, ge=0, lt=1, description="on the embeddings")
     biases: bool = True
     popularity_bias: bool = Field(True, description=POPULARITY_HELP)
+    attribute_bias: bool = Field(True, description=ATTRIBUTE_HELP)
     recent_user_bias: float = Field(0.0, ge=0, lt=1, description=RECENT_HELP)
     reg: float = Field(0.05, ge=0, description="L2 on the batch's embeddings and biases")
 
 
-class MFNet(nn.Module):
-    def __init__(self, n_users: int, n_items: int, mean: float, counts: list[int], cfg: MFConfig):
+class Offsets(nn.Module):
+    """The optional biases both nets add: popularity and attributes (per item), recent (per
+    user). Each is None when off (or, for attributes, when the data lists none)."""
+
+    def __init__(self, task: Task, cfg: MFConfig | NCFConfig):
         super().__init__()
+        n_users, n_items = task.n_users, task.n_items
+        self.popularity = PopularityBias(task.item_counts, n_items) if cfg.popularity_bias else None
+        self.attributes = (
+            AttributeBias(task.item_attributes, task.n_item_attributes, n_items)
+            if cfg.attribute_bias and task.n_item_attributes
+            else None
+        )
+        self.recent = (
+            RecentUserBias(n_users, cfg.recent_user_bias) if cfg.recent_user_bias > 0 else None
+        )
+
+    def penalised(self, users: torch.Tensor) -> list[torch.Tensor]:
+        """The rows the batch's L2 covers: the recent bias, a per-user parameter like the others."""
+        return [self.recent.bias(users)] if self.recent is not None else []
+
+    def forward(self, users, items, position) -> torch.Tensor | float:
+        out: torch.Tensor | float = 0.0
+        if self.popularity is not None:
+            out = out + self.popularity(items)
+        if self.attributes is not None:
+            out = out + self.attributes(items)
+        if self.recent is not None:
+            out = out + self.recent(users, position)
+        return out
+
+
+class MFNet(nn.Module):
+    def __init__(self, task: Task, cfg: MFConfig):
+        super().__init__()
+        n_users, n_items = task.n_users, task.n_items
         self.user, self.item = (
             nn.Embedding(n_users, cfg.embedding_dim),
             nn.Embedding(n_items, cfg.embedding_dim),
@@ -96,15 +156,13 @@ class MFNet(nn.Module):
         for b in (self.user_bias, self.item_bias):
             nn.init.zeros_(b.weight)
             b.weight.requires_grad_(cfg.biases)
-        self.register_buffer("mean", torch.tensor(mean))
-        self.popularity, self.recent = optional_biases(n_users, n_items, counts, cfg)
+        self.register_buffer("mean", torch.tensor(task.mean[0] if task.mean else 0.0))
+        self.offsets = Offsets(task, cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
     def penalty(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         parts = [self.user(users), self.item(items), self.user_bias(users), self.item_bias(items)]
-        if self.recent is not None:
-            parts.append(self.recent.bias(users))
-        return sum((p**2).sum(-1) for p in parts).mean()
+        return sum((p**2).sum(-1) for p in [*parts, *self.offsets.penalised(users)]).mean()
 
     def forward(
         self, users: torch.Tensor, items: torch.Tensor, position: torch.Tensor | None = None
@@ -113,7 +171,7 @@ class MFNet(nn.Module):
         rating = (
             self.mean + self.user_bias(users).squeeze(-1) + self.item_bias(items).squeeze(-1) + dot
         )
-        return rating + offsets(self, users, items, position)
+        return rating + self.offsets(users, items, position)
 
 
 class NCFConfig(StrictModel):
@@ -123,13 +181,15 @@ class NCFConfig(StrictModel):
     dropout: float = Field(0.2, ge=0, lt=1)
     batch_norm: bool = False
     popularity_bias: bool = Field(True, description=POPULARITY_HELP)
+    attribute_bias: bool = Field(True, description=ATTRIBUTE_HELP)
     recent_user_bias: float = Field(0.0, ge=0, lt=1, description=RECENT_HELP)
     reg: float = Field(0.01, ge=0, description="L2 on the batch's embeddings and recent biases")
 
 
 class NCFNet(nn.Module):
-    def __init__(self, n_users: int, n_items: int, mean: float, counts: list[int], cfg: NCFConfig):
+    def __init__(self, task: Task, cfg: NCFConfig):
         super().__init__()
+        n_users, n_items = task.n_users, task.n_items
         d = cfg.embedding_dim
         self.gmf_user, self.gmf_item = nn.Embedding(n_users, d), nn.Embedding(n_items, d)
         self.mlp_user, self.mlp_item = nn.Embedding(n_users, d), nn.Embedding(n_items, d)
@@ -142,8 +202,8 @@ class NCFNet(nn.Module):
             width = h
         self.mlp = nn.Sequential(*layers)
         self.out = nn.Linear(d + width, 1)
-        self.register_buffer("mean", torch.tensor(mean))
-        self.popularity, self.recent = optional_biases(n_users, n_items, counts, cfg)
+        self.register_buffer("mean", torch.tensor(task.mean[0] if task.mean else 0.0))
+        self.offsets = Offsets(task, cfg)
 
     def penalty(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         parts = [
@@ -152,9 +212,7 @@ class NCFNet(nn.Module):
             self.mlp_user(users),
             self.mlp_item(items),
         ]
-        if self.recent is not None:
-            parts.append(self.recent.bias(users))
-        return sum((p**2).sum(-1) for p in parts).mean()
+        return sum((p**2).sum(-1) for p in [*parts, *self.offsets.penalised(users)]).mean()
 
     def forward(
         self, users: torch.Tensor, items: torch.Tensor, position: torch.Tensor | None = None
@@ -162,25 +220,7 @@ class NCFNet(nn.Module):
         gmf = self.gmf_user(users) * self.gmf_item(items)
         mlp = self.mlp(torch.cat([self.mlp_user(users), self.mlp_item(items)], -1))
         rating = self.mean + self.out(torch.cat([gmf, mlp], -1)).squeeze(-1)
-        return rating + offsets(self, users, items, position)
-
-
-def optional_biases(
-    n_users: int, n_items: int, counts: list[int], cfg: MFConfig | NCFConfig
-) -> tuple[PopularityBias | None, RecentUserBias | None]:
-    popularity = PopularityBias(counts, n_items) if cfg.popularity_bias else None
-    recent = RecentUserBias(n_users, cfg.recent_user_bias) if cfg.recent_user_bias > 0 else None
-    return popularity, recent
-
-
-def offsets(net: MFNet | NCFNet, users, items, position) -> torch.Tensor | float:
-    """The optional biases both nets add: popularity (per item) and recent (per user)."""
-    out: torch.Tensor | float = 0.0
-    if net.popularity is not None:
-        out = out + net.popularity(items)
-    if net.recent is not None:
-        out = out + net.recent(users, position)
-    return out
+        return rating + self.offsets(users, items, position)
 
 
 class Recommender(AssayModule):
@@ -195,17 +235,13 @@ class Recommender(AssayModule):
             loss = loss + self.config.reg * self.net.penalty(users, items)
         return loss
 
-    def net_args(self) -> tuple[int, int, float, list[int]]:
-        t = self.task
-        return t.n_users, t.n_items, t.mean[0] if t.mean else 0.0, t.item_counts
-
 
 @register_model("matrix_factorization", tiny={"embedding_dim": 4, "recent_user_bias": 0.2})
 class MatrixFactorization(Recommender):
     Config = MFConfig
 
     def build_net(self) -> nn.Module:
-        return MFNet(*self.net_args(), self.config)
+        return MFNet(self.task, self.config)
 
 
 @register_model("ncf", tiny={"embedding_dim": 4, "hidden_sizes": [8], "recent_user_bias": 0.2})
@@ -213,4 +249,4 @@ class NCF(Recommender):
     Config = NCFConfig
 
     def build_net(self) -> nn.Module:
-        return NCFNet(*self.net_args(), self.config)
+        return NCFNet(self.task, self.config)

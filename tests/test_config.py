@@ -117,6 +117,10 @@ BAD = {
         ["train.gpus_per_worker=1", "train.workers=2"],
         ["accelerator is 'cpu'", "train.accelerator=gpu"],
     ),
+    "extra wheel files unpinned": (
+        ["fetch.shuttle.also=[river/datasets/other.csv]"],
+        ["fetch.shuttle", "pinned by the wheel's sha256"],
+    ),
     "refit on ray": (
         ["train.refit=true", "train.workers=2"],
         ["refit is true but workers is 2", "train.workers=0 or train.refit=false"],

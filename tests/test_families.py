@@ -539,6 +539,16 @@ def test_ratings_split_by_time_per_user_and_negatives_are_unrated(family_data):
     # and rarely rated films are rated lower in test, which is what it is for
     counts = np.asarray(task.item_counts)[d["test"]["i"]]
     assert d["test"]["r"][counts < 20].mean() < d["test"]["r"][counts >= 100].mean() - 0.5
+    # the films' attributes come from the wheel's ml-100k.item: Toy Story (MovieLens id 1)
+    names = meta["item_attribute_names"]
+    toy_story = meta["item_ids"].index(1)
+    assert {names[k] for k in task.item_attributes[toy_story]} == {
+        "genre Animation",
+        "genre Children's",
+        "genre Comedy",
+        "released 1995-1996",
+    }
+    assert task.n_item_attributes == len(names) == 24 and len(task.item_attributes) == 1682
     # a training rating's position is k/n in its user's training history, by time; val and
     # test ratings come after all of them: position 1
     u, _, position, _ = (x.numpy() for x in dm.tensors("train"))

@@ -212,17 +212,17 @@ def test_popularity_bias_is_shared_by_the_items_of_one_count_bin(name):
     counts = [0, 1, 2, 3, 300, 400]
     task = Task(kind="ratings", in_shape=(2,), n_users=3, n_items=6, mean=[3.5], item_counts=counts)
     net = create_model(name, task=task).net.eval()
-    assert net.popularity.bins.tolist() == [0, 1, 1, 2, 8, 8]  # floor(log2(count + 1))
+    assert net.offsets.popularity.bins.tolist() == [0, 1, 1, 2, 8, 8]  # floor(log2(count + 1))
     users, items = torch.zeros(6, dtype=torch.long), torch.arange(6)
     with torch.no_grad():
         before = net(users, items)
-        net.popularity.bias.weight[8] = 1.0  # the bin of the two popular films
+        net.offsets.popularity.bias.weight[8] = 1.0  # the bin of the two popular films
         shift = net(users, items) - before
     assert torch.allclose(shift, torch.tensor([0, 0, 0, 0, 1.0, 1.0]))
     # the bins travel with the network's state, so a logged model predicts with them
-    assert "popularity.bins" in net.state_dict()
+    assert "offsets.popularity.bins" in net.state_dict()
     off = create_model(name, task=task, popularity_bias=False).net
-    assert off.popularity is None
+    assert off.offsets.popularity is None
     with pytest.raises(ValueError, match="item_counts has 5 entries for 6 items"):
         create_model(name, task=task.model_copy(update={"item_counts": counts[:5]}))
 
@@ -235,7 +235,7 @@ def test_recent_user_bias_is_fitted_by_a_users_latest_ratings_and_added_to_any_p
     position = torch.tensor([0.5, 0.75, 0.8, 1.0])  # only those past 1 - 0.25 are "recent"
     with torch.no_grad():
         before, before_now = net(users, items, position), net(users, items)
-        net.recent.bias.weight[:] = torch.tensor([[1.0], [2.0]])
+        net.offsets.recent.bias.weight[:] = torch.tensor([[1.0], [2.0]])
         shift = net(users, items, position) - before
         shift_now = net(users, items) - before_now  # no position: a prediction, i.e. now
     assert torch.allclose(shift, torch.tensor([0.0, 0.0, 1.0, 2.0]))
@@ -244,7 +244,34 @@ def test_recent_user_bias_is_fitted_by_a_users_latest_ratings_and_added_to_any_p
     model = create_model(name, task=task, recent_user_bias=0.25)
     loss = model.training_step((users, items, position, torch.tensor([4.0, 3, 2, 5])), 0)
     loss.backward()
-    grad = model.net.recent.bias.weight.grad
+    grad = model.net.offsets.recent.bias.weight.grad
     assert grad is not None and grad.abs().sum() > 0
     base = name.removesuffix("_tiny")  # the tiny preset turns it on, to exercise it
-    assert create_model(base, task=task).net.recent is None  # off by default
+    assert create_model(base, task=task).net.offsets.recent is None  # off by default
+
+
+@pytest.mark.parametrize("name", ["matrix_factorization_tiny", "ncf_tiny"])
+def test_attribute_bias_adds_each_attribute_an_item_has(name):
+    attrs = [[0], [0, 1], [], [2]]
+    task = Task(
+        kind="ratings",
+        in_shape=(2,),
+        n_users=2,
+        n_items=4,
+        mean=[3.5],
+        item_attributes=attrs,
+        n_item_attributes=3,
+    )
+    net = create_model(name, task=task).net.eval()
+    users, items = torch.zeros(4, dtype=torch.long), torch.arange(4)
+    with torch.no_grad():
+        before = net(users, items)
+        net.offsets.attributes.weight.weight[:] = torch.tensor([[1.0, 10.0, 100.0]])
+        shift = net(users, items) - before
+    assert torch.allclose(shift, torch.tensor([1.0, 11.0, 0.0, 100.0]))
+    assert "offsets.attributes.attributes" in net.state_dict()  # a logged model keeps them
+    assert create_model(name, task=task, attribute_bias=False).net.offsets.attributes is None
+    # data without attributes: no attribute bias, whatever the setting
+    assert create_model(name, task=TASKS["ratings"]).net.offsets.attributes is None
+    with pytest.raises(ValueError, match="item_attributes has 3 entries for 4 items"):
+        create_model(name, task=task.model_copy(update={"item_attributes": attrs[:3]}))

@@ -56,11 +56,14 @@ class WheelSource(StrictModel):
     member: str = Field(description="path of the data file inside the wheel")
     sha256: str | None = Field(None, pattern=_SHA256, description="of the wheel")
     member_sha256: str | None = Field(None, pattern=_SHA256, description="of the extracted file")
+    also: list[str] = Field([], description="more files from the same wheel (needs sha256)")
 
     @model_validator(mode="after")
     def _pinned(self) -> WheelSource:
         if not (self.sha256 or self.member_sha256):
             raise ValueError("give sha256 (of the wheel) or member_sha256 (of the file), or both")
+        if self.also and not self.sha256:
+            raise ValueError("also: these files are pinned by the wheel's sha256: give sha256")
         return self
 
 
@@ -97,6 +100,7 @@ class FetchConfig(StrictModel):
         member="recbole/dataset_example/ml-100k/ml-100k.inter",
         sha256="9c9948202011f37eb0a7c6768129313f00d6403ad221ec940d5e2d5d5f33a407",
         member_sha256="4edb74e2a81178c2ba9ff381495f754f996c4aea351b1272ca36b43da0935eff",
+        also=["recbole/dataset_example/ml-100k/ml-100k.item"],  # genres, release years
     )
     fashion_mnist_dir: str = Field(
         "/usr/share/datasets/fashion-mnist",

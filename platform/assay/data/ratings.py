@@ -6,7 +6,9 @@ the latest `test_fraction` to test, the `val_fraction` before them to val, the r
 ratings, so each split holds every user. Ranking: for each user, their latest test rating is
 ranked against `prepare.ratings.negatives` films they never rated (sampled once, with the seed):
 HR@10, NDCG@10. Each split keeps the ratings' Unix timestamps (`t`).
-Ids are 0-based indices; `meta` maps them back to MovieLens ids.
+Ids are 0-based indices; `meta` maps them back to MovieLens ids. Where the fetch brought the
+films' file (`ml-100k.item`), `meta` also lists each film's attributes: its genres and its release
+period, which the recommenders' attribute bias reads.
 
 Batches are (user, item, position, rating). `position` is a training rating's place in its
 user's training history, k/n for the k-th of n by time (recomputed over train + val for a
@@ -16,6 +18,7 @@ refit); a val or test rating, which comes after all of them, is at 1 ("now"), as
 
 from __future__ import annotations
 
+import csv
 import math
 from functools import cached_property
 from pathlib import Path
@@ -78,6 +81,7 @@ def prepare(name: str, raw: Path, source: dict, cfg) -> tuple[dict, dict]:
         candidates[user, 1:] = negs
     splits["test"]["rank_items"] = candidates  # column 0 is the held-out positive
     meta = {
+        **film_attributes(raw, source, item_ids),
         "n_users": int(n_users),
         "n_items": int(n_items),
         "rating_range": [float(r.min()), float(r.max())],
@@ -88,6 +92,37 @@ def prepare(name: str, raw: Path, source: dict, cfg) -> tuple[dict, dict]:
         "item_ids": item_ids.tolist(),
     }
     return splits, meta
+
+
+# Release periods, as film attributes: about equally many films in the recent ones.
+PERIODS = ((0, 1960), (1960, 1980), (1980, 1990), (1990, 1995), (1995, 1997), (1997, 10_000))
+
+
+def film_attributes(raw: Path, source: dict, item_ids: np.ndarray) -> dict:
+    """{"item_attribute_names": [...], "item_attributes": [[index, ...] per item]} from
+    RecBole's ml-100k.item (genres; release period from the year), or {} without that file."""
+    names = [f for f in source.get("also", []) if f.endswith(".item")]
+    if not names:
+        return {}
+    with open(raw / names[0], encoding="utf-8", newline="") as f:
+        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    header, rows = rows[0], rows[1:]
+    col = {h.split(":")[0]: k for k, h in enumerate(header)}
+    films: dict[int, list[str]] = {}
+    for row in rows:
+        tags = [f"genre {g}" for g in row[col["class"]].split() if g != "unknown"]
+        year = row[col["release_year"]]
+        if year.isdigit():
+            lo, hi = next(p for p in PERIODS if p[0] <= int(year) < p[1])
+            span = f"before {hi}" if not lo else f"{lo}-{hi - 1}" if hi < 10_000 else f"{lo}+"
+            tags.append(f"released {span}")
+        films[int(row[col["item_id"]])] = tags
+    vocabulary = sorted({t for tags in films.values() for t in tags})
+    index = {t: k for k, t in enumerate(vocabulary)}
+    return {
+        "item_attribute_names": vocabulary,
+        "item_attributes": [[index[t] for t in films.get(int(i), [])] for i in item_ids],
+    }
 
 
 def history_positions(u: np.ndarray, i: np.ndarray, t: np.ndarray) -> np.ndarray:
@@ -117,6 +152,8 @@ class RatingsDataModule(ArrayDataModule):
             n_items=m["n_items"],
             rating_range=tuple(m["rating_range"]),
             item_counts=self._item_counts(m["n_items"]),
+            item_attributes=m.get("item_attributes", []),
+            n_item_attributes=len(m.get("item_attribute_names", [])),
             mean=[m["train_mean"]],
         )
 

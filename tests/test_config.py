@@ -121,10 +121,6 @@ BAD = {
         ["fetch.shuttle.also=[river/datasets/other.csv]"],
         ["fetch.shuttle", "pinned by the wheel's sha256"],
     ),
-    "refit on ray": (
-        ["train.refit=true", "train.workers=2"],
-        ["refit is true but workers is 2", "train.workers=0 or train.refit=false"],
-    ),
     "negative workers": (["train.workers=-1"], ["train.workers", "-1", "greater than or equal"]),
     "bad monitor": (["train.monitor=acc"], ["train.monitor", "'acc'", "val/<metric>:max|min"]),
     "set without value": (["train.lr"], ["train.lr", "KEY.PATH=VALUE"]),

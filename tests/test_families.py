@@ -11,6 +11,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+import yaml
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
@@ -417,8 +418,14 @@ def test_refit_where_it_has_no_meaning_fails_before_any_run(fproject, monkeypatc
     r = CliRunner().invoke(
         app, ["train", "--dataset", "digits", "--arch", "mlp", "--refit", "-w", "2"]
     )
-    assert r.exit_code == 2 and "refit is true but workers is 2" in r.stderr
-    assert not (fproject / "outputs").exists()
+    assert r.exit_code == 2 and "train.refit: true with train.workers 2" in r.stderr
+    assert "set train.workers=0 or train.refit=false" in r.stderr
+    assert not (fproject / "outputs").exists() and not (fproject / "mlflow.db").exists()
+    # a run that does not refit is not held back by one in params.yaml that does
+    params = yaml.safe_load((fproject / "params.yaml").read_text())
+    assert params["runs"]["movielens-matrix_factorization"]["refit"] is True
+    cfg = load_config(overrides=["train.workers=2"], root=fproject)
+    assert cfg.train.workers == 2
 
 
 def test_refit_data_is_train_plus_val_and_anomalies_stay_out(family_data):

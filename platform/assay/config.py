@@ -224,11 +224,6 @@ class TrainConfig(OptimConfig):
                 f"gpus_per_worker is {self.gpus_per_worker} but workers is 0: GPUs per worker "
                 "need Ray Train workers (set train.workers >= 1)"
             )
-        if self.refit and self.workers > 0:
-            raise ValueError(
-                f"refit is true but workers is {self.workers}: the refit runs in this process, "
-                "not on Ray Train; set train.workers=0 or train.refit=false"
-            )
         if self.gpus_per_worker > 0 and self.accelerator == "cpu":
             raise ValueError(
                 f"gpus_per_worker is {self.gpus_per_worker} but accelerator is 'cpu': "

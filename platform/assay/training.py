@@ -139,7 +139,7 @@ def train(
     model = create_model(t.arch, task=dm.task, optim=t.optim(), **t.arch_config())
     entry = get_entry(t.arch)
     if t.refit:
-        check_refit(model)  # before any run, like the checks below
+        check_refit(model, t)  # before any run, like the checks below
     extra_callbacks = family_callbacks(model, cfg, root)  # before any run: a missing judge fails
     if t.workers > 0:
         from assay import distributed
@@ -353,12 +353,21 @@ _NO_REFIT = {
 }
 
 
-def check_refit(model) -> None:
-    """Refuse `train.refit` where it has no meaning, before any run starts."""
+def check_refit(model, t) -> None:
+    """Refuse `train.refit` where it has no meaning, before any run starts. Checked for the run
+    being trained, not when the config loads: params.yaml's other runs may refit, and a
+    `--workers` for this one must not make them invalid."""
     from assay.config import ConfigError
 
     if model.objective in _NO_REFIT:
         raise ConfigError([f"train.refit: true: {_NO_REFIT[model.objective]}; set it false"])
+    if t.workers > 0:
+        raise ConfigError(
+            [
+                f"train.refit: true with train.workers {t.workers}: the refit runs in this "
+                "process, not on Ray Train; set train.workers=0 or train.refit=false"
+            ]
+        )
 
 
 def _refit(cfg: AssayConfig, root: Path, epochs: int, run, model_dir: Path):

@@ -140,7 +140,7 @@ class ArrayDataModule(pl.LightningDataModule):
     ):
         super().__init__()
         self.name, self.root, self.batch_size, self.seed = name, Path(root), batch_size, seed
-        # `train.refit`: the training loader serves train + val (what of val `refit_extra` keeps)
+        # `train.refit`: the training loader serves `refit_set()`, train + val
         self.refit = refit
         self.meta = read_meta(name, self.root)
         self._data: dict[str, Dataset] = {}

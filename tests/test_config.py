@@ -176,3 +176,128 @@ def test_cli_config_prints_the_merged_config(root, monkeypatch):
     assert result.exit_code == 0, result.output
     shown = yaml.safe_load(result.stdout)
     assert shown["train"]["lr"] == 0.02 and shown["train"]["arch"] == "cnn"
+
+
+# ----------------------------------------------------------- a run's key; what a command needs
+def test_a_run_and_an_experiment_are_keyed_by_their_own_name(root):
+    """Outputs and the registered model belong to the run's key, not to <dataset>-<arch>: two runs
+    of one data set and architecture no longer share outputs/<dataset>-<arch>/."""
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["runs"]["digits-cnn-wide"] = {"dataset": "digits", "arch": "cnn"}
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    cfg = load_config(root=root)
+    assert cfg.for_run("digits-cnn-wide").train.key == "digits-cnn-wide"
+    assert cfg.for_run("digits-cnn").train.key == "digits-cnn"
+    assert cfg.train.key == f"{cfg.train.dataset}-{cfg.train.arch}"  # no run, no experiment
+    assert load_config("digits-cnn-tiny", root=root).train.key == "digits-cnn-tiny"
+
+
+def test_changing_the_data_or_architecture_on_the_command_line_drops_the_runs_key(
+    root, monkeypatch
+):
+    monkeypatch.chdir(root)
+    shown = CliRunner().invoke(app, ["config", "--run", "digits-cnn", "--arch", "mlp"])
+    assert yaml.safe_load(shown.stdout)["train"]["name"] is None  # key: digits-mlp
+    shown = CliRunner().invoke(app, ["config", "--run", "digits-cnn", "--set", "train.lr=0.1"])
+    assert yaml.safe_load(shown.stdout)["train"]["name"] == "digits-cnn"
+
+
+def test_a_run_name_that_cannot_be_a_folder_is_refused(root):
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["runs"]["../escape"] = {"dataset": "digits", "arch": "cnn"}
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    with pytest.raises(ConfigError, match=r"runs\.\.\./escape: a run's name is its outputs"):
+        load_config(root=root)
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        ("", "params.yaml is empty"),
+        ("# nothing but comments\n", "params.yaml is empty"),
+        ("prepare: {seed: 0}\n", "params.yaml has no `train` section"),
+        ("train: {}\nprepare: {seed: 0}\n", "params.yaml has an empty `train` section"),
+    ],
+)
+@pytest.mark.parametrize("command", ["train", "evaluate", "register"])
+def test_an_emptied_params_yaml_is_an_error_not_the_defaults(
+    root, monkeypatch, content, fragment, command
+):
+    """It trained silently from built-in defaults; now the command names the file and stops
+    before writing anything."""
+    (root / "params.yaml").write_text(content)
+    monkeypatch.chdir(root)
+    before = sorted(p.name for p in root.iterdir())
+    result = CliRunner().invoke(app, [command])
+    assert result.exit_code == 2, result.output
+    message = " ".join(result.stderr.split())
+    assert fragment in message and str(root / "params.yaml") in message
+    assert "git checkout params.yaml" in message
+    assert sorted(p.name for p in root.iterdir()) == before
+
+
+def test_an_experiment_file_may_supply_the_section_params_yaml_lacks(root):
+    (root / "params.yaml").write_text("prepare: {seed: 0}\n")
+    cfg = load_config("digits-mlp", root=root, require=("train",))
+    assert cfg.train.arch == "mlp"
+
+
+BOMB = """\
+a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]
+b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]
+c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]
+d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]
+e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]
+f: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]
+g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f]
+h: &h [*g, *g, *g, *g, *g, *g, *g, *g, *g]
+i: &i [*h, *h, *h, *h, *h, *h, *h, *h, *h]
+train:
+  models:
+    mlp: {hidden_sizes: *i}
+"""
+
+
+def test_a_yaml_alias_bomb_is_refused_at_once_with_a_short_message(root):
+    """A few hundred bytes of nested aliases (9^9 values) made `assay config` use gigabytes for
+    minutes. Run in a child with a 2 GB address-space cap, so the old behaviour fails here
+    instead of swapping the machine."""
+    import resource
+    import subprocess
+    import sys
+    import time
+
+    (root / "params.yaml").write_text(
+        (root / "params.yaml").read_text()
+        + "\n"
+        + BOMB.replace("train:\n  models:\n    mlp: {hidden_sizes: *i}\n", "")
+    )
+    (root / "experiments" / "bomb.yaml").write_text(BOMB)
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+
+    for args in (["config"], ["config", "-e", "bomb"]):
+        started = time.perf_counter()
+        done = subprocess.run(
+            [sys.executable, "-m", "assay.cli", *args],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            preexec_fn=cap,
+        )
+        seconds = time.perf_counter() - started
+        assert done.returncode == 2, done.stderr[-2000:]
+        assert "aliases (*name) expand to over 100,000 values" in done.stderr
+        assert len(done.stderr) < 2000 and seconds < 60
+
+
+def test_error_messages_cut_long_values(root):
+    huge = "x" * 500_000
+    with pytest.raises(ConfigError) as e:
+        load_config(overrides=[f"train.optimizer={huge}", f"train.monitor={huge}"], root=root)
+    assert len(str(e.value)) < 2000 and "(500,002 characters)" in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        load_config(overrides=[f"train.lr.x={huge}"], root=root)
+    assert len(str(e.value)) < 2000

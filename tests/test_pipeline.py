@@ -39,8 +39,9 @@ def repo(tmp_path) -> Path:
         shutil.copytree(REPO / folder, repo / folder, ignore=ignore)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["prepare"]["datasets"] = ["digits"]
+    # a run not named <dataset>-<arch>: its outputs and registered model are its own
     params["runs"] = {
-        "digits-cnn_tiny": {
+        "digits-tiny": {
             "dataset": "digits",
             "arch": "cnn_tiny",
             "max_epochs": 3,
@@ -68,8 +69,9 @@ def test_dvc_repro_end_to_end(repo):
 
     # DVC metrics: test/acc for the run
     shown = json.loads(_run(["dvc", "metrics", "show", "--json"], repo).stdout)
-    metrics = next(iter(shown.values()))["data"]["outputs/digits-cnn_tiny/metrics.json"]["data"]
+    metrics = next(iter(shown.values()))["data"]["outputs/digits-tiny/metrics.json"]["data"]
     assert 0.1 < metrics["test/acc"] <= 1.0
+    assert not (repo / "outputs/digits-cnn_tiny").exists()  # the run's key, not <data>-<arch>
 
     # MLflow: the run, with the data hash DVC recorded; the registered champion
     uri = f"sqlite:///{repo / 'mlflow.db'}"
@@ -81,7 +83,7 @@ def test_dvc_repro_end_to_end(repo):
     assert runs[0].data.tags["dvc.data_hash"] == data_md5
     assert runs[0].data.tags["git.dirty"] == "false"
     assert runs[0].data.metrics["test/acc"] == pytest.approx(metrics["test/acc"])
-    champion = client.get_model_version_by_alias("digits-cnn_tiny", "champion")
+    champion = client.get_model_version_by_alias("digits-tiny", "champion")
     assert str(champion.version) == "1" and champion.run_id == runs[0].info.run_id
     assert list((repo / "wandb").glob(f"offline-run-*-{runs[0].data.tags['wandb.run_id']}"))
 
@@ -98,7 +100,7 @@ def test_dvc_repro_end_to_end(repo):
     assert sorted(r.data.params["train.lr"] for r in runs) == sorted(
         ["0.01", str(yaml.safe_load((REPO / "params.yaml").read_text())["train"]["lr"])]
     )
-    assert len(client.search_model_versions("name='digits-cnn_tiny'")) == 2
+    assert len(client.search_model_versions("name='digits-tiny'")) == 2
 
 
 def test_bad_params_stop_the_pipeline_before_any_output(repo):
@@ -107,7 +109,7 @@ def test_bad_params_stop_the_pipeline_before_any_output(repo):
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     done = subprocess.run(
-        ["dvc", "repro", "train@digits-cnn_tiny"],
+        ["dvc", "repro", "train@digits-tiny"],
         cwd=repo,
         env=env,
         capture_output=True,

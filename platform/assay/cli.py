@@ -96,20 +96,20 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _config(experiment=None, sets=None, run=None, dataset=None, arch=None):
-    from assay.config import ConfigError, load_config
+def _config(experiment=None, sets=None, run=None, dataset=None, arch=None, *, require=()):
+    """The merged config a command runs with. `require`: the sections it reads, which params.yaml
+    (or the experiment file) must have: an emptied params.yaml is an error, not the defaults."""
+    from assay.config import ConfigError, load_config, with_overrides
 
     overrides = list(sets or [])
     overrides += [f"train.dataset={dataset}"] if dataset else []
     overrides += [f"train.arch={arch}"] if arch else []
     try:
-        cfg = load_config(experiment, [])
+        cfg = load_config(experiment, [], require=(*require, *(["runs"] if run else [])))
         if run:
             cfg = cfg.for_run(run)
         if overrides:
-            from assay.config import apply_overrides, validate
-
-            cfg = validate(apply_overrides(cfg.model_dump(), overrides))
+            cfg = with_overrides(cfg, overrides)
         return cfg
     except ConfigError as e:
         _fail(str(e))
@@ -118,13 +118,15 @@ def _config(experiment=None, sets=None, run=None, dataset=None, arch=None):
 def _guarded(fn, *args, also: tuple[type[Exception], ...] = ()):
     """Call `fn`; errors that are the user's to fix become a message and exit code 2, no traceback.
     Anything else propagates with its traceback: that is a bug or a crash worth seeing whole."""
+    from assay.artifacts import ArtifactMismatch
     from assay.config import ConfigError
     from assay.predict import PredictError
     from models.registry import UnknownModelError
 
+    user_errors = (ConfigError, PredictError, UnknownModelError, FileNotFoundError)
     try:
         return fn(*args)
-    except (ConfigError, PredictError, UnknownModelError, FileNotFoundError, *also) as e:
+    except (*user_errors, ArtifactMismatch, *also) as e:
         _fail(str(e))
 
 
@@ -134,7 +136,7 @@ def fetch(dataset: Annotated[str, typer.Argument(help=f"one of: {DATASET_HELP}")
     from assay.data import fetch as do_fetch
     from assay.paths import find_root
 
-    cfg = _config()
+    cfg = _config(require=("fetch",))
     path = _guarded(do_fetch, dataset, cfg.fetch, find_root(), also=(ValueError,))
     out.print(f"fetched {dataset} -> {path}")
 
@@ -145,7 +147,7 @@ def prepare(dataset: Annotated[str, typer.Argument(help=f"one of: {DATASET_HELP}
     from assay.data import prepare as do_prepare
     from assay.paths import find_root
 
-    cfg = _config()
+    cfg = _config(require=("prepare",))
     if dataset not in cfg.prepare.datasets:
         _fail(f"prepare.datasets is {cfg.prepare.datasets}; {dataset!r} is not among them")
     path = _guarded(do_prepare, dataset, cfg.prepare, find_root())
@@ -177,7 +179,7 @@ def train(
     ray_sets = _ray_sets(workers, gpus_per_worker, cpus_per_worker, address)
     if refit is not None:
         ray_sets.append(f"train.refit={str(refit).lower()}")
-    cfg = _config(experiment, [*(sets or []), *ray_sets], run, dataset, arch)
+    cfg = _config(experiment, [*(sets or []), *ray_sets], run, dataset, arch, require=("train",))
     result = _guarded(do_train, cfg)
     scores = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
     out.print(
@@ -197,7 +199,7 @@ def evaluate(
     """Score a trained model on the test split; write DVC metrics and plots."""
     from assay.training import evaluate as do_evaluate
 
-    cfg = _config(experiment, sets, run, dataset, arch)
+    cfg = _config(experiment, sets, run, dataset, arch, require=("train", "evaluate"))
     result = _guarded(do_evaluate, cfg)
     out.print(f"{result.key}: " + ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items()))
 
@@ -213,7 +215,7 @@ def register(
     """Register a trained model; move `champion` to it only if it beats the current one."""
     from assay.registry import register as do_register
 
-    cfg = _config(experiment, sets, run, dataset, arch)
+    cfg = _config(experiment, sets, run, dataset, arch, require=("train", "register"))
     d = _guarded(do_register, cfg, also=(KeyError,))
     verdict = "[green]promoted to champion[/]" if d.promoted else "[yellow]kept as candidate[/]"
     out.print(f"{d.name} v{d.version}: {verdict}: {d.reason}")
@@ -590,7 +592,8 @@ def submit(
         return
     ray_sets = _ray_sets(workers, gpus_per_worker, cpus_per_worker, None)
     sets = [*(sets or []), *ray_sets]
-    cfg = _config(experiment, sets, run)  # bad input fails here, before anything is sent
+    # bad input fails here, before anything is sent
+    cfg = _config(experiment, sets, run, require=("train",))
     args = (["-e", experiment] if experiment else []) + (["--run", run] if run else [])
     args += [a for s in sets for a in ("--set", s)]
     job_id, dashboard = _cluster_call(

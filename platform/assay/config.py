@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 import warnings
 from pathlib import Path
 from typing import Any, Literal
@@ -157,9 +158,19 @@ class PrepareConfig(StrictModel):
         return names
 
 
+# A run's key names a folder (outputs/<key>/) and a registered model: plain characters only.
+_KEY = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
+
+
 class TrainConfig(OptimConfig):
     """One training run. The optimiser fields (lr, optimizer, ...) come from `OptimConfig`."""
 
+    name: str | None = Field(
+        None,
+        pattern=_KEY,
+        description="the run's key: its outputs/<name>/ folder and its registered model's name. "
+        "Set from `--run NAME` or the experiment file's name; none: <dataset>-<arch>",
+    )
     dataset: str = "mnist"
     arch: str = "cnn"
     seed: int = Field(42, ge=0)
@@ -212,7 +223,7 @@ class TrainConfig(OptimConfig):
         metric, _, mode = value.rpartition(":")
         if not metric.startswith("val/") or len(metric) < 5 or mode not in ("max", "min"):
             raise ValueError(
-                f"{value!r} is not a monitor: use 'auto' or 'val/<metric>:max|min' "
+                f"{_short(value)} is not a monitor: use 'auto' or 'val/<metric>:max|min' "
                 "(e.g. val/acc:max, val/rmse:min)"
             )
         return value
@@ -246,8 +257,9 @@ class TrainConfig(OptimConfig):
 
     @property
     def key(self) -> str:
-        """`<dataset>-<arch>`: the run's output folder and its registered model's name."""
-        return f"{self.dataset}-{self.arch}"
+        """The run's output folder and its registered model's name: `name` (a params.yaml run's
+        or an experiment file's name), else `<dataset>-<arch>`."""
+        return self.name or f"{self.dataset}-{self.arch}"
 
 
 class WandbConfig(StrictModel):
@@ -306,7 +318,8 @@ class AssayConfig(StrictModel):
             known = ", ".join(self.runs) or "none"
             raise ConfigError([f"runs.{name}: no such run; defined in params.yaml: {known}"])
         raw = self.model_dump()
-        raw["train"] = _deep_merge(raw["train"], self.runs[name])
+        # the run's outputs and registered model are its own, whatever its data and architecture
+        raw["train"] = _deep_merge({**raw["train"], "name": name}, self.runs[name])
         return validate(raw)
 
     def digest(self) -> str:
@@ -317,11 +330,76 @@ class AssayConfig(StrictModel):
 
 def _check_dataset(name: str) -> str:
     if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+        raise ValueError(f"unknown dataset {_short(name)}; known: {', '.join(DATASETS)}")
     return name
 
 
 # ------------------------------------------------------------------------------ merging and loading
+# A YAML alias repeats a node without copying it, so nested aliases (a "billion laughs" file of a
+# few KB) become billions of values as soon as anything walks the data, as validation does. PyYAML
+# sets no limit of its own: the composed node graph is measured as it would expand, and refused
+# past this many nodes, before any Python object is built from it. params.yaml has ~400.
+MAX_YAML_NODES = 100_000
+
+
+def safe_yaml(text: str, what: str) -> Any:
+    """`yaml.safe_load`, refusing documents whose aliases expand past `MAX_YAML_NODES` nodes."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        size = _expanded_size(node, {}, set())
+        if size > MAX_YAML_NODES:
+            raise ConfigError(
+                [
+                    f"{what}: its aliases (*name) expand to {_count(size)} values, more than the "
+                    f"{MAX_YAML_NODES:,} allowed; write the values out, or use fewer nested aliases"
+                ]
+            )
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _expanded_size(node, sizes: dict[int, int], open_: set[int]) -> int:
+    """Nodes in `node` once every alias is expanded (shared nodes counted each time used)."""
+    key = id(node)
+    if key in sizes:
+        return sizes[key]
+    if key in open_:  # an alias inside its own anchor: expands without end
+        return MAX_YAML_NODES + 1
+    open_.add(key)
+    total = 1
+    if isinstance(node, yaml.SequenceNode):
+        children = node.value
+    elif isinstance(node, yaml.MappingNode):
+        children = [n for pair in node.value for n in pair]
+    else:
+        children = []
+    for child in children:
+        total += _expanded_size(child, sizes, open_)
+        if total > MAX_YAML_NODES:
+            break
+    open_.discard(key)
+    sizes[key] = total
+    return total
+
+
+def _count(n: int) -> str:
+    return f"over {MAX_YAML_NODES:,}" if n > MAX_YAML_NODES else f"{n:,}"
+
+
+def _cut(text: str, limit: int = 400) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    """`repr(value)`, cut to `limit` characters: an error message names a value, never prints a
+    whole (possibly huge) one."""
+    return _cut(repr(value), limit)
+
+
 def _deep_merge(base: dict, override: dict) -> dict:
     out = copy.deepcopy(base)
     for k, v in override.items():
@@ -337,11 +415,11 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, sep, value = text.partition("=")
     path = key.strip().split(".")
     if not sep or not all(path):
-        raise ConfigError([f"--set {text!r}: expected KEY.PATH=VALUE, e.g. train.lr=0.01"])
+        raise ConfigError([f"--set {_short(text)}: expected KEY.PATH=VALUE, e.g. train.lr=0.01"])
     try:
-        parsed = yaml.safe_load(value) if value.strip() else None
+        parsed = safe_yaml(value, f"--set {key}") if value.strip() else None
     except yaml.YAMLError as e:
-        raise ConfigError([f"--set {key}: cannot parse value {value!r}: {e}"]) from None
+        raise ConfigError([f"--set {key}: cannot parse value {_short(value)}: {e}"]) from None
     return path, parsed
 
 
@@ -354,7 +432,9 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             nxt = node.setdefault(part, {})
             if not isinstance(nxt, dict):
                 where = ".".join(path[: i + 1])
-                raise ConfigError([f"--set {text}: {where} is {nxt!r}, not a section"])
+                raise ConfigError(
+                    [f"--set {_short(text)}: {where} is {_short(nxt)}, not a section"]
+                )
             node = nxt
         node[path[-1]] = value
     return out
@@ -362,7 +442,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 
 def _read_yaml(path: Path, what: str) -> dict:
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = safe_yaml(path.read_text(), f"{what} {path}") or {}
     except FileNotFoundError:
         raise ConfigError([f"{what} {path} does not exist"]) from None
     except yaml.YAMLError as e:
@@ -392,14 +472,83 @@ def load_config(
     *,
     params: Path | None = None,
     root: Path | None = None,
+    require: tuple[str, ...] = (),
 ) -> AssayConfig:
-    """params.yaml (if present) <- experiment file <- overrides, validated."""
+    """params.yaml (if present) <- experiment file <- overrides, validated.
+
+    `require`: the sections the calling command reads; each must be in params.yaml or the
+    experiment file, and not empty (an emptied params.yaml must not train on built-in defaults).
+    An experiment's run is keyed by the file's name (`train.name`) unless the file names it."""
     root = root or find_root()
     params = params or root / "params.yaml"
     raw = _read_yaml(params, "params file") if params.exists() else {}
+    exp_file, exp_raw = None, {}
     if experiment:
-        raw = _deep_merge(raw, _read_yaml(experiment_path(experiment, root), "experiment file"))
+        exp_file = experiment_path(experiment, root)
+        exp_raw = _read_yaml(exp_file, "experiment file")
+    _check_required(require, params, raw, exp_file, exp_raw)
+    if exp_file is not None:
+        raw = _deep_merge(raw, exp_raw)
+        if not (exp_raw.get("train") or {}).get("name"):
+            raw.setdefault("train", {})["name"] = _key_of(exp_file)
     return validate(apply_overrides(raw, overrides or []))
+
+
+def _check_required(require, params: Path, raw: dict, exp_file, exp_raw: dict) -> None:
+    problems = []
+    if require and not params.exists():
+        problems.append(
+            f"{params} does not exist: Assay reads its settings from the project's params.yaml; "
+            "run this from the project folder (or one below it)"
+        )
+    else:
+        for section in require:
+            given = raw.get(section) or (exp_raw or {}).get(section)
+            if isinstance(given, dict) and given:
+                continue
+            if not raw:
+                state = "is empty"
+            elif section not in raw:
+                state = f"has no `{section}` section"
+            else:
+                state = f"has an empty `{section}` section"
+            also = f" and {exp_file} has none" if exp_file else ""
+            problems.append(
+                f"{params} {state}{also}: this command reads `{section}`; restore it "
+                f"(`git checkout {params.name}`) or give an experiment file that has it (-e NAME)"
+            )
+    if problems:
+        raise ConfigError(problems)
+
+
+def _key_of(exp_file: Path) -> str:
+    if not re.match(_KEY, exp_file.stem):
+        raise ConfigError(
+            [
+                f"experiment file {exp_file}: its name {_short(exp_file.stem)} is the run's key "
+                "(outputs/<key>/ and the registered model's name): use letters, digits, '_', "
+                "'.' and '-' only, or set train.name in the file"
+            ]
+        )
+    return exp_file.stem
+
+
+def rekey(before: dict, after: dict) -> dict:
+    """`after` (a raw config: `before` with overrides) keeps `before`'s run key unless the
+    overrides changed the data set or the architecture without naming the run: then it is no
+    longer that run (its outputs and registered model would be another's), and its key falls
+    back to <dataset>-<arch>."""
+    b, a = before.get("train", {}), after.get("train", {})
+    changed = any(b.get(k) != a.get(k) for k in ("dataset", "arch"))
+    if changed and b.get("name") and a.get("name") == b.get("name"):
+        after = {**after, "train": {**a, "name": None}}
+    return after
+
+
+def with_overrides(cfg: AssayConfig, overrides: list[str]) -> AssayConfig:
+    """`cfg` with `--set KEY=VALUE` overrides applied and validated (see `rekey`)."""
+    raw = cfg.model_dump()
+    return validate(rekey(raw, apply_overrides(raw, overrides)))
 
 
 # ------------------------------------------------------------------------------------- validation
@@ -415,8 +564,16 @@ def validate(raw: dict) -> AssayConfig:
     train_raw = cfg.train.model_dump()
     for name, override in cfg.runs.items():
         where = f"runs.{name}"
+        if not re.match(_KEY, name):
+            problems.append(
+                f"{where}: a run's name is its outputs/<name>/ folder and its registered model's "
+                "name: use letters, digits, '_', '.' and '-' only (at most 100)"
+            )
+            continue
         if not isinstance(override, dict):
-            problems.append(f"{where}: expected a mapping of train settings, got {override!r}")
+            problems.append(
+                f"{where}: expected a mapping of train settings, got {_short(override)}"
+            )
             continue
         try:
             run = TrainConfig.model_validate(_deep_merge(train_raw, override))
@@ -456,26 +613,26 @@ def _check_arch_configs(models: dict[str, Any], prefix: str) -> list[str]:
         except ValidationError as e:
             problems += _describe(e, entry.config_cls, prefix=f"{prefix}.{name}")
         except TypeError:
-            problems.append(f"{prefix}.{name}: expected a mapping, got {arch_cfg!r}")
+            problems.append(f"{prefix}.{name}: expected a mapping, got {_short(arch_cfg)}")
     return problems
 
 
 def _describe(err: ValidationError, model: type, prefix: str = "") -> list[str]:
     out = []
     for e in err.errors():
-        loc = [str(p) for p in e["loc"]]
+        loc = [_cut(str(p), 60) for p in e["loc"]]
         path = ".".join(([prefix] if prefix else []) + loc)
         given = e.get("input")
         if e["type"] == "extra_forbidden":
             allowed = _allowed_keys(model, e["loc"][:-1])
-            out.append(f"{path}: unknown key (value {given!r}); allowed keys: {allowed}")
+            out.append(f"{path}: unknown key (value {_short(given)}); allowed keys: {allowed}")
         elif e["type"] == "missing":
             out.append(f"{path}: required, but not given")
         elif isinstance(given, dict):  # a whole-section check: its message names the keys
-            out.append(f"{path}: {e['msg'].removeprefix('Value error, ')}")
+            out.append(f"{path}: {_cut(e['msg'].removeprefix('Value error, '))}")
         else:
-            msg = e["msg"].removeprefix("Value error, ")
-            out.append(f"{path}: got {given!r}; {msg}")
+            msg = _cut(e["msg"].removeprefix("Value error, "))
+            out.append(f"{path}: got {_short(given)}; {msg}")
     return out
 
 

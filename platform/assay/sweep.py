@@ -42,6 +42,7 @@ from assay.config import (
     _read_yaml,
     apply_overrides,
     load_config,
+    rekey,
     validate,
 )
 from assay.paths import atomic_dir, atomic_write_bytes, atomic_write_json, csv_bytes, find_root
@@ -359,9 +360,11 @@ def _plain(value: Any) -> bool:
 
 
 def trial_config(sweep: Sweep, params: dict[str, Any], cpus: float) -> AssayConfig:
-    raw = sweep.base.model_dump()
+    base = sweep.base.model_dump()
+    raw = base
     for key, value in params.items():
         raw = _set(raw, key, value)
+    raw = rekey(base, raw)  # a trial of another architecture registers under its own key
     if raw["train"]["workers"] == 0:
         raw["train"]["num_threads"] = max(1, int(cpus))  # trials side by side: no fighting
     return validate(raw)
@@ -917,13 +920,13 @@ def _plots(study, folder: Path) -> list[Path]:
 def register_best(sweep: Sweep, best, client, say) -> dict[str, Any]:
     """Evaluate the best trial on the test split, log its model into its MLflow run and put it
     through the champion gate under `<dataset>-<arch>`, like any trained model."""
-    from assay import evaluation, registry, training
+    from assay import artifacts, evaluation, registry, training
 
     cfg = trial_config(sweep, yaml.safe_load(best.user_attrs["params_yaml"]) or {}, 1)
     out = sweep.out / "trials" / f"trial-{best.number}"
     model_uri = training.log_trained_model(cfg, sweep.root, out)
     _, run_id, scores = evaluation.evaluate(cfg, sweep.root, out=out)
-    info = training.read_run_info(out)
+    info = artifacts.read_run_info(out, cfg.train.key, artifacts.commands(cfg, sweep.root))
     metric, mode = info["primary_metric"]
     decision = registry.gate(
         cfg,

@@ -254,7 +254,9 @@ def _worker(config: dict) -> None:
         from assay.trial import OptunaPruning, TrialContext
 
         family.append(OptunaPruning(TrialContext.load(config["trial"])))
-    callbacks, _ = trainer_callbacks(cfg, family, config["monitor"], config["mode"])
+    callbacks, _ = trainer_callbacks(
+        cfg, family, config["monitor"], config["mode"], config["tracking"]["run_id"]
+    )
     if rank == 0 and not config.get("trial"):
         # Worker output reaches the driver through Ray's log monitor, line by line: a bar
         # redrawn every step costs the training cores a share; ~20 redraws an epoch do not.

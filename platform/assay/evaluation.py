@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from assay import plots, tracking
+from assay import artifacts, plots, tracking
 from assay.config import AssayConfig
 from assay.data import ArrayDataModule, datamodule
-from assay.paths import atomic_dir, atomic_write_json, read_json
+from assay.paths import atomic_dir, atomic_write_json
 from assay.training import _threads, output_dir
 from models import get_entry
 
@@ -232,10 +232,16 @@ SCORERS: dict[str, Scorer] = {
 def evaluate(
     cfg: AssayConfig, root: Path, out: Path | None = None
 ) -> tuple[str, str, dict[str, float]]:
-    """`out`: the trained run's folder (default outputs/<key>; a sweep's trial has its own)."""
+    """`out`: the trained run's folder (default outputs/<key>; a sweep's trial has its own).
+    Refuses a folder whose run.json, checkpoint and MLflow run do not agree (`assay.artifacts`);
+    what it writes names the run it scored."""
     t = cfg.train
     out = out or output_dir(t.key, root)
-    info = read_json(out / "model" / "run.json", f"train it first: `assay train` for {t.key}")
+    how = artifacts.commands(cfg, root)
+    info = artifacts.read_run_info(out, t.key, how)
+    run_id = info["mlflow_run_id"]
+    client = tracking.ensure_store(info["mlflow_tracking_uri"])
+    artifacts.check_run_finished(client, info, out, how)
     _threads(t.num_threads)
     entry = get_entry(info["arch"])
     checkpoint = out / "model" / info.get("checkpoint", "best.ckpt")  # refit.ckpt after a refit
@@ -244,13 +250,15 @@ def evaluate(
     dm = datamodule(t.dataset, root, batch_size=cfg.evaluate.batch_size)
     with atomic_dir(out / "eval") as folder:
         metrics, n = SCORERS[model.objective](model, dm, folder, t.key, cfg=cfg, root=root)
-        client = tracking.ensure_store(info["mlflow_tracking_uri"])
+        pngs = {p.stem: artifacts.stamp_png(p, run_id) for p in sorted(folder.glob("*.png"))}
+        scored = {"mlflow_run_id": run_id, "key": t.key, "checkpoint": checkpoint.name}
+        atomic_write_json(folder / "run.json", scored)
         for name, value in metrics.items():
-            client.log_metric(info["mlflow_run_id"], name, value)
-        client.log_artifacts(info["mlflow_run_id"], str(folder), "eval")
-        pngs = {p.stem: p for p in sorted(folder.glob("*.png"))}
+            client.log_metric(run_id, name, value)
+        client.log_artifacts(run_id, str(folder), "eval")
         tracking.log_wandb_summary(
             cfg.tracking, root, info.get("wandb_run_id"), info["run_name"], metrics, pngs
         )
-    atomic_write_json(out / "metrics.json", {**metrics, "n_test": int(n)})
-    return t.key, info["mlflow_run_id"], metrics
+    # names the run it scored: `register` refuses it for any other run's model
+    atomic_write_json(out / "metrics.json", {**metrics, "n_test": int(n), "mlflow_run_id": run_id})
+    return t.key, run_id, metrics

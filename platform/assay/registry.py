@@ -1,8 +1,9 @@
 """MLflow's model registry with a champion gate.
 
-Each trained run becomes a new version of `<dataset>-<arch>` with the alias `candidate`; the alias
-`champion` moves to it only if its primary test metric beats the current champion's (the first
-version becomes champion). The decision is printed and written to `outputs/<key>/registration.json`.
+Each trained run becomes a new version of its key (`train.key`) with the alias `candidate`; the
+alias `champion` moves to it only if its primary test metric beats the current champion's (the
+first version becomes champion), the metric `evaluate` logged for that same run. The decision is
+printed and written to `outputs/<key>/registration.json`.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from assay import tracking
+from assay import artifacts, tracking
 from assay.config import AssayConfig
-from assay.paths import atomic_write_json, find_root, read_json
+from assay.paths import atomic_write_json, find_root
 from assay.training import output_dir
 
 
@@ -36,26 +37,49 @@ def better(value: float, than: float | None, mode: str) -> bool:
 
 
 def register(cfg: AssayConfig, root: Path | None = None) -> Decision:
+    """Register the model in outputs/<key>/ with the score `evaluate` gave that same run, or
+    refuse: a metrics.json of another run (the model retrained since) is never used."""
     root = root or find_root()
     key = cfg.train.key
     out = output_dir(key, root)
-    info = read_json(out / "model" / "run.json", f"train it first: `assay train` for {key}")
-    scores = read_json(out / "metrics.json", f"evaluate it first: `assay evaluate` for {key}")
+    how = artifacts.commands(cfg, root)
+    info = artifacts.read_run_info(out, key, how)
+    scores = artifacts.read_scores(out, info, how)
     # The objective's metric, recorded at training time (lower RMSE, higher accuracy, ...).
     metric, mode = info["primary_metric"]
     if metric not in scores:
         raise KeyError(f"{out / 'metrics.json'} has no {metric!r}; it has {sorted(scores)}")
-    decision = gate(
-        cfg,
-        info["mlflow_tracking_uri"],
-        key,
-        info["model_uri"],
-        metric,
-        mode,
-        float(scores[metric]),
+    value = float(scores[metric])
+    _check_logged(info, metric, value, out, how)
+    decision = gate(cfg, info["mlflow_tracking_uri"], key, info["model_uri"], metric, mode, value)
+    atomic_write_json(
+        out / "registration.json", {**asdict(decision), "mlflow_run_id": info["mlflow_run_id"]}
     )
-    atomic_write_json(out / "registration.json", asdict(decision))
     return decision
+
+
+def _check_logged(info: dict, metric: str, value: float, out: Path, how: dict) -> None:
+    """The score on disk is the one the run holds in MLflow (evaluate logs both), and the model
+    to register is the run's own logged model."""
+    import mlflow
+
+    client = tracking.ensure_store(info["mlflow_tracking_uri"])
+    run_id = info["mlflow_run_id"]
+    artifacts.check_run_finished(client, info, out, how)
+    logged = client.get_run(run_id).data.metrics.get(metric)
+    if logged is None or not math.isclose(logged, value, rel_tol=1e-6, abs_tol=1e-9):
+        raise artifacts.ArtifactMismatch(
+            f"{out / 'metrics.json'} says {metric} {value:.6g} for run {run_id}, but the run holds "
+            f"{'none' if logged is None else f'{logged:.6g}'} in MLflow: score it again with "
+            f"{how['evaluate']}"
+        )
+    model_id = (info.get("model_uri") or "").removeprefix("models:/")
+    source = mlflow.get_logged_model(model_id).source_run_id if model_id else None
+    if source != run_id:
+        raise artifacts.ArtifactMismatch(
+            f"{out / 'model' / 'run.json'} names model {info.get('model_uri')}, which was logged "
+            f"by run {source}, not by run {run_id}: retrain with {how['train']}"
+        )
 
 
 def gate(

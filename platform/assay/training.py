@@ -1,6 +1,8 @@
 """Training and evaluation: `train(cfg) -> TrainResult`, `evaluate(cfg) -> EvalResult`.
 
-Outputs of a run `<dataset>-<arch>` (all DVC outputs, each written whole or not at all):
+Outputs of a run, under its key (`train.key`: its params.yaml run or experiment name, else
+`<dataset>-<arch>`); all DVC outputs, each written whole or not at all, each naming the MLflow run
+that made it (see `assay.artifacts`):
   outputs/<key>/model/        best.ckpt, run.json (MLflow and W&B ids)      <- train
                               (+ refit.ckpt, the run's model, with train.refit)
   outputs/<key>/history.csv, learning_curve.png                              <- train
@@ -25,6 +27,7 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
 
 from assay import plots, tracking
+from assay.artifacts import commands, read_run_info, stamp_png
 from assay.config import AssayConfig
 from assay.data import ArrayDataModule, datamodule
 from assay.distributed import Fit
@@ -34,7 +37,6 @@ from assay.paths import (
     atomic_write_json,
     csv_bytes,
     find_root,
-    read_json,
 )
 from assay.trial import TrialContext
 from models import create_model, get_entry
@@ -99,6 +101,17 @@ def history_csv(rows: list[dict[str, float]]) -> bytes:
     seen = dict.fromkeys(k for r in rows for k in r if k != "epoch")
     keys = sorted(seen, key=lambda k: (not k.startswith("train/"), k))
     return csv_bytes(rows, ["epoch", *keys])
+
+
+class RunStamp(Callback):
+    """Writes the MLflow run's id into every checkpoint the Trainer saves (the best one, Ray's,
+    the refit's), where `assay.artifacts.read_run_info` checks it against run.json."""
+
+    def __init__(self, run_id: str, key: str) -> None:
+        self.run_id, self.key = run_id, key
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        checkpoint["assay"] = {"mlflow_run_id": self.run_id, "key": self.key}
 
 
 class MonitorCheck(Callback):
@@ -235,6 +248,7 @@ def train(
         if t.refit:
             run.log_artifact(checkpoint, "checkpoints")
         curve = plots.learning_curve(fit.rows, Path(scratch) / "learning_curve.png", run_name)
+        stamp_png(curve, run.run_id)
         run.log_image("learning_curve", curve)
         curve_png = curve.read_bytes()
         info = {
@@ -274,13 +288,14 @@ def train(
 
 
 def trainer_callbacks(
-    cfg: AssayConfig, family: list[Callback], monitor: str, mode: str
+    cfg: AssayConfig, family: list[Callback], monitor: str, mode: str, run_id: str
 ) -> tuple[list[Callback], History]:
     """The callbacks every fit has, in-process or on a Ray worker: the family's own, the
-    history, early stopping on the monitor, and the monitor's check."""
+    history, early stopping on the monitor, the monitor's check, and the stamp that names the
+    MLflow run in every checkpoint (see `assay.artifacts`)."""
     t = cfg.train
     history = History()
-    callbacks: list[Callback] = [*family, history]
+    callbacks: list[Callback] = [*family, history, RunStamp(run_id, t.key)]
     if t.early_stopping_patience > 0:
         callbacks.append(EarlyStopping(monitor, mode=mode, patience=t.early_stopping_patience))
     if t.monitor != "auto":
@@ -305,7 +320,7 @@ def trainer_settings(t, model) -> dict:
 def _fit_local(model, dm, cfg, run, monitor, mode, model_dir, family, bar=True) -> Fit:
     """Lightning in this process; the best epoch is kept as `model_dir/best.ckpt`."""
     t = cfg.train
-    callbacks, history = trainer_callbacks(cfg, family, monitor, mode)
+    callbacks, history = trainer_callbacks(cfg, family, monitor, mode, run.run_id)
     checkpoint = ModelCheckpoint(
         dirpath=model_dir,
         filename="best",
@@ -384,7 +399,7 @@ def _refit(cfg: AssayConfig, root: Path, epochs: int, run, model_dir: Path):
         accelerator=t.accelerator,
         devices=1,
         logger=False,
-        callbacks=[history],
+        callbacks=[history, RunStamp(run.run_id, t.key)],
         enable_checkpointing=False,
         limit_val_batches=0,
         num_sanity_val_steps=0,
@@ -469,14 +484,10 @@ def _log_model(run_id: str, model, dm: ArrayDataModule, scratch: Path) -> str:
     return logged.model_uri  # models:/<model id>: what the registry registers
 
 
-def read_run_info(out: Path) -> dict:
-    return read_json(out / "model" / "run.json", f"no trained run in {out}")
-
-
 def log_trained_model(cfg: AssayConfig, root: Path, out: Path) -> str:
     """Log the best checkpoint in `out` as the MLflow model of its run (a sweep does this for its
     best trial only); records the model URI in its run.json. Returns the URI."""
-    info = read_run_info(out)
+    info = read_run_info(out, cfg.train.key, commands(cfg, root))
     if info.get("model_uri"):
         return info["model_uri"]
     t = cfg.train
@@ -494,7 +505,7 @@ def log_trained_model(cfg: AssayConfig, root: Path, out: Path) -> str:
 
 
 def evaluate(cfg: AssayConfig, root: Path | None = None) -> EvalResult:
-    """Score the trained `<dataset>-<arch>` on its test split (see `assay.evaluation`)."""
+    """Score the trained run `cfg.train.key` on its test split (see `assay.evaluation`)."""
     from assay.evaluation import evaluate as run_evaluation
 
     key, run_id, metrics = run_evaluation(cfg, root or find_root())

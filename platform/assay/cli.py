@@ -119,12 +119,13 @@ def _guarded(fn, *args, also: tuple[type[Exception], ...] = ()):
     """Call `fn`; errors that are the user's to fix become a message and exit code 2, no traceback.
     Anything else propagates with its traceback: that is a bug or a crash worth seeing whole."""
     from assay.config import ConfigError
+    from assay.paths import DataError
     from assay.predict import PredictError
     from models.registry import UnknownModelError
 
     try:
         return fn(*args)
-    except (ConfigError, PredictError, UnknownModelError, FileNotFoundError, *also) as e:
+    except (ConfigError, DataError, PredictError, UnknownModelError, FileNotFoundError, *also) as e:
         _fail(str(e))
 
 

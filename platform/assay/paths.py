@@ -22,6 +22,12 @@ def find_root(start: Path | None = None) -> Path:
     return start
 
 
+class DataError(ValueError):
+    """A prepared or fetched file that is missing, cut short or not what its stage writes. The
+    message names the file, what is wrong and the command that rebuilds it. (Here, not in
+    `assay.data`, so that the CLI can catch it without importing Lightning.)"""
+
+
 def make_parents(folder: Path) -> list[Path]:
     """Create `folder` and whatever of its parents is missing; return the folders this call
     created, deepest first, so that a failure can take them away again (`remove_if_empty`)."""

@@ -137,7 +137,7 @@ def read_meta(name: str, root: Path, required: tuple[str, ...] = ()) -> dict:
 
 # A process that trains one model after another on the same data (a sweep's Ray worker runs trial
 # after trial) reads each split once: the tensors are kept, keyed by the files they came from.
-# Training never writes into them. At most two data sets are held.
+# Training and the scorers never write into them. At most two data sets are held.
 _SPLITS_CACHE: dict[tuple, TensorDataset] = {}
 
 

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
+from assay.cli import app
 from assay.config import load_config
-from assay.data import ImageDataModule, fetch, prepare
+from assay.data import SPLITS, DataError, ImageDataModule, fetch, prepare
+from assay.data.common import write_splits
+from assay.data.text import TextDataModule, build_tokenizer, encode
 from tests.conftest import REPO
 
 
@@ -56,11 +61,93 @@ def test_wrong_checksum_fails_and_leaves_nothing(tmp_path):
     )
     with pytest.raises(RuntimeError, match="does not match"):
         fetch("mnist", bad, tmp_path)
-    assert not (tmp_path / "data/raw/mnist").exists()
-    assert list((tmp_path / "data/raw").iterdir()) == []
+    assert not (tmp_path / "data").exists()  # nor the folders made for it
 
 
 def test_prepare_without_fetch_says_what_to_run(tmp_path):
     cfg = load_config(params=REPO / "params.yaml", root=tmp_path)
     with pytest.raises(FileNotFoundError, match="run `assay fetch mnist`"):
         prepare("mnist", cfg.prepare, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("filename", "damage", "what"),
+    [
+        ("digits.npz", lambda b: b[: len(b) // 2], "its sha256 is not the"),
+        ("source.json", lambda b: b[:-20], "not valid JSON"),
+    ],
+)
+def test_prepare_from_damaged_raw_data_says_fetch_again(
+    project, monkeypatch, filename, damage, what
+):
+    """`assay prepare` on a damaged download: exit 2, the file and the fetch that brings it again,
+    and the prepared data as it was."""
+    raw = project / "data/raw/digits" / filename
+    raw.write_bytes(damage(raw.read_bytes()))
+    before = {p.name: p.read_bytes() for p in (project / "data/digits").iterdir()}
+    monkeypatch.chdir(project)
+    result = CliRunner().invoke(app, ["prepare", "digits"])
+    assert result.exit_code == 2, result.output
+    message = "".join(result.stderr.split())  # Rich wraps at the console's width
+    assert f"data/raw/digits/{filename}:{''.join(what.split())}" in message
+    assert "`dvcreprofetch@digits`(or`assayfetchdigits`)" in message
+    assert {p.name: p.read_bytes() for p in (project / "data/digits").iterdir()} == before
+
+
+def _text_data(root) -> TextDataModule:
+    """A small text data set written the way `prepare` writes it, with a real tokenizer."""
+    texts = ["a fine film", "a dull film", "fine acting", "dull plot"] * 5
+    tok = build_tokenizer(texts, vocab_size=50)
+    splits = {s: {"x": encode(tok, texts, 8), "y": np.arange(20) % 2} for s in SPLITS}
+    meta = {
+        "kind": "text",
+        "counts": {s: 20 for s in SPLITS},
+        "classes": ["rotten", "fresh"],
+        "vocab_size": tok.get_vocab_size(),
+        "max_len": 8,
+        "tokenizer": "tokenizer.json",
+    }
+    out = root / "data/rotten_tomatoes"
+    out.mkdir(parents=True)
+    write_splits(out, splits, meta)
+    (out / "tokenizer.json").write_text(tok.to_str())
+    return TextDataModule("rotten_tomatoes", root)
+
+
+def test_text_checks_its_tokenizer(tmp_path):
+    dm = _text_data(tmp_path)
+    dm.verify()
+    blob = dm.tokenizer_path.read_bytes()
+    dm.tokenizer_path.write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(
+        DataError, match=r"tokenizer.json: not a tokenizer .*prepare@rotten_tomatoes"
+    ):
+        dm.verify()
+    dm.tokenizer_path.unlink()
+    with pytest.raises(DataError, match=r"tokenizer.json: is missing"):
+        dm.verify()
+
+
+@pytest.mark.parametrize(
+    ("damage", "what"),
+    [
+        (lambda m: [m], "holds a JSON list, not an object"),
+        (lambda m: {**m, "counts": {"train": 20}}, "counts is {'train': 20}; it must give"),
+        (lambda m: {k: v for k, v in m.items() if k != "max_len"}, "lacks 'max_len'"),
+        (lambda m: {**m, "kind": "image"}, "kind is 'image'; rotten_tomatoes is 'text' data"),
+    ],
+)
+def test_meta_json_is_checked_against_its_kind(tmp_path, damage, what):
+    dm = _text_data(tmp_path)
+    path = dm.folder / "meta.json"
+    path.write_text(json.dumps(damage(dm.meta)))
+    with pytest.raises(DataError, match=re.escape(f"{path}: {what}")):
+        TextDataModule("rotten_tomatoes", tmp_path)
+
+
+def test_a_split_without_its_arrays_is_named(project):
+    path = project / "data/digits/val.npz"
+    with np.load(path) as d:
+        np.savez(path, x=d["x"])
+    with pytest.raises(DataError, match=r"val.npz: lacks the arrays y \(holds x\)"):
+        ImageDataModule("digits", project).verify()

@@ -119,6 +119,18 @@ def test_a_bad_sweep_file_is_refused_before_anything_runs(project, change, expec
     assert not (project / "optuna.db").exists() and not (project / "mlflow.db").exists()
 
 
+def test_damaged_data_is_named_before_the_study_or_any_run(project):
+    from assay.data import DataError
+
+    blob = (project / "data/digits/train.npz").read_bytes()
+    (project / "data/digits/train.npz").write_bytes(blob[: len(blob) // 2])
+    s = load_sweep(_write(project, "cut", trials=1), root=project)
+    with pytest.raises(DataError, match=r"train.npz: cut short .* `dvc repro prepare@digits`"):
+        run_sweep(s, console=Lines())
+    assert not (project / "optuna.db").exists() and not (project / "mlflow.db").exists()
+    assert not (project / "outputs").exists()
+
+
 def test_conditional_space_samples_a_parameter_only_with_its_architecture(project):
     from assay.sweep import suggest
 

@@ -120,13 +120,14 @@ def _guarded(fn, *args, also: tuple[type[Exception], ...] = ()):
     Anything else propagates with its traceback: that is a bug or a crash worth seeing whole."""
     from assay.artifacts import ArtifactMismatch
     from assay.config import ConfigError
+    from assay.paths import DataError
     from assay.predict import PredictError
     from models.registry import UnknownModelError
 
     user_errors = (ConfigError, PredictError, UnknownModelError, FileNotFoundError)
     try:
         return fn(*args)
-    except (*user_errors, ArtifactMismatch, *also) as e:
+    except (*user_errors, ArtifactMismatch, DataError, *also) as e:
         _fail(str(e))
 
 

@@ -248,6 +248,7 @@ def evaluate(
     model = entry.module_cls.load_from_checkpoint(checkpoint, map_location="cpu")
     model.eval()
     dm = datamodule(t.dataset, root, batch_size=cfg.evaluate.batch_size)
+    dm.verify(("test",))  # before anything is written or logged
     with atomic_dir(out / "eval") as folder:
         metrics, n = SCORERS[model.objective](model, dm, folder, t.key, cfg=cfg, root=root)
         pngs = {p.stem: artifacts.stamp_png(p, run_id) for p in sorted(folder.glob("*.png"))}

@@ -22,22 +22,55 @@ def find_root(start: Path | None = None) -> Path:
     return start
 
 
+class DataError(ValueError):
+    """A prepared or fetched file that is missing, cut short or not what its stage writes. The
+    message names the file, what is wrong and the command that rebuilds it. (Here, not in
+    `assay.data`, so that the CLI can catch it without importing Lightning.)"""
+
+
+def make_parents(folder: Path) -> list[Path]:
+    """Create `folder` and whatever of its parents is missing; return the folders this call
+    created, deepest first, so that a failure can take them away again (`remove_if_empty`)."""
+    made = []
+    d = folder
+    while not d.exists() and d != d.parent:
+        made.append(d)
+        d = d.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    return made
+
+
+def remove_if_empty(made: list[Path]) -> None:
+    """Remove the folders `make_parents` created, deepest first, while they are empty: what
+    something else wrote into one meanwhile stays, and so does every folder above it."""
+    for d in made:
+        try:
+            d.rmdir()
+        except OSError:
+            return
+
+
 @contextlib.contextmanager
 def atomic_dir(target: Path) -> Iterator[Path]:
-    """Yield a scratch folder beside `target`; it replaces `target` only if the block succeeds."""
-    target.parent.mkdir(parents=True, exist_ok=True)
+    """Yield a scratch folder beside `target`; it replaces `target` only if the block succeeds.
+    A failure leaves no trace: neither the scratch folder nor the (empty) parents made for it."""
+    made = make_parents(target.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         yield tmp
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        remove_if_empty(made)
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    made = make_parents(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -45,6 +78,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        remove_if_empty(made)
         raise
 
 

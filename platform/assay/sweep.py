@@ -541,12 +541,14 @@ def run_sweep(
     import ray
 
     from assay import distributed, tracking
+    from assay.data import datamodule
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # TPE's `group` (for conditional spaces) is marked experimental since Optuna 2.8
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     cfg = sweep.cfg
     distributed.check_local_gpus(sweep.base)  # before the study or any run is touched
+    datamodule(sweep.base.train.dataset, sweep.root).verify()  # and so are damaged data
     started = time.perf_counter()
     storage = open_storage(sweep.storage)
     names = [s.study_name for s in optuna.get_all_study_summaries(storage)]

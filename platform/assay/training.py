@@ -149,6 +149,7 @@ def train(
     pl.seed_everything(t.seed, workers=True, verbose=False)
     _threads(t.num_threads)
     dm = datamodule(t.dataset, root, batch_size=t.batch_size, seed=t.seed)
+    dm.verify()  # before any run: a damaged file is named, with how to rebuild it
     model = create_model(t.arch, task=dm.task, optim=t.optim(), **t.arch_config())
     entry = get_entry(t.arch)
     if t.refit:

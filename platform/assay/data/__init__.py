@@ -16,11 +16,12 @@ from assay.config import DATASET_KINDS, DATASETS, FetchConfig, PrepareConfig
 from assay.data import images, ratings, series, tabular, text
 from assay.data.common import SPLITS, ArrayDataModule, read_meta, sha256_file, write_splits
 from assay.data.images import ImageDataModule
-from assay.paths import atomic_dir
+from assay.paths import DataError, atomic_dir
 
 __all__ = [
     "SPLITS",
     "ArrayDataModule",
+    "DataError",
     "ImageDataModule",
     "datamodule",
     "fetch",
@@ -68,7 +69,7 @@ def prepare(name: str, cfg: PrepareConfig, root: Path) -> Path:
         raise FileNotFoundError(
             f"{raw} is missing: run `assay fetch {name}` (or `dvc repro`) first"
         )
-    source = json.loads((raw / "source.json").read_text())
+    source = read_source(name, raw)
     splits, meta, *extra = _BY_KIND[kind].prepare(name, raw, source, cfg)
     meta = {
         "dataset": name,
@@ -84,6 +85,32 @@ def prepare(name: str, cfg: PrepareConfig, root: Path) -> Path:
         for filename, blob in (extra[0] if extra else {}).items():
             (tmp / filename).write_bytes(blob)
     return out
+
+
+def read_source(name: str, raw: Path) -> dict:
+    """`data/raw/<name>/source.json`, and the raw file it names, checked against the sha256 the
+    fetch recorded: a damaged download is named before prepare reads it."""
+    path = raw / "source.json"
+
+    def refetch(f: Path, what: str) -> DataError:
+        return DataError(
+            f"{f}: {what}; fetch it again: `dvc repro fetch@{name}` (or `assay fetch {name}`)"
+        )
+
+    try:
+        source = json.loads(path.read_bytes())
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise refetch(path, f"not valid JSON ({e})") from None
+    if not (
+        isinstance(source, dict) and all(isinstance(source.get(k), str) for k in ("file", "sha256"))
+    ):
+        raise refetch(path, "not a JSON object naming the raw `file` and its `sha256`")
+    f = raw / source["file"]
+    if not f.is_file():
+        raise refetch(f, "is missing")
+    if sha256_file(f) != source["sha256"]:
+        raise refetch(f, f"its sha256 is not the {source['sha256']} recorded in {path.name}")
+    return source
 
 
 def datamodule(

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, TensorDataset
 
-from assay.paths import atomic_write_bytes
+from assay.paths import DataError, atomic_write_bytes
 from models.base import Task
 
 SPLITS = ("train", "val", "test")
@@ -96,19 +97,47 @@ def stratified_split(y: np.ndarray, val_fraction: float, test_fraction: float, s
     return np.sort(train), np.sort(val), np.sort(test)
 
 
-def read_meta(name: str, root: Path) -> dict:
+def damaged(path: Path, name: str, what: str) -> DataError:
+    """The error for a prepared file of data set `name` that cannot be used as it is."""
+    return DataError(
+        f"{path}: {what}; rebuild it: `dvc repro prepare@{name}` (or `assay prepare {name}`)"
+    )
+
+
+def read_meta(name: str, root: Path, required: tuple[str, ...] = ()) -> dict:
+    """`data/<name>/meta.json`, checked: a JSON object with `kind`, each split's row count in
+    `counts`, and the `required` keys."""
     path = root / "data" / name / "meta.json"
     if not path.exists():
         raise FileNotFoundError(
             f"{path.parent} is not prepared: run `dvc repro prepare@{name}` "
             f"(or `assay fetch {name} && assay prepare {name}`)"
         )
-    return json.loads(path.read_text())
+    try:
+        meta = json.loads(path.read_bytes())
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise damaged(path, name, f"not valid JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise damaged(path, name, f"holds a JSON {type(meta).__name__}, not an object")
+    missing = [k for k in ("kind", "counts", *required) if k not in meta]
+    if missing:
+        raise damaged(path, name, f"lacks {', '.join(map(repr, missing))}")
+    counts = meta["counts"]
+    if not (
+        isinstance(counts, dict)
+        and all(type(counts.get(s)) is int and counts[s] >= 0 for s in SPLITS)
+    ):
+        raise damaged(
+            path,
+            name,
+            f"counts is {counts!r}; it must give the rows of each of {', '.join(SPLITS)}",
+        )
+    return meta
 
 
 # A process that trains one model after another on the same data (a sweep's Ray worker runs trial
 # after trial) reads each split once: the tensors are kept, keyed by the files they came from.
-# Training never writes into them. At most two data sets are held.
+# Training and the scorers never write into them. At most two data sets are held.
 _SPLITS_CACHE: dict[tuple, TensorDataset] = {}
 
 
@@ -134,6 +163,10 @@ class ArrayDataModule(pl.LightningDataModule):
 
     kind: ClassVar[str]
     eval_batch_size: ClassVar[int] = 1024
+    # what meta.json must hold beyond kind and counts, and the arrays each split's .npz must
+    # hold, one row per example: checked when read, so a damaged file is named, not a KeyError
+    meta_keys: ClassVar[tuple[str, ...]] = ()
+    row_arrays: ClassVar[tuple[str, ...]] = ("x", "y")
 
     def __init__(
         self, name: str, root: Path, batch_size: int = 128, seed: int = 0, refit: bool = False
@@ -142,7 +175,13 @@ class ArrayDataModule(pl.LightningDataModule):
         self.name, self.root, self.batch_size, self.seed = name, Path(root), batch_size, seed
         # `train.refit`: the training loader serves `refit_set()`, train + val
         self.refit = refit
-        self.meta = read_meta(name, self.root)
+        self.meta = read_meta(name, self.root, self.meta_keys)
+        if self.meta["kind"] != self.kind:
+            raise damaged(
+                self.folder / "meta.json",
+                name,
+                f"kind is {self.meta['kind']!r}; {name} is {self.kind!r} data",
+            )
         self._data: dict[str, Dataset] = {}
 
     @property
@@ -154,14 +193,53 @@ class ArrayDataModule(pl.LightningDataModule):
         raise NotImplementedError
 
     def arrays(self, split: str) -> dict[str, np.ndarray]:
-        with np.load(self.folder / f"{split}.npz") as d:
-            return {k: d[k] for k in d.files}
+        path = self.folder / f"{split}.npz"
+        try:
+            with open(path, "rb") as f:
+                head = f.read(4)
+            if head == b"PK\x03\x04":  # a zip archive, as np.savez writes: else see below
+                with np.load(path) as d:
+                    arrays = {k: d[k] for k in d.files}  # reads (and inflates) every array
+        except FileNotFoundError:
+            raise damaged(path, self.name, "is missing") from None
+        # numpy lets each layer's error through: the zip's, zlib's, its own header parser's
+        except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as e:
+            what = f"cut short or corrupt: numpy cannot read it ({type(e).__name__}: {e})"
+            raise damaged(path, self.name, what) from None
+        if head != b"PK\x03\x04":  # numpy would guess it a pickle and suggest allow_pickle
+            raise damaged(path, self.name, "is empty" if not head else "is not an .npz archive")
+        self._check_rows(path, split, arrays)
+        return arrays
+
+    def required_arrays(self, split: str) -> tuple[str, ...]:
+        return self.row_arrays
+
+    def _check_rows(self, path: Path, split: str, arrays: dict[str, np.ndarray]) -> None:
+        missing = [k for k in self.required_arrays(split) if k not in arrays]
+        if missing:
+            held = ", ".join(arrays) or "none"
+            raise damaged(path, self.name, f"lacks the arrays {', '.join(missing)} (holds {held})")
+        want = self.meta["counts"][split]
+        for k in self.row_arrays:
+            if arrays[k].shape[:1] != (want,):
+                rows = arrays[k].shape[0] if arrays[k].ndim else "no"
+                raise damaged(
+                    path,
+                    self.name,
+                    f"array {k!r} has {rows} rows; meta.json counts {split}: {want}",
+                )
+
+    def verify(self, splits: tuple[str, ...] = SPLITS) -> None:
+        """Read each split once, into the cache the fit and the scorers then use: a damaged file
+        fails here, before any run opens, naming itself and how to rebuild it."""
+        for split in splits:
+            _cached_split(self, split)
 
     def tensors(self, split: str) -> tuple[torch.Tensor, ...]:
         raise NotImplementedError
 
     def load_split(self, split: str) -> tuple[torch.Tensor, ...]:
-        return self.tensors(split)
+        return _cached_split(self, split).tensors
 
     def example_input(self, n: int = 4) -> np.ndarray:
         return self.tensors("val")[0][:n].numpy()

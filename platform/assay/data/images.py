@@ -141,6 +141,7 @@ class ImageDataModule(ArrayDataModule):
     """Prepared image splits as float tensors in [0, 1], (N, C, H, W), and int64 labels."""
 
     kind = "image"
+    meta_keys = ("shape", "classes", "pixel_scale")
 
     @property
     def task(self) -> Task:

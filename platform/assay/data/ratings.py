@@ -141,6 +141,11 @@ def history_positions(u: np.ndarray, i: np.ndarray, t: np.ndarray) -> np.ndarray
 class RatingsDataModule(ArrayDataModule):
     kind = "ratings"
     eval_batch_size = 8192
+    meta_keys = ("n_users", "n_items", "rating_range", "train_mean")
+    row_arrays = ("u", "i", "r", "t")
+
+    def required_arrays(self, split: str) -> tuple[str, ...]:
+        return (*self.row_arrays, "rank_items") if split == "test" else self.row_arrays
 
     @cached_property  # reads the training split once, for its item counts
     def task(self) -> Task:

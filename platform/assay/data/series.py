@@ -84,6 +84,10 @@ def prepare(name: str, raw: Path, source: dict, cfg) -> tuple[dict, dict]:
 
 class SeriesDataModule(ArrayDataModule):
     kind = "timeseries"
+    meta_keys = (
+        *("features", "window", "horizon", "season", "target_index"),
+        *("mean", "std", "steps_per_day", "units"),
+    )
 
     @property
     def task(self) -> Task:

@@ -46,6 +46,7 @@ def prepare(name: str, raw: Path, source: dict, cfg) -> tuple[dict, dict]:
 
 class TabularDataModule(ArrayDataModule):
     kind = "tabular"
+    meta_keys = ("shape", "classes", "mean", "std")
 
     @property
     def task(self) -> Task:

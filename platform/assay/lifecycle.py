@@ -20,13 +20,18 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 
 import psutil
 
 OWNER_HOST, OWNER_PID, OWNER_STARTED = "assay.owner.host", "assay.owner.pid", "assay.owner.started"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+GRACE_S = 30.0  # seconds a stop's clean-up runs undisturbed by repeated signals
 _stopped_by: signal.Signals | None = None
+_stopped_at = 0.0
+_installed = False
 
 
 # ------------------------------------------------------------------------------------ ownership
@@ -76,10 +81,12 @@ def owner_note(tags: dict[str, str], closed_by: str, at: str) -> str:
 
 # -------------------------------------------------------------------------------------- signals
 def _on_signal(signum: int, frame) -> None:
-    global _stopped_by
-    if _stopped_by is not None:  # already stopping: let the clean-up finish
+    global _stopped_by, _stopped_at
+    # Already stopping: let the clean-up finish, unless it has had its time (then something
+    # swallowed the KeyboardInterrupt, and a repeated signal means it).
+    if _stopped_by is not None and time.monotonic() - _stopped_at < GRACE_S:
         return
-    _stopped_by = signal.Signals(signum)
+    _stopped_by, _stopped_at = signal.Signals(signum), time.monotonic()
     print(f"\nassay: {_stopped_by.name}: stopping cleanly", file=sys.stderr, flush=True)
     raise KeyboardInterrupt(_stopped_by.name)
 
@@ -90,20 +97,31 @@ def stopped_by() -> signal.Signals | None:
 
 
 def install() -> None:
-    """Turn SIGTERM, SIGHUP and SIGINT into KeyboardInterrupt once (later ones are ignored while
-    the first one's clean-up runs), and ask Linux for SIGHUP when the parent dies.
+    """Turn SIGTERM, SIGHUP and SIGINT into KeyboardInterrupt (repeats are ignored for GRACE_S
+    while the first one's clean-up runs), and ask Linux for SIGHUP when the parent dies.
 
     A signal someone chose to ignore stays ignored: under `nohup`, SIGHUP is, and so the parent's
     death is too (that is what nohup asks for). Lightning adds its own SIGTERM handler during a
     fit and calls ours from it; a Ctrl-C or a signal there ends the fit with `sys.exit(1)`,
-    which `TrackedRun` also ends KILLED because `stopped_by()` says why."""
+    which `TrackedRun` also ends KILLED because `stopped_by()` says why. ASSAY_NO_SIGNALS=1
+    leaves all signals as they are."""
+    global _installed
     if os.environ.get("ASSAY_NO_SIGNALS"):
         return
+    _installed = True
     for sig in STOP_SIGNALS:
         if signal.getsignal(sig) != signal.SIG_IGN:
             signal.signal(sig, _on_signal)
     if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN:
         die_with_parent(signal.SIGHUP)
+
+
+def reclaim_sigterm() -> None:
+    """After a library took SIGTERM over (`ray.init` makes it `sys.exit`, which would end the
+    run FAILED), give it back to `install`'s handler, if that was installed."""
+    main = threading.current_thread() is threading.main_thread()  # signal.signal: main only
+    if _installed and main and signal.getsignal(signal.SIGTERM) != _on_signal:
+        signal.signal(signal.SIGTERM, _on_signal)
 
 
 def die_with_parent(sig: int = signal.SIGTERM) -> None:

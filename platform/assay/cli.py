@@ -26,6 +26,16 @@ app = typer.Typer(
 out = Console()
 err = Console(stderr=True)
 
+
+@app.callback()
+def _start() -> None:
+    # Every command: SIGTERM/SIGHUP stop it cleanly (runs end KILLED, no scratch left), and it
+    # stops when its parent (`dvc repro`) dies. See assay.lifecycle.
+    from assay import lifecycle
+
+    lifecycle.install()
+
+
 Experiment = Annotated[
     str | None,
     typer.Option("--experiment", "-e", help="experiments/NAME.yaml (or a path), over params.yaml"),
@@ -717,12 +727,76 @@ def mlflow_server(
         highlight=False,
     )
     sys.stdout.flush()
-    proc = subprocess.Popen(cmd, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+    from assay import lifecycle
+
+    # Its own process group, so that stopping it reaches uvicorn and the job consumers too;
+    # it gets SIGTERM should we be killed outright.
+    proc = subprocess.Popen(
+        cmd,
+        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+        start_new_session=True,
+        preexec_fn=lifecycle.die_with_parent,
+    )
+    code = None
     try:
-        raise typer.Exit(proc.wait())
-    except KeyboardInterrupt:
-        proc.terminate()
-        raise typer.Exit(proc.wait()) from None
+        code = proc.wait()
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP or our parent's death
+        code = 0
+    finally:
+        lifecycle.stop_group(proc)
+    raise typer.Exit(code)
+
+
+# ---------------------------------------------------------------------------- runs and leftovers
+runs_app = typer.Typer(
+    help="MLflow runs and scratch folders a killed process left behind.\n\n"
+    "A process killed outright (kill -9, the OOM killer) cannot end its MLflow run nor remove "
+    "its scratch folder (outputs/KEY/.model.PID-XXXX). The next run of the same key cleans up "
+    "after it; `assay runs gc` does it for the whole store and project.",
+    no_args_is_help=True,
+)
+app.add_typer(runs_app, name="runs")
+
+
+@runs_app.command("gc")
+def runs_gc(
+    dry_run: Annotated[bool, typer.Option(help="only report what would be done")] = False,
+    min_age: Annotated[
+        float,
+        typer.Option(
+            help="minutes a scratch folder no run names must be old before it is removed",
+            min=0,
+        ),
+    ] = 10,
+) -> None:
+    """Close runs and remove scratch folders whose process is gone.
+
+    Every RUNNING run whose process died on this machine is ended KILLED, with a note saying
+    so, and the scratch folders it named are removed; then the scratch folders under outputs/
+    and data/ whose process is gone (or not recorded) and older than --min-age minutes. Runs
+    owned on another machine are listed and left alone: their process cannot be checked from
+    here.
+    """
+    from assay import orphans, tracking
+    from assay.paths import find_root
+
+    cfg = _config()
+    root = find_root()
+    client = tracking.open_store(tracking.tracking_uri(cfg.tracking, root))
+    found = orphans.gc(client, root, min_age * 60, dry_run)
+    table = Table(title="assay runs gc")
+    for column in ("kind", "run / path", "owner (pid@host)", "action"):
+        table.add_column(column, overflow="fold")
+    for f in found:
+        colour = "yellow" if f.action.startswith("left") else "green"
+        table.add_row(f.kind, f.what, f.owner, f"[{colour}]{f.action}[/]")
+    out.print(table)
+    done = [f for f in found if not f.action.startswith("left")]
+    out.print(
+        f"{len(done)} {'to clean up (dry run: nothing changed)' if dry_run else 'cleaned up'}, "
+        f"{len(found) - len(done)} left",
+        highlight=False,
+    )
 
 
 if __name__ == "__main__":

@@ -115,6 +115,9 @@ def ray_session(cfg, dashboard: bool = True):
             dashboard_host="127.0.0.1",
             log_to_driver=True,
         )
+    from assay import lifecycle
+
+    lifecycle.reclaim_sigterm()  # ray.init made SIGTERM a bare sys.exit: stop cleanly instead
     try:
         yield
     finally:

@@ -53,9 +53,11 @@ def remove_if_empty(made: list[Path]) -> None:
 @contextlib.contextmanager
 def atomic_dir(target: Path) -> Iterator[Path]:
     """Yield a scratch folder beside `target`; it replaces `target` only if the block succeeds.
-    A failure leaves no trace: neither the scratch folder nor the (empty) parents made for it."""
+    A failure leaves no trace: neither the scratch folder nor the (empty) parents made for it.
+    Its name, `.<target>.<pid>-<random>`, lets `assay runs gc` tell a killed process's leftovers
+    from a live one's (see `assay.orphans`)."""
     made = make_parents(target.parent)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=_scratch_prefix(target), dir=target.parent))
     try:
         yield tmp
         if target.exists():
@@ -69,9 +71,13 @@ def atomic_dir(target: Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _scratch_prefix(target: Path) -> str:
+    return f".{target.name}.{os.getpid()}-"
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     made = make_parents(path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_scratch_prefix(path), dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+import sys
 import traceback
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import yaml
 from filelock import FileLock
 
+from assay import lifecycle, orphans
 from assay.config import AssayConfig, TrackingConfig
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -51,6 +53,13 @@ def ensure_store(uri: str) -> MlflowClient:
     with FileLock(str(db) + ".lock", timeout=300):
         client.search_experiments(max_results=1)  # creates and migrates the schema
     return client
+
+
+def open_store(uri: str) -> MlflowClient | None:
+    """The store at `uri`, or None for a SQLite file that does not exist (nothing to read, and
+    none created by looking)."""
+    db = _sqlite_path(uri)
+    return None if db is not None and not db.exists() else ensure_store(uri)
 
 
 def experiment_id(client: MlflowClient, name: str, root: Path, uri: str) -> str:
@@ -189,7 +198,12 @@ class TrackedRun:
 
     Inside, `loggers` feed a Lightning Trainer. Leaving the block normally ends both runs
     FINISHED; an exception ends the MLflow run FAILED (never left RUNNING) with the traceback as
-    an artifact, ends the W&B run with exit code 1, and re-raises.
+    an artifact, ends the W&B run with exit code 1, and re-raises; Ctrl-C or a stop signal
+    (`assay.lifecycle`) ends it KILLED.
+
+    The run is tagged with its owner (host, pid, start time) and, via `hold_scratch`, the scratch
+    folders it writes into. A process killed outright runs none of the above: the next run of
+    the same `assay.key` finds such a run, owner gone, and ends it KILLED (`assay.orphans`).
 
     `remote=True` (Ray Train): rank 0 logs into the MLflow run from `spec()` as it trains; the
     W&B run starts after the fit (`attach_wandb`) and receives the per-epoch history then.
@@ -261,11 +275,13 @@ class TrackedRun:
     def __enter__(self) -> TrackedRun:
         self.client = ensure_store(self.uri)
         exp_id = experiment_id(self.client, self.cfg.tracking.experiment, self.root, self.uri)
-        run = self.client.create_run(exp_id, run_name=self.run_name, tags=self.tags)
+        owner = lifecycle.owner_tags()
+        run = self.client.create_run(exp_id, run_name=self.run_name, tags={**self.tags, **owner})
         self.run_id = run.info.run_id
         self.experiment_id = exp_id
         self.wandb_id = None
         try:
+            self._close_predecessors()
             self._log_params()
             wb = self.cfg.tracking.wandb
             if wb.mode != "disabled" and _wandb_env(wb.mode, self.root) != "disabled":
@@ -283,6 +299,19 @@ class TrackedRun:
             self.__exit__(type(e), e, e.__traceback__)
             raise
         return self
+
+    def _close_predecessors(self) -> None:
+        """End the dead runs of this key (a sweep's trials: `assay sweep --resume` does)."""
+        key = self.tags.get("assay.key")
+        if not key or "optuna.trial" in self.tags:
+            return
+        for f in orphans.close_predecessors(self.client, self.experiment_id, key, self.run_id):
+            print(f"assay: earlier run {f.what}, owner {f.owner}: {f.action}", file=sys.stderr)
+
+    def hold_scratch(self, path: Path) -> None:
+        """Name a scratch folder this run writes into, for whoever cleans up if we are killed."""
+        tags = self.client.get_run(self.run_id).data.tags
+        self.client.set_tag(self.run_id, orphans.SCRATCH_TAG, orphans.add_scratch(tags, path))
 
     def _log_params(self) -> None:
         from mlflow.entities import Param
@@ -318,11 +347,15 @@ class TrackedRun:
     def __exit__(self, exc_type, exc, tb) -> None:
         failed = exc_type is not None
         if failed:
-            status = "KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED"
+            # A signal during a Lightning fit comes out as its SystemExit(1): still KILLED.
+            sig = lifecycle.stopped_by()
+            stopped = issubclass(exc_type, KeyboardInterrupt) or sig is not None
+            status = "KILLED" if stopped else "FAILED"
             text = "".join(traceback.format_exception(exc_type, exc, tb))
+            error = f"stopped by {sig.name}" if sig else f"{exc_type.__name__}: {exc}"
             try:
                 self.client.log_text(self.run_id, text, "error.txt")
-                self.client.set_tag(self.run_id, "error", f"{exc_type.__name__}: {exc}"[:5000])
+                self.client.set_tag(self.run_id, "error", error[:5000])
             finally:
                 self.client.set_terminated(self.run_id, status)
         else:

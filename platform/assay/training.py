@@ -214,6 +214,7 @@ def train(
         atomic_dir(out / "model") as model_dir,
         tempfile.TemporaryDirectory() as scratch,
     ):
+        run.hold_scratch(model_dir)  # for whoever cleans up should this process be killed
         if trial is not None:  # so a resumed sweep finds this run even if its driver died
             from assay.trial import set_user_attr
 

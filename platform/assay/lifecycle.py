@@ -1,0 +1,164 @@
+"""How an `assay` process starts and stops: who owns a run, signals, and dying with the parent.
+
+A process killed outright (SIGKILL, the OOM killer, a lost machine) runs no clean-up. Every run
+therefore records its owner (`owner_tags`: host, pid and the process's start time, so a reused
+pid is not taken for the owner) and the next run of the same key, or `assay runs gc`, can tell
+it was abandoned (`owner_state`) and close it (see `assay.orphans`).
+
+Signals that can be caught are turned into a clean stop (`install`): SIGTERM and SIGHUP raise
+KeyboardInterrupt in the main thread like Ctrl-C, so `with`/`finally` blocks end the run KILLED
+and remove scratch folders. The Linux parent-death signal makes `assay` stop when whatever
+started it (`dvc repro`) dies, instead of finishing outputs nobody records.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import psutil
+
+OWNER_HOST, OWNER_PID, OWNER_STARTED = "assay.owner.host", "assay.owner.pid", "assay.owner.started"
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+GRACE_S = 30.0  # seconds a stop's clean-up runs undisturbed by repeated signals
+_stopped_by: signal.Signals | None = None
+_stopped_at = 0.0
+_installed = False
+
+
+# ------------------------------------------------------------------------------------ ownership
+def _started(pid: int) -> float:
+    return psutil.Process(pid).create_time()
+
+
+def owner_tags() -> dict[str, str]:
+    """Tags naming this process as the holder of a run (or of a scratch folder)."""
+    pid = os.getpid()
+    return {
+        OWNER_HOST: socket.gethostname(),
+        OWNER_PID: str(pid),
+        OWNER_STARTED: f"{_started(pid):.2f}",
+    }
+
+
+def owner_state(tags: dict[str, str]) -> str:
+    """'alive', 'dead', 'elsewhere' (another host: cannot be checked from here) or 'unknown'
+    (no owner recorded: a run from before owners were, or from another tool)."""
+    if OWNER_PID not in tags:
+        return "unknown"
+    if tags.get(OWNER_HOST) != socket.gethostname():
+        return "elsewhere"
+    return "alive" if pid_alive(int(tags[OWNER_PID]), float(tags[OWNER_STARTED])) else "dead"
+
+
+def pid_alive(pid: int, started: float | None = None) -> bool:
+    """Is `pid` running, and (given `started`) the same process that started then? A zombie
+    (killed, not yet reaped) counts as dead."""
+    try:
+        p = psutil.Process(pid)
+        if p.status() == psutil.STATUS_ZOMBIE:
+            return False
+        # create_time is rounded differently across calls; a reused pid starts much later
+        return started is None or abs(p.create_time() - started) < 1.0
+    except psutil.NoSuchProcess:
+        return False
+
+
+def owner_note(tags: dict[str, str], closed_by: str, at: str) -> str:
+    return (
+        f"process {tags.get(OWNER_PID)} on {tags.get(OWNER_HOST)} ended (killed?) without "
+        f"ending this run; closed by {closed_by} at {at}"
+    )
+
+
+# -------------------------------------------------------------------------------------- signals
+def _on_signal(signum: int, frame) -> None:
+    global _stopped_by, _stopped_at
+    # Already stopping: let the clean-up finish, unless it has had its time (then something
+    # swallowed the KeyboardInterrupt, and a repeated signal means it).
+    if _stopped_by is not None and time.monotonic() - _stopped_at < GRACE_S:
+        return
+    _stopped_by, _stopped_at = signal.Signals(signum), time.monotonic()
+    print(f"\nassay: {_stopped_by.name}: stopping cleanly", file=sys.stderr, flush=True)
+    raise KeyboardInterrupt(_stopped_by.name)
+
+
+def stopped_by() -> signal.Signals | None:
+    """The signal that asked this process to stop, if one did (see `install`)."""
+    return _stopped_by
+
+
+def install() -> None:
+    """Turn SIGTERM, SIGHUP and SIGINT into KeyboardInterrupt (repeats are ignored for GRACE_S
+    while the first one's clean-up runs), and ask Linux for SIGHUP when the parent dies.
+
+    A signal someone chose to ignore stays ignored: under `nohup`, SIGHUP is, and so the parent's
+    death is too (that is what nohup asks for). Lightning adds its own SIGTERM handler during a
+    fit and calls ours from it; a Ctrl-C or a signal there ends the fit with `sys.exit(1)`,
+    which `TrackedRun` also ends KILLED because `stopped_by()` says why. ASSAY_NO_SIGNALS=1
+    leaves all signals as they are."""
+    global _installed
+    if os.environ.get("ASSAY_NO_SIGNALS"):
+        return
+    _installed = True
+    for sig in STOP_SIGNALS:
+        if signal.getsignal(sig) != signal.SIG_IGN:
+            signal.signal(sig, _on_signal)
+    if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN:
+        die_with_parent(signal.SIGHUP)
+
+
+def reclaim_sigterm() -> None:
+    """After a library took SIGTERM over (`ray.init` makes it `sys.exit`, which would end the
+    run FAILED), give it back to `install`'s handler, if that was installed."""
+    main = threading.current_thread() is threading.main_thread()  # signal.signal: main only
+    if _installed and main and signal.getsignal(signal.SIGTERM) != _on_signal:
+        signal.signal(signal.SIGTERM, _on_signal)
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> None:
+    """Linux: deliver `sig` to this process when its parent dies (prctl PR_SET_PDEATHSIG, which
+    no library wraps; psutil does not). Elsewhere a no-op. Safe as a `preexec_fn`."""
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+
+
+# ------------------------------------------------------------------------ a child process group
+def stop_group(proc: subprocess.Popen, timeout: float = 10.0) -> int:
+    """Stop `proc`, started with `start_new_session=True`, and everything it started: SIGTERM to
+    its process group and to each descendant (one may have left the group), SIGKILL to whatever
+    is left after `timeout` seconds. Returns `proc`'s exit code."""
+    try:
+        family = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        family = []
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, sig)
+        for p in family:
+            with contextlib.suppress(psutil.Error):
+                p.send_signal(sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(wait)
+        _, family = psutil.wait_procs(family, timeout=wait if proc.returncode is not None else 0)
+        if proc.returncode is not None and not family and not _group_alive(proc.pid):
+            break
+    return proc.wait()
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True

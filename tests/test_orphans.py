@@ -1,0 +1,58 @@
+"""Fast checks of what decides that a run or a folder was abandoned: never a live process's,
+never a path that is not a scratch folder, whatever a tag says."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+import pytest
+
+from assay import lifecycle, orphans
+
+
+def test_an_owner_is_alive_only_if_its_pid_runs_and_started_when_recorded():
+    me = lifecycle.owner_tags()
+    assert lifecycle.owner_state(me) == "alive"
+    reused = {**me, lifecycle.OWNER_STARTED: str(float(me[lifecycle.OWNER_STARTED]) - 3600)}
+    assert lifecycle.owner_state(reused) == "dead"  # same pid, another process
+    gone = {**me, lifecycle.OWNER_PID: "4194305"}  # above Linux's largest pid_max
+    assert lifecycle.owner_state(gone) == "dead"
+    assert lifecycle.owner_state({**me, lifecycle.OWNER_HOST: "not-" + socket.gethostname()}) == (
+        "elsewhere"
+    )
+    assert lifecycle.owner_state({}) == "unknown"
+
+
+@pytest.mark.parametrize(
+    "path, kept",
+    [
+        ("/work/p/outputs/k/.model.1234-abcd_123", True),
+        ("/work/p/outputs/k/.model.abcd_123", True),  # made before pids were in the name
+        ("/work/p/outputs/k/.history.csv.99-zzzzzzzz", True),
+        ("/work/p/outputs/k/model", False),
+        ("/", False),
+        ("outputs/k/.model.1234-abcd_123", False),  # relative: to what?
+        ("/home/user/.config", False),
+    ],
+)
+def test_only_scratch_folders_named_by_a_run_are_ever_removed(path, kept):
+    tags = {orphans.SCRATCH_TAG: json.dumps([path])}
+    assert (orphans.scratch_paths(tags) != []) == kept
+
+
+def test_gc_without_a_store_leaves_a_young_scratch_folder_and_removes_an_old_dead_one(tmp_path):
+    young = tmp_path / "outputs" / "k" / f".model.{os.getpid() + 10**7}-abcdefgh"
+    old = tmp_path / "data" / ".digits.4194305-abcdefgh"
+    live = tmp_path / "outputs" / "k" / f".eval.{os.getpid()}-abcdefgh"
+    for p in (young, old, live):
+        p.mkdir(parents=True)
+    os.utime(old, (0, 0))
+    os.utime(live, (0, 0))
+    found = orphans.gc(None, tmp_path, min_age=600)
+    actions = {f.what: f.action for f in found}
+    assert actions[str(old)] == "removed"
+    assert actions[str(live)] == "left: its process is running"
+    assert actions[str(young)].startswith("left: only")
+    assert young.exists() and live.exists() and not old.exists()

@@ -76,7 +76,10 @@ def _load(model_uri: str, root: Path):
         raise PredictError(
             f"cannot load model {model_uri} from {uri}: {_first_line(e)}{_known_models_hint(uri)}"
         ) from None
-    card = getattr(model.unwrap_python_model(), "card", None)
+    try:
+        card = getattr(model.unwrap_python_model(), "card", None)
+    except MlflowException:  # another flavour (mlflow.pytorch, as Assay logged before)
+        card = None
     if card is None or "input" not in card:
         raise PredictError(
             f"{model_uri} is not an Assay model with an input contract (models logged before it "

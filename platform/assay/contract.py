@@ -318,5 +318,7 @@ class AssayModel(PythonModel):
 
             self.tokenizer = Tokenizer.from_file(art["tokenizer"])
 
-    def predict(self, context, model_input, params=None):
+    # The hint is one MLflow infers no schema from: it then neither validates nor converts the
+    # input (nor warns that hints are missing); the contract takes arrays, lists and tables.
+    def predict(self, context, model_input: np.ndarray, params=None):
         return apply(self.card, self.net, model_input, self.tokenizer)

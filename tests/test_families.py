@@ -218,12 +218,31 @@ def _predict(root, monkeypatch, *args):
     return result
 
 
+def _same_as_mlflow(root, model_uri: str, path, raw) -> None:
+    """`assay predict` on the file and MLflow's own loader on the same raw input answer exactly
+    alike: both run the logged model's contract (assay.contract)."""
+    import mlflow
+
+    from assay.predict import predict
+
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    ours = predict(model_uri, root / path, root).array
+    theirs = mlflow.pyfunc.load_model(model_uri).predict(raw)
+    theirs = theirs["reconstruction"] if isinstance(theirs, dict) else theirs
+    np.testing.assert_array_equal(ours, theirs)
+
+
 def test_predict_for_text_forecast_anomaly_and_ratings(fproject, monkeypatch):
+    """`assay predict` for every family, and the same answers from `mlflow.pyfunc.load_model` on
+    the same raw input (texts, windows and rows in their units, MovieLens ids, raw pixels)."""
     for dataset, arch in (
         ("rotten_tomatoes", "gru_tiny"),
         ("elecdemand", "lstm_tiny"),
         ("shuttle", "autoencoder_tiny"),
         ("movielens", "ncf_tiny"),
+        ("digits", "autoencoder_tiny"),
     ):
         cfg = _cfg(fproject, dataset, arch)
         train(cfg, fproject)
@@ -245,6 +264,8 @@ def test_predict_for_text_forecast_anomaly_and_ratings(fproject, monkeypatch):
     rows = (fproject / "t.csv").read_text().splitlines()
     assert rows[0] == "text,predicted,class,probability" and len(rows) == 3
     assert rows[1].split(",")[-2] in ("fresh", "rotten")
+    texts = ["a wonderful, moving film", "boring and far too long"]
+    _same_as_mlflow(fproject, "models:/rotten_tomatoes-gru_tiny@champion", "texts.txt", texts)
 
     test = np.load(fproject / "data/elecdemand/test.npz")
     np.save(fproject / "w.npy", test["x"][:5])
@@ -262,6 +283,7 @@ def test_predict_for_text_forecast_anomaly_and_ratings(fproject, monkeypatch):
     forecast = np.load(fproject / "f.npy")
     assert forecast.shape == (5, 48)
     assert 1 < forecast.mean() < 10  # raw units (GW), not standardised
+    _same_as_mlflow(fproject, "models:/elecdemand-lstm_tiny@champion", "w.npy", test["x"][:5])
 
     rows = np.load(fproject / "data/shuttle/test.npz")
     np.save(fproject / "rows.npy", rows["x"][:200])
@@ -277,6 +299,13 @@ def test_predict_for_text_forecast_anomaly_and_ratings(fproject, monkeypatch):
     )
     assert r.exit_code == 0, r.output
     assert (fproject / "s.csv").read_text().count("\n") == 201
+    shuttle = "models:/shuttle-autoencoder_tiny@champion"
+    _same_as_mlflow(fproject, shuttle, "rows.npy", rows["x"][:200])
+    nan_rows = rows["x"][:10].astype(np.float64)
+    nan_rows[5, 2] = np.nan
+    np.save(fproject / "nan.npy", nan_rows)
+    r = _predict(fproject, monkeypatch, "-m", shuttle, "-i", "nan.npy")
+    assert r.exit_code == 2 and "row 5 contains NaN or inf" in " ".join(r.stderr.split())
 
     (fproject / "pairs.csv").write_text("user,item\n196,242\n186,302\n")
     r = _predict(
@@ -292,6 +321,19 @@ def test_predict_for_text_forecast_anomaly_and_ratings(fproject, monkeypatch):
     assert r.exit_code == 0, r.output
     ratings = np.loadtxt(fproject / "r.csv", delimiter=",", skiprows=1)[:, 2]
     assert ((1 <= ratings) & (ratings <= 5)).all()
+    import pandas as pd
+
+    pairs = pd.DataFrame({"user": [196, 186], "item": [242, 302]})
+    _same_as_mlflow(fproject, "models:/movielens-ncf_tiny@champion", "pairs.csv", pairs)
+
+    digits = np.load(fproject / "data/digits/test.npz")["x"][:20]  # raw pixels, 0..16
+    np.save(fproject / "d.npy", digits)
+    r = _predict(fproject, monkeypatch, "-m", "models:/digits-autoencoder_tiny@champion",
+                 "-i", "d.npy", "--output", "d_out.csv")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    mse = np.loadtxt(fproject / "d_out.csv", delimiter=",", skiprows=1)[:, 1]
+    assert mse.shape == (20,) and (mse < 0.5).all()  # measured on [0, 1] pixels
+    _same_as_mlflow(fproject, "models:/digits-autoencoder_tiny@champion", "d.npy", digits)
 
     (fproject / "bad.csv").write_text("user,item\n99999,242\n")
     r = _predict(
@@ -352,6 +394,10 @@ def test_gan_is_judged_by_the_registered_classifier(fproject, monkeypatch):
     r = _predict(fproject, monkeypatch, *args, "--label", "7")
     assert r.exit_code == 0, r.output
     assert (fproject / "c.csv").read_text().splitlines()[1:] == ["0,7", "1,7", "2,7"]
+    codes = np.random.default_rng(0).standard_normal((4, 18)).astype(np.float32)
+    codes[:, -10:] = np.eye(10, dtype=np.float32)[[1, 2, 3, 4]]
+    np.save(fproject / "codes.npy", codes)
+    _same_as_mlflow(fproject, "models:/digits-gan_tiny@champion", "codes.npy", codes)
     r = _predict(fproject, monkeypatch, *args, "--label", "10")
     assert r.exit_code == 2 and "allowed classes 0..9" in r.stderr
 

@@ -66,18 +66,22 @@ def test_train_logs_one_run_to_mlflow_and_wandb(project):
 
 
 def test_logged_model_has_signature_and_predicts(project):
+    """The logged model is a pyfunc carrying its input contract (assay.contract): the input's
+    shape, range and scale are in its metadata (the signature describes the output only: MLflow's
+    input enforcement would refuse valid raw input), and it predicts on raw pixels."""
     import mlflow
 
     train(tiny_config(project, wandb="disabled"), project)
     mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
     info = json.loads((project / "outputs/digits-cnn_tiny/model/run.json").read_text())
     model_info = mlflow.models.get_model_info(info["model_uri"])
-    assert list(model_info.signature.inputs.inputs[0].shape) == [-1, 1, 8, 8]
-    model = mlflow.pytorch.load_model(info["model_uri"])
-    x = np.load(project / "data/digits/test.npz")["x"][:5].astype(np.float32) / 16
-    import torch
-
-    probs = model(torch.from_numpy(x)).detach().numpy()
+    assert list(model_info.signature.outputs.inputs[0].shape) == [-1, 10]
+    contract = model_info.metadata["assay_input"]
+    assert contract["shape"] == [1, 8, 8] and contract["range"] == [0, 16]
+    assert contract["scale"] == 16
+    model = mlflow.pyfunc.load_model(info["model_uri"])
+    x = np.load(project / "data/digits/test.npz")["x"][:5]  # uint8 0..16, as prepared
+    probs = model.predict(x)
     assert probs.shape == (5, 10) and np.allclose(probs.sum(1), 1, atol=1e-5)
 
 

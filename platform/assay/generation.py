@@ -52,8 +52,9 @@ class Judge:
         mlflow.set_tracking_uri(uri)
         mlflow.set_registry_uri(uri)
         try:
-            head = mlflow.pytorch.load_model(model_uri, map_location="cpu")
-        except (MlflowException, OSError) as e:
+            # the logged pyfunc (assay.contract.AssayModel) holds the torch net it applies
+            head = mlflow.pyfunc.load_model(model_uri).unwrap_python_model().net
+        except (MlflowException, OSError, AttributeError) as e:
             name = model_uri.removeprefix("models:/").split("@")[0].split("/")[0]
             raise FileNotFoundError(
                 f"the GAN's judge {model_uri} is not in {uri} ({str(e).splitlines()[0]}): train "

@@ -527,6 +527,15 @@ class SweepError(RuntimeError):
     pass
 
 
+def preflight(sweep: Sweep) -> None:
+    """Check once, on the base config in this process, what every trial would otherwise fail on
+    (the data prepared, a model for it, the GAN's judge registered, local GPUs): the same checks
+    `assay train` makes before its run. A failure leaves no study, no MLflow run, no outputs."""
+    from assay import training
+
+    training.preflight(sweep.base, sweep.root)
+
+
 def run_sweep(
     sweep: Sweep, *, resume: bool = False, fresh: bool = False, console=None
 ) -> SweepResult:
@@ -541,14 +550,12 @@ def run_sweep(
     import ray
 
     from assay import distributed, tracking
-    from assay.data import datamodule
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # TPE's `group` (for conditional spaces) is marked experimental since Optuna 2.8
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     cfg = sweep.cfg
-    distributed.check_local_gpus(sweep.base)  # before the study or any run is touched
-    datamodule(sweep.base.train.dataset, sweep.root).verify()  # and so are damaged data
+    preflight(sweep)  # before the study, MLflow or Ray is touched
     started = time.perf_counter()
     storage = open_storage(sweep.storage)
     names = [s.study_name for s in optuna.get_all_study_summaries(storage)]

@@ -135,6 +135,25 @@ def _threads(n: int) -> None:
         torch.set_num_threads(n)
 
 
+def preflight(cfg: AssayConfig, root: Path) -> tuple[ArrayDataModule, pl.LightningModule, list]:
+    """What a run checks before it opens one, so a failure costs no run: the prepared data
+    (meta.json and every split readable), the model built for it, a refit's refusal, the
+    family's callbacks (the GAN's judge must be registered), local GPUs. `train()` calls it, and
+    a sweep's driver once on its base config before any trial. Returns (data, model, callbacks)."""
+    t = cfg.train
+    dm = datamodule(t.dataset, root, batch_size=t.batch_size, seed=t.seed)
+    dm.verify()  # a damaged file is named, with how to rebuild it
+    model = create_model(t.arch, task=dm.task, optim=t.optim(), **t.arch_config())
+    if t.refit:
+        check_refit(model, t)
+    callbacks = family_callbacks(model, cfg, root)  # loads the GAN's judge: a missing one fails
+    if t.workers > 0:
+        from assay import distributed
+
+        distributed.check_local_gpus(cfg)  # GPUs this machine lacks
+    return dm, model, callbacks
+
+
 def train(
     cfg: AssayConfig, root: Path | None = None, *, trial: TrialContext | None = None
 ) -> TrainResult:
@@ -148,17 +167,8 @@ def train(
     started = time.perf_counter()
     pl.seed_everything(t.seed, workers=True, verbose=False)
     _threads(t.num_threads)
-    dm = datamodule(t.dataset, root, batch_size=t.batch_size, seed=t.seed)
-    dm.verify()  # before any run: a damaged file is named, with how to rebuild it
-    model = create_model(t.arch, task=dm.task, optim=t.optim(), **t.arch_config())
+    dm, model, extra_callbacks = preflight(cfg, root)  # after the seed: it builds the model
     entry = get_entry(t.arch)
-    if t.refit:
-        check_refit(model, t)  # before any run, like the checks below
-    extra_callbacks = family_callbacks(model, cfg, root)  # before any run: a missing judge fails
-    if t.workers > 0:
-        from assay import distributed
-
-        distributed.check_local_gpus(cfg)  # before any run: GPUs this machine lacks
     pruning = None
     if trial is not None:
         from assay.trial import OptunaPruning

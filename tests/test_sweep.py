@@ -240,6 +240,10 @@ def test_pruned_trials_stop_early_and_say_so_everywhere(project, no_ray_left):  
         wb = list((project / "wandb").glob(f"offline-run-*-{wandb_id}"))
         assert wb and b"pruned" in (wb[0] / f"run-{wandb_id}.wandb").read_bytes()
     assert sum("pruned at epoch 0" in line for line in out.lines) == 2
+    # no trial complete, so no best: the sweep failed (`assay sweep` exits 1)
+    assert result.error.startswith("no trial completed (0 failed, 2 pruned)"), result.error
+    assert client.get_run(result.parent_run_id).info.status == "FAILED"
+    assert not (project / "outputs/sweeps/pr/best_params.yaml").exists()
 
 
 @pytest.mark.slow

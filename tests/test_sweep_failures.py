@@ -4,14 +4,19 @@ run FAILED and no best parameters written (a DVC stage that runs it fails too)."
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import optuna
 import psutil
+import pytest
 import ray
 from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
 from typer.testing import CliRunner
 
 from assay.cli import app
@@ -71,3 +76,35 @@ def test_a_gan_sweep_without_its_judge_is_refused_before_ray_starts(project, mon
     said = " ".join(r.stderr.split())  # rich wraps long lines
     assert "the GAN's judge models:/digits-cnn@champion is not in" in said
     assert "dvc repro register@digits-cnn" in said
+
+
+# --------------------------------------------------------------------- every trial failed
+@pytest.mark.slow
+def test_a_sweep_whose_every_trial_fails_exits_1_and_claims_no_best(project, no_ray_left):  # noqa: F811
+    # The model logs no val/nope: each trial's monitor check fails after its sanity check.
+    path = _write(project, "nope", trials=2, objective={"metric": "val/nope"})
+    out = project / "outputs/sweeps/nope"
+    out.mkdir(parents=True)
+    for name in ("best_params.yaml", "metrics.json"):  # an earlier run's, now stale
+        (out / name).write_text("{}\n")
+    cmd = [sys.executable, "-m", "assay.cli", "sweep", "-e", str(path)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
+    done = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True, timeout=400)
+    log = done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.returncode == 1, log
+    said = " ".join(done.stderr.split())  # rich wraps long lines
+    assert "no trial completed (2 failed, 0 pruned)" in said, log
+    assert "logs no 'val/nope'" in said and "assay sweep status nope" in said, log
+    assert not (out / "best_params.yaml").exists() and not (out / "metrics.json").exists()
+    study = optuna.load_study(study_name="nope", storage=f"sqlite:///{project}/optuna.db")
+    assert [t.state for t in study.trials] == [TrialState.FAIL] * 2
+    runs = {r.info.run_name: r for r in _runs(project)}
+    parent = runs.pop("sweep-nope")
+    assert parent.info.status == "FAILED"
+    assert parent.data.tags["error"].startswith("no trial completed (2 failed, 0 pruned)")
+    assert sorted(runs) == ["nope-trial-0", "nope-trial-1"]
+    for run in runs.values():  # the trials' own runs, FAILED with their error
+        assert run.info.status == "FAILED" and "val/nope" in run.data.tags["error"]
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    rows = (out / "trials.csv").read_text()
+    assert rows.count("logs no 'val/nope'") == 2  # each trial's error, in one line

@@ -422,6 +422,8 @@ def sweep(
     r = _guarded(
         lambda: sw.run_sweep(s, resume=resume, fresh=fresh, console=out), also=(sw.SweepError,)
     )
+    if r.error:  # ran, but no trial completed: a failure for the shell and DVC alike
+        _fail(f"sweep {r.study}: {r.error}\n  MLflow parent run {r.parent_run_id}: FAILED", 1)
     counts = ", ".join(f"{v} {k}" for k, v in r.counts.items() if v)
     best = (
         f"best trial {r.best_number}: {c.objective.metric} {r.best_value:.4f}, "

@@ -19,6 +19,11 @@ per trial (its params, per-epoch metrics, `trial.state`: complete / pruned / fai
 per trial, grouped under the study's name, plus the sweep's own run in the group. At the end,
 `outputs/sweeps/<study>/best_params.yaml` and `metrics.json` (DVC outputs), and the best trial's
 model is registered through the same champion gate as every other model.
+
+Failures: what every trial needs (prepared data, a model for it, the GAN's registered judge, local
+GPUs: `training.preflight`) is checked once in the driver before the study, MLflow or Ray is
+touched. A sweep with no complete trial (all failed or pruned) ends its parent run FAILED, writes
+no `best_params.yaml` or `metrics.json` (removing an earlier run's), and `assay sweep` exits 1.
 """
 
 from __future__ import annotations
@@ -423,6 +428,7 @@ class SweepResult:
     epochs: int
     registration: dict[str, Any] | None = None
     files: list[str] = field(default_factory=list)
+    error: str | None = None  # no trial complete: why (the parent run is FAILED, no best params)
 
 
 def _study_state(study) -> dict[str, int]:
@@ -536,6 +542,14 @@ def preflight(sweep: Sweep) -> None:
     training.preflight(sweep.base, sweep.root)
 
 
+def _error_line(text: str | None) -> str:
+    """A trial's error in one line: the last exception's message from its traceback."""
+    lines = (text or "").strip().splitlines()
+    # the last exception starts at the last unindented line (frames and code are indented)
+    start = max((i for i, line in enumerate(lines) if line and not line[0].isspace()), default=0)
+    return " ".join(line.strip() for line in lines[start:]) or "?"
+
+
 def run_sweep(
     sweep: Sweep, *, resume: bool = False, fresh: bool = False, console=None
 ) -> SweepResult:
@@ -615,6 +629,8 @@ def run_sweep(
         _log_sweep_params(client, parent_id, sweep)
     else:
         client.update_run(parent_id, status="RUNNING")
+        with contextlib.suppress(Exception):  # an earlier run that failed: not this one (yet)
+            client.delete_tag(parent_id, "error")
     say = console.print if console else (lambda *a, **k: None)
     if resume:
         retried, adopted = fail_interrupted(study, client, cfg.objective.metric)
@@ -671,6 +687,7 @@ def run_sweep(
                     try:
                         tcfg = trial_config(sweep, params, cpus)
                     except ConfigError as e:  # a combination the per-key check could not see
+                        trial.set_user_attr("error", str(e)[-2000:])
                         study.tell(trial, state=optuna.trial.TrialState.FAIL)
                         say(f"[red]trial {trial.number} failed[/]: {e}")
                         continue
@@ -705,6 +722,9 @@ def run_sweep(
         client.set_tag(parent_id, "error", f"{type(e).__name__}: {e}"[:5000])
         client.set_terminated(parent_id, "FAILED")
         raise
+    if result.error:  # no trial complete: nothing to call best
+        client.set_tag(parent_id, "error", result.error[:5000])
+        status = "FAILED"
     client.set_terminated(parent_id, status)
     mlflow.set_tracking_uri(uri)
     return result
@@ -720,8 +740,7 @@ def _tell(study, trial, out: dict, client, say, sweep: Sweep) -> None:
     if out["state"] == "failed":
         trial.set_user_attr("error", out.get("error", "")[-2000:])
         study.tell(trial, state=TrialState.FAIL)
-        last = (out.get("error") or "").strip().splitlines()[-1:] or ["?"]
-        say(f"[red]trial {n} failed[/]: {last[0]}")
+        say(f"[red]trial {n} failed[/]: {_error_line(out.get('error'))}")
         return
     value = out.get("value")
     epochs = out.get("epochs", 0)
@@ -734,6 +753,7 @@ def _tell(study, trial, out: dict, client, say, sweep: Sweep) -> None:
             f"{_fmt(frozen.value)}, {out.get('seconds', 0):.0f} s)"
         )
     elif value is None or not math.isfinite(value):
+        trial.set_user_attr("error", f"no finite {sweep.cfg.objective.metric}: {value}")
         study.tell(trial, state=TrialState.FAIL)
         say(f"[red]trial {n} failed[/]: no finite {sweep.cfg.objective.metric}")
     else:
@@ -805,6 +825,7 @@ def trials_table(study) -> list[dict[str, Any]]:
                 "seconds": None if seconds is None else round(seconds, 1),
                 "overhead_s": t.user_attrs.get("overhead_s"),
                 "mlflow_run_id": t.user_attrs.get("mlflow_run_id"),
+                "error": _error_line(t.user_attrs["error"]) if "error" in t.user_attrs else None,
                 **{f"params.{k}": v for k, v in t.params.items()},
             }
         )
@@ -848,6 +869,12 @@ def _summarise(sweep: Sweep, study, client, parent_id: str, seconds: float, say)
             client.log_metric(parent_id, k, float(v))
     for k, v in best_params.items():
         client.set_tag(parent_id, f"best.{k}", str(v))
+    if best is None:  # no best: no DVC outputs claim one, not even an earlier run's
+        for name in ("best_params.yaml", "metrics.json"):
+            (sweep.out / name).unlink(missing_ok=True)
+        error = _no_trial_complete(sweep, study, counts)
+        args = (sweep.study, sweep.storage, parent_id, counts, None, None, {}, seconds, epochs)
+        return SweepResult(*args, files=files, error=error)
     registration = None
     if best is not None:
         client.set_tag(parent_id, "best.mlflow_run_id", best.user_attrs.get("mlflow_run_id", ""))
@@ -882,6 +909,27 @@ def _summarise(sweep: Sweep, study, client, parent_id: str, seconds: float, say)
         registration,
         files,
     )
+
+
+def _no_trial_complete(sweep: Sweep, study, counts: dict[str, int]) -> str:
+    """Why a sweep has no best, and where to read more: the first failed trial's error."""
+    from optuna.trial import TrialState
+
+    text = f"no trial completed ({counts['fail']} failed, {counts['pruned']} pruned)"
+    failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+    # one the driver's stop interrupted (no error of its own) only if no trial has an error
+    failed = [t for t in failed if "error" in t.user_attrs] or failed
+    storage = f" --storage {_safe_url(sweep.storage)}" if sweep.cfg.storage else ""
+    where = [f"`assay sweep status {sweep.study}{storage}`", str(sweep.out / "trials.csv")]
+    if failed:
+        first = failed[0]
+        error = first.user_attrs.get("error") or "the sweep driver stopped during it"
+        text += f"; trial {first.number} failed: {_error_line(error)}"
+        if first.user_attrs.get("mlflow_run_id"):
+            where.append(f"MLflow run {first.user_attrs['mlflow_run_id']} (error.txt)")
+    elif counts["pruned"]:
+        text += "; the pruner stopped every trial (is sweep.pruner too strict?)"
+    return f"{text}\n  more: {', '.join(where)}"
 
 
 def _plots(study, folder: Path) -> list[Path]:

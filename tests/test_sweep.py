@@ -5,6 +5,7 @@ store at once. Every trial is a real digits training with its MLflow child run."
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -200,6 +201,12 @@ def test_sweep_tracks_a_parent_and_one_child_per_trial_and_registers_the_best(
     sweep_out = project / "outputs/sweeps/lr"
     best = yaml.safe_load((sweep_out / "best_params.yaml").read_text())
     assert best["params"] == study.best_params and best["best_value"] == study.best_value
+    # the sweep's outputs name its run and the best trial's (issue 19: artifacts name their run)
+    best_run = study.best_trial.user_attrs["mlflow_run_id"]
+    assert best["mlflow_parent_run_id"] == result.parent_run_id
+    assert best["best_mlflow_run_id"] == best_run
+    summary = json.loads((sweep_out / "metrics.json").read_text())
+    assert summary["mlflow_parent_run_id"] == result.parent_run_id
     html = (sweep_out / "plots/optimization_history.html").read_text()
     assert "plotly" in html and "<script" in html
     # the best trial went through the champion gate under <dataset>-<arch>

@@ -882,7 +882,13 @@ def _summarise(sweep: Sweep, study, client, parent_id: str, seconds: float, say)
             registration = register_best(sweep, best, client, say)
             metrics.update({f"best_{k}": v for k, v in registration.pop("test", {}).items()})
     _wandb_summary(sweep, metrics, best_params, files)
-    # DVC's outputs last, so a failure above leaves none behind
+    # DVC's outputs last, so a failure above leaves none behind; each names the sweep's run
+    # and the best trial's (see assay.artifacts)
+    runs = {
+        "mlflow_parent_run_id": parent_id,
+        "best_mlflow_run_id": best.user_attrs.get("mlflow_run_id"),
+    }
+    metrics.update(runs)
     atomic_write_bytes(
         sweep.out / "best_params.yaml",
         yaml.safe_dump(
@@ -890,6 +896,7 @@ def _summarise(sweep: Sweep, study, client, parent_id: str, seconds: float, say)
                 "study": sweep.study,
                 "objective": metrics["objective"],
                 "best_value": metrics["best_value"],
+                **runs,
                 "params": best_params,
             },
             sort_keys=False,

@@ -1,7 +1,8 @@
 """A local Ray head for users without a cluster, Ray Jobs submission, and an MLflow server.
 
 `assay cluster up` runs `ray start --head --block` in the background on 127.0.0.1 with free ports
-(GCS, dashboard, client server, agents) and records it in `<root>/.assay/cluster.json`;
+(GCS, dashboard, client server, agents) and records it in `<root>/.assay/cluster.json`. Every
+port it opens listens on 127.0.0.1 only, unless `--host` says otherwise (see `_bind_args`);
 `assay cluster down` stops that process by its id (`ray start --block` takes its Ray processes
 down with it). Unlike `ray stop`, it leaves any other Ray on the machine alone.
 
@@ -18,6 +19,7 @@ Ray 2.60 turns token authentication on by default; the clients here send the tok
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shutil
@@ -79,21 +81,24 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def up(root: Path, num_cpus: int | None = None, timeout: float = 90) -> Head:
-    """Start a local head on 127.0.0.1 (free ports, dashboard on) unless one is running."""
+def up(
+    root: Path, num_cpus: int | None = None, timeout: float = 90, host: str = "127.0.0.1"
+) -> Head:
+    """Start a local head (free ports, dashboard on) unless one is running; every port on
+    127.0.0.1 unless `host` is another address (then see `_bind_args`)."""
     running = Head.load(root)
     if running:
         return running
+    bind, env_extra, reach = _bind_args(host)
     gcs, dash = free_port(), free_port()
     cmd = [
         _ray_bin(),
         "start",
         "--head",
         "--block",
-        "--node-ip-address=127.0.0.1",
+        *bind,
         f"--port={gcs}",
         "--include-dashboard=true",
-        "--dashboard-host=127.0.0.1",
         f"--dashboard-port={dash}",
         f"--ray-client-server-port={free_port()}",
         f"--dashboard-agent-listen-port={free_port()}",
@@ -106,13 +111,13 @@ def up(root: Path, num_cpus: int | None = None, timeout: float = 90) -> Head:
         cmd.append(f"--num-cpus={num_cpus}")
     (root / STATE).parent.mkdir(parents=True, exist_ok=True)
     log = root / ".assay" / "ray-head.log"
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **env_extra}
     env.pop("RAY_ADDRESS", None)
     with log.open("w") as sink:
         proc = subprocess.Popen(
             cmd, stdout=sink, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
-    head = Head(proc.pid, f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dash}", str(log))
+    head = Head(proc.pid, f"{reach}:{gcs}", f"http://{reach}:{dash}", str(log))
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
@@ -123,6 +128,32 @@ def up(root: Path, num_cpus: int | None = None, timeout: float = 90) -> Head:
         time.sleep(0.5)
     _stop_pid(proc.pid)
     raise ClusterError(f"the Ray head did not come up in {timeout:.0f} s; see {log}")
+
+
+def _bind_args(host: str) -> tuple[list[str], dict[str, str], str]:
+    """`ray start` options and environment that make the head listen on `host`, and the address
+    this machine reaches it at.
+
+    `--node-ip-address=127.0.0.1` alone is not enough: on Linux `ray start` turns a loopback
+    address into the machine's LAN address (`services.resolve_ip_for_localhost`), and the GCS,
+    raylet, agents and workers then listen there or on all interfaces. Ray keeps 127.0.0.1 when
+    `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`, its single-machine mode (the default on macOS and
+    Windows), and then binds every server to it. That mode refuses `ray start --address`, so
+    such a head takes no other nodes: a multi-node cluster needs --host.
+    """
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        raise ClusterError(
+            f"--host: {host!r} is not an IP address; use 127.0.0.1 (the default: this machine "
+            "only), this machine's address on a network, or 0.0.0.0 (every interface)"
+        ) from None
+    if ip.is_loopback:
+        args = ["--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1"]
+        return args, {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}, "127.0.0.1"
+    if ip.is_unspecified:  # Ray picks the node's address; everything listens everywhere
+        return ["--dashboard-host=0.0.0.0"], {}, "127.0.0.1"
+    return [f"--node-ip-address={host}", f"--dashboard-host={host}"], {}, host
 
 
 def _jobs_api_ready(dashboard: str) -> bool:
@@ -162,9 +193,19 @@ def _stop_pid(pid: int, timeout: float = 15) -> None:
         return
     deadline = time.time() + timeout
     while time.time() < deadline and _group_alive(pid):
+        _reap(pid)
         time.sleep(0.3)
     if _group_alive(pid):
         os.killpg(pid, signal.SIGKILL)
+
+
+def _reap(pid: int) -> None:
+    """`ray start` is our own child when `up` ran in this process: until it is reaped, its zombie
+    keeps the group alive and `_stop_pid` would wait out its whole timeout."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:  # not ours: its own parent (or init) reaps it
+        pass
 
 
 def _group_alive(pgid: int) -> bool:

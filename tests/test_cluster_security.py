@@ -1,5 +1,6 @@
-"""What `assay cluster up` and a run's own local Ray expose: every port they open listens on
-127.0.0.1.
+"""What `assay cluster up`, `assay submit` and a run's own local Ray expose: every port they open
+listens on 127.0.0.1, and no credential travels with a job (the Jobs API's answer and every file
+of the head's Ray session folder are searched for it).
 
 One head for the module (a head takes 5-9 s to start): `assay cluster up` in a project with its
 own HOME (no ~/.netrc, no W&B login: a node without credentials), stopped by its process group
@@ -12,6 +13,7 @@ import contextlib
 import ipaddress
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -144,6 +146,70 @@ def test_every_port_of_the_head_and_its_workers_listens_on_loopback(head):
         assert kind in names, (kind, sockets)
     exposed = [s for s in sockets if not _loopback(s[1])]
     assert not exposed, exposed
+
+
+def _session_dir(pgid: int) -> Path:
+    """The head's /tmp/ray/session_* folder, from its processes' own command lines."""
+    found = set()
+    for p in _group(pgid):
+        try:
+            found.update(re.findall(r"(/\S*/session_[^/\s]+)/", " ".join(p.cmdline())))
+        except psutil.Error:
+            continue
+    assert len(found) == 1, found
+    return Path(found.pop())
+
+
+def _files_holding(folder: Path, secret: str) -> list[str]:
+    hits = []
+    for path in folder.rglob("*"):
+        try:
+            if path.is_file() and not path.is_symlink() and secret.encode() in path.read_bytes():
+                hits.append(str(path))
+        except OSError:  # a socket, or a file Ray removed meanwhile
+            continue
+    return hits
+
+
+def _submit(root: Path, state: dict, **env: str) -> tuple[subprocess.CompletedProcess, dict, str]:
+    """`assay submit` a one-epoch training; (the command's result, the job's info as the Jobs
+    API returns it once the job has ended, the job's logs)."""
+    args = ("--set", "train.dataset=digits", "--set", "train.arch=mlp_tiny")
+    result = _assay(root, "submit", *args, "--set", "train.max_epochs=1", **env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    job_id = result.stdout.split("as Ray job ")[1].split()[0]
+    deadline = time.time() + 300
+    while (info := _api(state["dashboard"], f"/api/jobs/{job_id}", root))["status"] in (
+        "PENDING",
+        "RUNNING",
+    ):
+        assert time.time() < deadline, info
+        time.sleep(1)
+    return result, info, _api(state["dashboard"], f"/api/jobs/{job_id}/logs", root)["logs"]
+
+
+def test_a_job_carries_no_credential_and_still_trains(head):
+    """WANDB_API_KEY in the submitting shell: not in the job's runtime_env, metadata or
+    entrypoint as the Jobs API returns them, nor in any file of the session folder; W&B
+    offline, the job succeeds."""
+    root, state = head
+    result, info, logs = _submit(root, state, WANDB_API_KEY=FAKE_KEY, WANDB_MODE="offline")
+    assert info["status"] == "SUCCEEDED", logs[-3000:]
+    assert "MLFLOW_TRACKING_URI" in info["runtime_env"]["env_vars"]  # what the job was given
+    assert FAKE_KEY not in json.dumps(info)  # runtime_env, metadata, entrypoint
+    assert not _files_holding(_session_dir(state["pid"]), FAKE_KEY)
+
+
+def test_online_wandb_on_a_node_without_credentials_fails_saying_how_to_log_in(head):
+    """The key stays here (a note says so); the node has none, so the job fails at once with
+    the fix, not with a prompt or W&B's network retries."""
+    root, state = head
+    result, info, logs = _submit(root, state, WANDB_API_KEY=FAKE_KEY, WANDB_MODE="online")
+    assert "WANDB_API_KEY is not sent with the job" in result.stderr, result.stderr[-3000:]
+    assert info["status"] == "FAILED", logs[-3000:]
+    assert "W&B online logging needs credentials: run `wandb login`" in logs, logs[-3000:]
+    assert FAKE_KEY not in json.dumps(info)
+    assert not _files_holding(_session_dir(state["pid"]), FAKE_KEY)
 
 
 def test_a_runs_own_local_ray_listens_on_loopback_only(project):

@@ -11,7 +11,8 @@ staged copy of what a run needs (params.yaml, experiments/, models/, the prepare
 data set) and `py_modules` ships the `assay` package, so it imports on a cluster where Assay is
 not installed. The job logs to the MLflow store the user sees: `$MLFLOW_TRACKING_URI` (an
 `assay mlflow-server` for a multi-node cluster), else the project's own SQLite file by absolute
-path, which a single-machine cluster can reach.
+path, which a single-machine cluster can reach. No secret travels with a job (see `_no_secrets`):
+the cluster's nodes hold their own W&B and database credentials.
 
 Ray 2.60 turns token authentication on by default; the clients here send the token that
 `ray start` keeps in ~/.ray/auth_token (RAY_AUTH_MODE=token) rather than turning it off.
@@ -22,6 +23,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -259,6 +261,10 @@ def _stage(root: Path, dataset: str, experiment: str | None) -> Path:
     return stage
 
 
+def _note(message: str) -> None:
+    sys.stderr.write(f"note: {message}\n")
+
+
 def submit(
     root: Path,
     cfg,
@@ -267,16 +273,17 @@ def submit(
     experiment: str | None = None,
     command: str = "train",
     storage: str | None = None,
+    note=_note,
 ) -> tuple[str, str]:
     """Submit `assay COMMAND ARGS` (a training, or a sweep) as a Ray Job; returns (job id,
     dashboard address). `storage`: a sweep's default study storage (the user's own optuna.db),
-    passed on when the cluster is on this machine; a remote job keeps its own default."""
+    passed on when the cluster is on this machine; a remote job keeps its own default. `note`
+    is told what was kept out of the job (credentials)."""
     import assay
     from assay.tracking import tracking_uri
 
     dashboard = dashboard_address(root, address)
     jobs = client(dashboard)
-    stage = _stage(root, cfg.train.dataset, experiment)
     uri = tracking_uri(cfg.tracking, root)
     env = {
         "MLFLOW_TRACKING_URI": uri,
@@ -287,13 +294,22 @@ def submit(
     local = any(h in dashboard for h in ("127.0.0.1", "localhost"))
     if local:  # the user's W&B folder, as for a run of their own; a remote job keeps its own
         env["WANDB_DIR"] = str(root.resolve())
-    for var in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_PROJECT", "WANDB_ENTITY"):
+    for var in ("WANDB_MODE", "WANDB_PROJECT", "WANDB_ENTITY"):  # never WANDB_API_KEY
         if var in os.environ:
             env[var] = os.environ[var]
+    mode = os.environ.get("WANDB_MODE") or cfg.tracking.wandb.mode
+    if os.environ.get("WANDB_API_KEY") and mode == "online":
+        note(
+            "W&B: WANDB_API_KEY is not sent with the job; the cluster uses its own credentials "
+            "(WANDB_API_KEY in the nodes' environment, or `wandb login` on each node)"
+        )
+    env, args = _no_secrets(env, args, note)
+    uri = env["MLFLOW_TRACKING_URI"]
     python = sys.executable if local else "python"  # a remote cluster's own interpreter
     if storage and local:  # the study in the user's own optuna.db, as for a sweep run here
         args = [*args, "--storage", storage]
     entrypoint = " ".join([python, "-m", "assay.cli", command, *map(_quote, args)])
+    stage = _stage(root, cfg.train.dataset, experiment)
     runtime_env = {
         "working_dir": str(stage),
         "py_modules": [str(Path(assay.__file__).parent)],
@@ -308,6 +324,35 @@ def submit(
     finally:
         shutil.rmtree(stage, ignore_errors=True)  # uploaded by now
     return job_id, dashboard
+
+
+# A job's entrypoint, runtime_env and metadata go to anyone who can query the Jobs API, and into
+# logs under /tmp/ray/session_*/ that outlive the cluster: no credential may travel in them.
+_CREDENTIAL = re.compile(r"KEY|TOKEN|PASSWORD|PASSWD|SECRET|CREDENTIAL", re.IGNORECASE)
+# scheme://user:password@ -> scheme://user@ (a password with "/" or "@" in it is %-escaped)
+_URL_PASSWORD = re.compile(r"(?P<keep>\b[a-z][a-z0-9+.-]*://[^:@/\s]*):[^@/\s]*@", re.IGNORECASE)
+
+
+def _no_secrets(env: dict[str, str], args: list[str], note) -> tuple[dict[str, str], list[str]]:
+    """`env` without credential-like variables, and `env`'s values and `args` without the
+    passwords of URLs (postgresql://u:pw@host/db, http://u:pw@host); `note` hears of each."""
+    fix = (
+        "give the cluster's nodes their own credentials (PGPASSWORD or ~/.pgpass for "
+        "PostgreSQL, MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD for an MLflow server)"
+    )
+    kept = {}
+    for var, value in env.items():
+        if _CREDENTIAL.search(var):
+            note(f"{var} is not sent with the job: {fix}")
+            continue
+        kept[var] = _URL_PASSWORD.sub(r"\g<keep>@", value)
+        if kept[var] != value:
+            note(f"{var}: the password in it is not sent (the job gets {kept[var]}); {fix}")
+    safe = [_URL_PASSWORD.sub(r"\g<keep>@", a) for a in args]
+    for before, after in zip(args, safe, strict=True):
+        if before != after:
+            note(f"{after}: the password in it is not sent with the job; {fix}")
+    return kept, safe
 
 
 def _quote(arg: str) -> str:

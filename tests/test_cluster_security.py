@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -146,6 +147,16 @@ def test_every_port_of_the_head_and_its_workers_listens_on_loopback(head):
         assert kind in names, (kind, sockets)
     exposed = [s for s in sockets if not _loopback(s[1])]
     assert not exposed, exposed
+
+
+def test_the_head_refuses_a_request_without_its_token(head):
+    """The head's HOME had no ~/.ray/auth_token, where `ray start` alone leaves auth off."""
+    root, state = head
+    assert (root / "home" / ".ray" / "auth_token").exists()
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(state["dashboard"] + "/api/jobs/", timeout=30)
+    assert refused.value.code in (401, 403)
+    assert isinstance(_api(state["dashboard"], "/api/jobs/", root), list)  # with it: answered
 
 
 def _session_dir(pgid: int) -> Path:

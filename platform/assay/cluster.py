@@ -14,8 +14,9 @@ not installed. The job logs to the MLflow store the user sees: `$MLFLOW_TRACKING
 path, which a single-machine cluster can reach. No secret travels with a job (see `_no_secrets`):
 the cluster's nodes hold their own W&B and database credentials.
 
-Ray 2.60 turns token authentication on by default; the clients here send the token that
-`ray start` keeps in ~/.ray/auth_token (RAY_AUTH_MODE=token) rather than turning it off.
+Ray 2.60's `ray start` turns token authentication on only when ~/.ray/auth_token exists (a first
+`ray.init()` writes it); on a machine without one the head would take any request. `up` makes
+the token first (`_token_env`), and the clients here send it (RAY_AUTH_MODE=token).
 """
 
 from __future__ import annotations
@@ -113,7 +114,7 @@ def up(
         cmd.append(f"--num-cpus={num_cpus}")
     (root / STATE).parent.mkdir(parents=True, exist_ok=True)
     log = root / ".assay" / "ray-head.log"
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **env_extra}
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **env_extra, **_token_env()}
     env.pop("RAY_ADDRESS", None)
     with log.open("w") as sink:
         proc = subprocess.Popen(
@@ -130,6 +131,19 @@ def up(
         time.sleep(0.5)
     _stop_pid(proc.pid)
     raise ClusterError(f"the Ray head did not come up in {timeout:.0f} s; see {log}")
+
+
+def _token_env() -> dict[str, str]:
+    """RAY_AUTH_MODE=token for the head, with the token made if there is none yet; a mode the
+    user set (RAY_AUTH_MODE=disabled included) is theirs to keep."""
+    if os.environ.get("RAY_AUTH_MODE"):
+        return {}
+    made = subprocess.run(
+        [_ray_bin(), "get-auth-token", "--generate"], capture_output=True, text=True
+    )  # it prints the token: kept out of the terminal and the logs
+    if made.returncode != 0:
+        raise ClusterError(f"`ray get-auth-token --generate` failed: {made.stderr.strip()[-500:]}")
+    return {"RAY_AUTH_MODE": "token"}
 
 
 def _bind_args(host: str) -> tuple[list[str], dict[str, str], str]:

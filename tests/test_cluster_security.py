@@ -149,6 +149,22 @@ def test_every_port_of_the_head_and_its_workers_listens_on_loopback(head):
     assert not exposed, exposed
 
 
+def test_a_driver_on_this_machine_joins_the_head_by_its_loopback_address(head):
+    """`assay train --address 127.0.0.1:PORT`: Ray would look for the GCS on the LAN address."""
+    root, state = head
+    script = (
+        "import ray; from pathlib import Path; from assay.config import load_config; "
+        "from assay.distributed import ray_session\n"
+        "with ray_session(load_config(root=Path('.'))):\n"
+        "    print('answer', ray.get(ray.remote(lambda: 7).remote()))"
+    )
+    # RAY_AUTH_MODE from the shell, as the README says: set once Ray is imported, it is not read
+    env = _env(root, RAY_ADDRESS=state["address"], RAY_AUTH_MODE="token")
+    cmd = [sys.executable, "-c", script]
+    run = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=90)
+    assert run.returncode == 0 and "answer 7" in run.stdout, run.stdout + run.stderr[-3000:]
+
+
 def test_the_head_refuses_a_request_without_its_token(head):
     """The head's HOME had no ~/.ray/auth_token, where `ray start` alone leaves auth off."""
     root, state = head

@@ -20,6 +20,7 @@ No `ray.address` / $RAY_ADDRESS: a local Ray is started for the run and stopped 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import math
 import os
 import shutil
@@ -116,6 +117,17 @@ def _loopback_only():
             os.environ[var] = saved[1]
 
 
+def _on_loopback(address: str) -> bool:
+    """host:port (or ray://host:port) names this machine's loopback."""
+    host = address.split("://")[-1].rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name, or "auto"
+        return False
+
+
 @contextlib.contextmanager
 def ray_session(cfg, dashboard: bool = True):
     """Joined to the configured cluster, or a local Ray for this run only. `dashboard=False`:
@@ -128,7 +140,10 @@ def ray_session(cfg, dashboard: bool = True):
     target = address(cfg)
     if target:  # a cluster: its workers import assay from the job's runtime_env or install
         auth_env()
-        ray.init(address=target, log_to_driver=True)
+        # a head on loopback (`assay cluster up`): Ray would turn 127.0.0.1 into the LAN address
+        # and look for the GCS there
+        with _loopback_only() if _on_loopback(target) else contextlib.nullcontext():
+            ray.init(address=target, log_to_driver=True)
     else:
         t = cfg.train
         need = max(1, int(round(t.workers * t.cpus_per_worker + 0.4999)))

@@ -512,13 +512,23 @@ def _cluster_call(fn, *args):
 @cluster_app.command("up")
 def cluster_up(
     num_cpus: Annotated[int | None, typer.Option(help="CPUs to offer (default: all)")] = None,
+    host: Annotated[
+        str,
+        typer.Option(
+            help="where the head listens. 127.0.0.1: this machine only (its own users too). "
+            "Another address, or 0.0.0.0 (every interface), lets other nodes join, and exposes "
+            "the GCS, raylet, object manager, agents and workers on all interfaces and the "
+            "dashboard (the Jobs API, which runs any command it is sent) on HOST, to anyone on "
+            "that network who has the cluster's token (~/.ray/auth_token)"
+        ),
+    ] = "127.0.0.1",
 ) -> None:
     """Start a local Ray head in the background; prints its addresses."""
     from assay import cluster
     from assay.paths import find_root
 
-    with out.status("starting a Ray head on 127.0.0.1 ..."):
-        head = _cluster_call(cluster.up, find_root(), num_cpus)
+    with out.status(f"starting a Ray head on {host} ..."):
+        head = _cluster_call(lambda: cluster.up(find_root(), num_cpus, host=host))
     out.print(
         f"Ray head up (pid {head.pid})\n  address:   {head.address}   "
         f"(assay train --workers N --address {head.address})\n  dashboard: {head.dashboard}   "

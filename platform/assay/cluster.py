@@ -1,7 +1,8 @@
 """A local Ray head for users without a cluster, Ray Jobs submission, and an MLflow server.
 
 `assay cluster up` runs `ray start --head --block` in the background on 127.0.0.1 with free ports
-(GCS, dashboard, client server, agents) and records it in `<root>/.assay/cluster.json`;
+(GCS, dashboard, client server, agents) and records it in `<root>/.assay/cluster.json`. Every
+port it opens listens on 127.0.0.1 only, unless `--host` says otherwise (see `_bind_args`);
 `assay cluster down` stops that process by its id (`ray start --block` takes its Ray processes
 down with it). Unlike `ray stop`, it leaves any other Ray on the machine alone.
 
@@ -10,16 +11,20 @@ staged copy of what a run needs (params.yaml, experiments/, models/, the prepare
 data set) and `py_modules` ships the `assay` package, so it imports on a cluster where Assay is
 not installed. The job logs to the MLflow store the user sees: `$MLFLOW_TRACKING_URI` (an
 `assay mlflow-server` for a multi-node cluster), else the project's own SQLite file by absolute
-path, which a single-machine cluster can reach.
+path, which a single-machine cluster can reach. No secret travels with a job (see `_no_secrets`):
+the cluster's nodes hold their own W&B and database credentials.
 
-Ray 2.60 turns token authentication on by default; the clients here send the token that
-`ray start` keeps in ~/.ray/auth_token (RAY_AUTH_MODE=token) rather than turning it off.
+Ray 2.60's `ray start` turns token authentication on only when ~/.ray/auth_token exists (a first
+`ray.init()` writes it); on a machine without one the head would take any request. `up` makes
+the token first (`_token_env`), and the clients here send it (RAY_AUTH_MODE=token).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -79,21 +84,24 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def up(root: Path, num_cpus: int | None = None, timeout: float = 90) -> Head:
-    """Start a local head on 127.0.0.1 (free ports, dashboard on) unless one is running."""
+def up(
+    root: Path, num_cpus: int | None = None, timeout: float = 90, host: str = "127.0.0.1"
+) -> Head:
+    """Start a local head (free ports, dashboard on) unless one is running; every port on
+    127.0.0.1 unless `host` is another address (then see `_bind_args`)."""
     running = Head.load(root)
     if running:
         return running
+    bind, env_extra, reach = _bind_args(host)
     gcs, dash = free_port(), free_port()
     cmd = [
         _ray_bin(),
         "start",
         "--head",
         "--block",
-        "--node-ip-address=127.0.0.1",
+        *bind,
         f"--port={gcs}",
         "--include-dashboard=true",
-        "--dashboard-host=127.0.0.1",
         f"--dashboard-port={dash}",
         f"--ray-client-server-port={free_port()}",
         f"--dashboard-agent-listen-port={free_port()}",
@@ -106,13 +114,13 @@ def up(root: Path, num_cpus: int | None = None, timeout: float = 90) -> Head:
         cmd.append(f"--num-cpus={num_cpus}")
     (root / STATE).parent.mkdir(parents=True, exist_ok=True)
     log = root / ".assay" / "ray-head.log"
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **env_extra, **_token_env()}
     env.pop("RAY_ADDRESS", None)
     with log.open("w") as sink:
         proc = subprocess.Popen(
             cmd, stdout=sink, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
-    head = Head(proc.pid, f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dash}", str(log))
+    head = Head(proc.pid, f"{reach}:{gcs}", f"http://{reach}:{dash}", str(log))
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
@@ -123,6 +131,45 @@ def up(root: Path, num_cpus: int | None = None, timeout: float = 90) -> Head:
         time.sleep(0.5)
     _stop_pid(proc.pid)
     raise ClusterError(f"the Ray head did not come up in {timeout:.0f} s; see {log}")
+
+
+def _token_env() -> dict[str, str]:
+    """RAY_AUTH_MODE=token for the head, with the token made if there is none yet; a mode the
+    user set (RAY_AUTH_MODE=disabled included) is theirs to keep."""
+    if os.environ.get("RAY_AUTH_MODE"):
+        return {}
+    made = subprocess.run(
+        [_ray_bin(), "get-auth-token", "--generate"], capture_output=True, text=True
+    )  # it prints the token: kept out of the terminal and the logs
+    if made.returncode != 0:
+        raise ClusterError(f"`ray get-auth-token --generate` failed: {made.stderr.strip()[-500:]}")
+    return {"RAY_AUTH_MODE": "token"}
+
+
+def _bind_args(host: str) -> tuple[list[str], dict[str, str], str]:
+    """`ray start` options and environment that make the head listen on `host`, and the address
+    this machine reaches it at.
+
+    `--node-ip-address=127.0.0.1` alone is not enough: on Linux `ray start` turns a loopback
+    address into the machine's LAN address (`services.resolve_ip_for_localhost`), and the GCS,
+    raylet, agents and workers then listen there or on all interfaces. Ray keeps 127.0.0.1 when
+    `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`, its single-machine mode (the default on macOS and
+    Windows), and then binds every server to it. That mode refuses `ray start --address`, so
+    such a head takes no other nodes: a multi-node cluster needs --host.
+    """
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        raise ClusterError(
+            f"--host: {host!r} is not an IP address; use 127.0.0.1 (the default: this machine "
+            "only), this machine's address on a network, or 0.0.0.0 (every interface)"
+        ) from None
+    if ip.is_loopback:
+        args = ["--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1"]
+        return args, {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}, "127.0.0.1"
+    if ip.is_unspecified:  # Ray picks the node's address; everything listens everywhere
+        return ["--dashboard-host=0.0.0.0"], {}, "127.0.0.1"
+    return [f"--node-ip-address={host}", f"--dashboard-host={host}"], {}, host
 
 
 def _jobs_api_ready(dashboard: str) -> bool:
@@ -162,9 +209,19 @@ def _stop_pid(pid: int, timeout: float = 15) -> None:
         return
     deadline = time.time() + timeout
     while time.time() < deadline and _group_alive(pid):
+        _reap(pid)
         time.sleep(0.3)
     if _group_alive(pid):
         os.killpg(pid, signal.SIGKILL)
+
+
+def _reap(pid: int) -> None:
+    """`ray start` is our own child when `up` ran in this process: until it is reaped, its zombie
+    keeps the group alive and `_stop_pid` would wait out its whole timeout."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:  # not ours: its own parent (or init) reaps it
+        pass
 
 
 def _group_alive(pgid: int) -> bool:
@@ -218,6 +275,10 @@ def _stage(root: Path, dataset: str, experiment: str | None) -> Path:
     return stage
 
 
+def _note(message: str) -> None:
+    sys.stderr.write(f"note: {message}\n")
+
+
 def submit(
     root: Path,
     cfg,
@@ -226,16 +287,17 @@ def submit(
     experiment: str | None = None,
     command: str = "train",
     storage: str | None = None,
+    note=_note,
 ) -> tuple[str, str]:
     """Submit `assay COMMAND ARGS` (a training, or a sweep) as a Ray Job; returns (job id,
     dashboard address). `storage`: a sweep's default study storage (the user's own optuna.db),
-    passed on when the cluster is on this machine; a remote job keeps its own default."""
+    passed on when the cluster is on this machine; a remote job keeps its own default. `note`
+    is told what was kept out of the job (credentials)."""
     import assay
     from assay.tracking import tracking_uri
 
     dashboard = dashboard_address(root, address)
     jobs = client(dashboard)
-    stage = _stage(root, cfg.train.dataset, experiment)
     uri = tracking_uri(cfg.tracking, root)
     env = {
         "MLFLOW_TRACKING_URI": uri,
@@ -246,13 +308,22 @@ def submit(
     local = any(h in dashboard for h in ("127.0.0.1", "localhost"))
     if local:  # the user's W&B folder, as for a run of their own; a remote job keeps its own
         env["WANDB_DIR"] = str(root.resolve())
-    for var in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_PROJECT", "WANDB_ENTITY"):
+    for var in ("WANDB_MODE", "WANDB_PROJECT", "WANDB_ENTITY"):  # never WANDB_API_KEY
         if var in os.environ:
             env[var] = os.environ[var]
+    mode = os.environ.get("WANDB_MODE") or cfg.tracking.wandb.mode
+    if os.environ.get("WANDB_API_KEY") and mode == "online":
+        note(
+            "W&B: WANDB_API_KEY is not sent with the job; the cluster uses its own credentials "
+            "(WANDB_API_KEY in the nodes' environment, or `wandb login` on each node)"
+        )
+    env, args = _no_secrets(env, args, note)
+    uri = env["MLFLOW_TRACKING_URI"]
     python = sys.executable if local else "python"  # a remote cluster's own interpreter
     if storage and local:  # the study in the user's own optuna.db, as for a sweep run here
         args = [*args, "--storage", storage]
     entrypoint = " ".join([python, "-m", "assay.cli", command, *map(_quote, args)])
+    stage = _stage(root, cfg.train.dataset, experiment)
     runtime_env = {
         "working_dir": str(stage),
         "py_modules": [str(Path(assay.__file__).parent)],
@@ -267,6 +338,35 @@ def submit(
     finally:
         shutil.rmtree(stage, ignore_errors=True)  # uploaded by now
     return job_id, dashboard
+
+
+# A job's entrypoint, runtime_env and metadata go to anyone who can query the Jobs API, and into
+# logs under /tmp/ray/session_*/ that outlive the cluster: no credential may travel in them.
+_CREDENTIAL = re.compile(r"KEY|TOKEN|PASSWORD|PASSWD|SECRET|CREDENTIAL", re.IGNORECASE)
+# scheme://user:password@ -> scheme://user@ (a password with "/" or "@" in it is %-escaped)
+_URL_PASSWORD = re.compile(r"(?P<keep>\b[a-z][a-z0-9+.-]*://[^:@/\s]*):[^@/\s]*@", re.IGNORECASE)
+
+
+def _no_secrets(env: dict[str, str], args: list[str], note) -> tuple[dict[str, str], list[str]]:
+    """`env` without credential-like variables, and `env`'s values and `args` without the
+    passwords of URLs (postgresql://u:pw@host/db, http://u:pw@host); `note` hears of each."""
+    fix = (
+        "give the cluster's nodes their own credentials (PGPASSWORD or ~/.pgpass for "
+        "PostgreSQL, MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD for an MLflow server)"
+    )
+    kept = {}
+    for var, value in env.items():
+        if _CREDENTIAL.search(var):
+            note(f"{var} is not sent with the job: {fix}")
+            continue
+        kept[var] = _URL_PASSWORD.sub(r"\g<keep>@", value)
+        if kept[var] != value:
+            note(f"{var}: the password in it is not sent (the job gets {kept[var]}); {fix}")
+    safe = [_URL_PASSWORD.sub(r"\g<keep>@", a) for a in args]
+    for before, after in zip(args, safe, strict=True):
+        if before != after:
+            note(f"{after}: the password in it is not sent with the job; {fix}")
+    return kept, safe
 
 
 def _quote(arg: str) -> str:

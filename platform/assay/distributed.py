@@ -20,6 +20,7 @@ No `ray.address` / $RAY_ADDRESS: a local Ray is started for the run and stopped 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import math
 import os
 import shutil
@@ -90,6 +91,44 @@ def auth_env() -> None:
 
 
 @contextlib.contextmanager
+def _loopback_only():
+    """A local Ray started inside listens on 127.0.0.1 only: GCS, raylet, agents, workers.
+
+    On Linux, Ray gives a new node the machine's LAN address, and its servers listen there or
+    on all interfaces. In its single-machine mode (the default on macOS and Windows:
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0) it takes 127.0.0.1 instead and binds every server to
+    it; `assay cluster up` starts its head in that mode too (see `cluster._bind_args`). Ray
+    reads the variable once, at import, so the constant it became is set as well, for this
+    `ray.init` only: a later `ray.init(address=CLUSTER)` in this process is left as it was.
+    """
+    from ray._private import ray_constants
+
+    var = ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR
+    saved = ray_constants.ENABLE_RAY_CLUSTER, os.environ.get(var)
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    os.environ[var] = "0"  # for the processes it starts (raylet, agents, workers)
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved[0]
+        if saved[1] is None:
+            os.environ.pop(var, None)
+        else:
+            os.environ[var] = saved[1]
+
+
+def _on_loopback(address: str) -> bool:
+    """host:port (or ray://host:port) names this machine's loopback."""
+    host = address.split("://")[-1].rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name, or "auto"
+        return False
+
+
+@contextlib.contextmanager
 def ray_session(cfg, dashboard: bool = True):
     """Joined to the configured cluster, or a local Ray for this run only. `dashboard=False`:
     a local Ray without the dashboard (and its CPU), for work that needs no Ray Train."""
@@ -101,20 +140,24 @@ def ray_session(cfg, dashboard: bool = True):
     target = address(cfg)
     if target:  # a cluster: its workers import assay from the job's runtime_env or install
         auth_env()
-        ray.init(address=target, log_to_driver=True)
+        # a head on loopback (`assay cluster up`): Ray would turn 127.0.0.1 into the LAN address
+        # and look for the GCS there
+        with _loopback_only() if _on_loopback(target) else contextlib.nullcontext():
+            ray.init(address=target, log_to_driver=True)
     else:
         t = cfg.train
         need = max(1, int(round(t.workers * t.cpus_per_worker + 0.4999)))
-        ray.init(
-            address="local",  # a new Ray, never whatever head the machine has running
-            num_cpus=max(need, os.cpu_count() or 1),
-            num_gpus=None if t.gpus_per_worker else 0,
-            # Ray Train's cleanup polls the state API, which lives in the dashboard: without
-            # it, every few seconds "Failed to query Ray Train Controller actor state".
-            include_dashboard=dashboard,
-            dashboard_host="127.0.0.1",
-            log_to_driver=True,
-        )
+        with _loopback_only():
+            ray.init(
+                address="local",  # a new Ray, never whatever head the machine has running
+                num_cpus=max(need, os.cpu_count() or 1),
+                num_gpus=None if t.gpus_per_worker else 0,
+                # Ray Train's cleanup polls the state API, which lives in the dashboard: without
+                # it, every few seconds "Failed to query Ray Train Controller actor state".
+                include_dashboard=dashboard,
+                dashboard_host="127.0.0.1",
+                log_to_driver=True,
+            )
     from assay import lifecycle
 
     lifecycle.reclaim_sigterm()  # ray.init made SIGTERM a bare sys.exit: stop cleanly instead

@@ -151,6 +151,17 @@ def test_the_next_run_of_a_key_closes_a_kill_9_predecessor_and_its_scratch(proje
     assert client.get_run(result.run_id).info.status == "FINISHED"
 
 
+def _gc(project, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "assay.cli", "runs", "gc", *args],
+        cwd=project,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 def test_runs_gc_closes_dead_runs_and_removes_stray_scratch(project):
     dead, pid, scratch = _killed_run(project)
     old = project / "outputs" / "other" / ".eval.4194305-abcd1234"  # above any pid_max
@@ -159,27 +170,13 @@ def test_runs_gc_closes_dead_runs_and_removes_stray_scratch(project):
     young.write_text("{}")
     os.utime(old, (time.time() - 3600, time.time() - 3600))
 
-    dry = subprocess.run(
-        [sys.executable, "-m", "assay.cli", "runs", "gc", "--dry-run"],
-        cwd=project,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    dry = _gc(project, "--dry-run")
     assert dry.returncode == 0, dry.stdout + dry.stderr
     assert "dry run: nothing changed" in dry.stdout
     assert _client(project).get_run(dead).info.status == "RUNNING"
     assert all(p.exists() for p in [*scratch, old, young])
 
-    done = subprocess.run(
-        [sys.executable, "-m", "assay.cli", "runs", "gc"],
-        cwd=project,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = _gc(project)
     assert done.returncode == 0, done.stdout + done.stderr
     closed = _client(project).get_run(dead)
     assert closed.info.status == "KILLED"

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from assay.distributed import auth_env
+from assay.lifecycle import group_alive, pid_alive
 
 STATE = Path(".assay") / "cluster.json"
 
@@ -68,20 +69,10 @@ class Head:
         if not path.exists():
             return None
         head = cls(**json.loads(path.read_text()))
-        if not _alive(head.pid):
+        if not pid_alive(head.pid):
             path.unlink()
             return None
         return head
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def up(
@@ -208,10 +199,10 @@ def _stop_pid(pid: int, timeout: float = 15) -> None:
     except ProcessLookupError:
         return
     deadline = time.time() + timeout
-    while time.time() < deadline and _group_alive(pid):
+    while time.time() < deadline and group_alive(pid):
         _reap(pid)
         time.sleep(0.3)
-    if _group_alive(pid):
+    if group_alive(pid):
         os.killpg(pid, signal.SIGKILL)
 
 
@@ -222,14 +213,6 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:  # not ours: its own parent (or init) reaps it
         pass
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 # ------------------------------------------------------------------------------------ jobs

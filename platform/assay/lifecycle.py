@@ -151,12 +151,13 @@ def stop_group(proc: subprocess.Popen, timeout: float = 10.0) -> int:
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(wait)
         _, family = psutil.wait_procs(family, timeout=wait if proc.returncode is not None else 0)
-        if proc.returncode is not None and not family and not _group_alive(proc.pid):
+        if proc.returncode is not None and not family and not group_alive(proc.pid):
             break
     return proc.wait()
 
 
-def _group_alive(pgid: int) -> bool:
+def group_alive(pgid: int) -> bool:
+    """Is any process of the process group `pgid` still there?"""
     try:
         os.killpg(pgid, 0)
     except (ProcessLookupError, PermissionError):

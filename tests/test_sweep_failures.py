@@ -50,14 +50,19 @@ def _refused_before_anything(root: Path, study: str, r, seconds: float) -> None:
 
 
 # ------------------------------------------------------------------------------- preflight
+def _refused_sweep(root: Path, path: Path, study: str, monkeypatch) -> str:
+    """`assay sweep -e PATH` from `root`, refused before anything ran: its message, unwrapped."""
+    monkeypatch.chdir(root)
+    started = time.perf_counter()
+    r = CliRunner().invoke(app, ["sweep", "-e", str(path)])
+    _refused_before_anything(root, study, r, time.perf_counter() - started)
+    return " ".join(r.stderr.split())  # rich wraps long lines
+
+
 def test_a_sweep_on_data_not_prepared_is_refused_before_ray_starts(tmp_path, monkeypatch):
     shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")  # a project without data/digits
     path = _write(tmp_path, "nodata")
-    monkeypatch.chdir(tmp_path)
-    started = time.perf_counter()
-    r = CliRunner().invoke(app, ["sweep", "-e", str(path)])
-    _refused_before_anything(tmp_path, "nodata", r, time.perf_counter() - started)
-    said = " ".join(r.stderr.split())  # rich wraps long lines
+    said = _refused_sweep(tmp_path, path, "nodata", monkeypatch)
     assert "data/digits is not prepared: run `dvc repro prepare@digits`" in said
 
 
@@ -69,11 +74,7 @@ def test_a_gan_sweep_without_its_judge_is_refused_before_ray_starts(project, mon
         objective={"metric": "val/fd", "direction": "minimize"},
         space={"train.lr": {"type": "float", "low": 1e-4, "high": 1e-3, "log": True}},
     )
-    monkeypatch.chdir(project)
-    started = time.perf_counter()
-    r = CliRunner().invoke(app, ["sweep", "-e", str(path)])
-    _refused_before_anything(project, "gan", r, time.perf_counter() - started)
-    said = " ".join(r.stderr.split())  # rich wraps long lines
+    said = _refused_sweep(project, path, "gan", monkeypatch)
     assert "the GAN's judge models:/digits-cnn@champion is not in" in said
     assert "dvc repro register@digits-cnn" in said
 

@@ -3,10 +3,15 @@ never a path that is not a scratch folder, whatever a tag says."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import socket
+import subprocess
+import sys
 
+import psutil
 import pytest
 
 from assay import lifecycle, orphans
@@ -56,3 +61,56 @@ def test_gc_without_a_store_leaves_a_young_scratch_folder_and_removes_an_old_dea
     assert actions[str(live)] == "left: its process is running"
     assert actions[str(young)].startswith("left: only")
     assert young.exists() and live.exists() and not old.exists()
+
+
+CHILD = """
+import sys, time
+from assay import lifecycle
+lifecycle.install()
+print("ready", flush=True)
+try:
+    time.sleep(60)
+except KeyboardInterrupt as stop:
+    print("stopped by", stop, flush=True)
+    sys.exit(3)
+"""
+PARENT = """
+import subprocess, sys
+child = subprocess.Popen([sys.executable, "-c", sys.argv[1]])
+print(child.pid, flush=True)
+child.wait()
+"""
+
+
+@pytest.mark.parametrize("hup", ["handled", "ignored"])
+def test_an_assay_process_stops_when_its_parent_is_killed_even_under_nohup(hup, tmp_path):
+    """The parent (a `dvc repro`) is SIGKILLed: its `assay` child stops cleanly instead of
+    finishing outputs nobody records. Under nohup (SIGHUP ignored, as some CI runners start
+    everything) the parent's death comes as SIGTERM; before, it did not come at all."""
+    disposition = signal.SIG_IGN if hup == "ignored" else signal.SIG_DFL  # whatever pytest has
+
+    def hup_as_asked():
+        signal.signal(signal.SIGHUP, disposition)
+
+    log = tmp_path / "child.log"
+    with open(log, "w") as out:
+        parent = subprocess.Popen(
+            [sys.executable, "-c", PARENT, CHILD],
+            stdout=subprocess.PIPE,
+            stderr=out,
+            text=True,
+            preexec_fn=hup_as_asked,
+            start_new_session=True,
+        )
+    try:
+        child = psutil.Process(int(parent.stdout.readline()))
+        assert parent.stdout.readline().strip() == "ready", log.read_text()  # signals installed
+        parent.kill()
+        parent.wait(10)
+        _, alive = psutil.wait_procs([child], timeout=20)
+        assert not alive, f"the child outlived its parent (SIGHUP {hup})"
+        expected = "SIGHUP" if hup == "handled" else "SIGTERM"
+        assert f"assay: {expected}: stopping cleanly" in log.read_text()
+    finally:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(parent.pid, signal.SIGKILL)

@@ -24,7 +24,9 @@ app = typer.Typer(
     add_completion=False,
 )
 out = Console()
-err = Console(stderr=True)
+# soft_wrap: an error keeps its paths and commands whole (rich would break them at the width of a
+# terminal it cannot see: 80 columns in CI or under dvc), so they can be copied and grepped
+err = Console(stderr=True, soft_wrap=True)
 
 
 @app.callback()

@@ -98,13 +98,14 @@ def stopped_by() -> signal.Signals | None:
 
 def install() -> None:
     """Turn SIGTERM, SIGHUP and SIGINT into KeyboardInterrupt (repeats are ignored for GRACE_S
-    while the first one's clean-up runs), and ask Linux for SIGHUP when the parent dies.
+    while the first one's clean-up runs), and ask Linux for a signal when the parent dies.
 
-    A signal someone chose to ignore stays ignored: under `nohup`, SIGHUP is, and so the parent's
-    death is too (that is what nohup asks for). Lightning adds its own SIGTERM handler during a
-    fit and calls ours from it; a Ctrl-C or a signal there ends the fit with `sys.exit(1)`,
-    which `TrackedRun` also ends KILLED because `stopped_by()` says why. ASSAY_NO_SIGNALS=1
-    leaves all signals as they are."""
+    A signal someone chose to ignore stays ignored: under `nohup`, SIGHUP is. nohup shields a
+    process from its terminal's hang-up, not from the death of the `dvc repro` that started it,
+    so the parent's death then comes as SIGTERM instead (`parent_death_signal`). Lightning adds
+    its own SIGTERM handler during a fit and calls ours from it; a Ctrl-C or a signal there ends
+    the fit with `sys.exit(1)`, which `TrackedRun` also ends KILLED because `stopped_by()` says
+    why. ASSAY_NO_SIGNALS=1 leaves all signals as they are."""
     global _installed
     if os.environ.get("ASSAY_NO_SIGNALS"):
         return
@@ -112,8 +113,19 @@ def install() -> None:
     for sig in STOP_SIGNALS:
         if signal.getsignal(sig) != signal.SIG_IGN:
             signal.signal(sig, _on_signal)
-    if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN:
-        die_with_parent(signal.SIGHUP)
+    sig = parent_death_signal()
+    if sig is not None:
+        die_with_parent(sig)
+
+
+def parent_death_signal() -> signal.Signals | None:
+    """The signal `install` asks for on the parent's death: SIGHUP (a hang-up, as when a terminal
+    closes), or SIGTERM where SIGHUP is ignored (`nohup`, and some CI runners), or None where
+    both are: then the process was told to outlive everything."""
+    for sig in (signal.SIGHUP, signal.SIGTERM):
+        if signal.getsignal(sig) != signal.SIG_IGN:
+            return sig
+    return None
 
 
 def reclaim_sigterm() -> None:

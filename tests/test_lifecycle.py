@@ -221,10 +221,13 @@ def test_a_killed_dvc_repro_takes_its_assay_train_with_it(repo):  # noqa: F811
         dvc = subprocess.Popen(
             ["dvc", "repro", f"train@{key}"],
             cwd=repo,
-            env=_env(),
+            # no SHELL: dvc then runs the stage under /bin/sh (dash), which stays as assay's
+            # parent, as in CI; and SIGHUP as in a terminal, whatever pytest was started with
+            env={k: v for k, v in _env().items() if k != "SHELL"},
             stdout=f,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL),
         )
     with _reaped(dvc):
         run = _wait_training(dvc, repo, log, timeout=300, key=key)

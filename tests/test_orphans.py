@@ -64,53 +64,59 @@ def test_gc_without_a_store_leaves_a_young_scratch_folder_and_removes_an_old_dea
 
 
 CHILD = """
-import sys, time
+import os, sys, time
 from assay import lifecycle
 lifecycle.install()
-print("ready", flush=True)
+print("ready", os.getpid(), flush=True)
 try:
     time.sleep(60)
 except KeyboardInterrupt as stop:
-    print("stopped by", stop, flush=True)
+    print("stopped by", stop, file=sys.stderr, flush=True)
     sys.exit(3)
 """
 PARENT = """
 import subprocess, sys
-child = subprocess.Popen([sys.executable, "-c", sys.argv[1]])
-print(child.pid, flush=True)
-child.wait()
+subprocess.Popen(sys.argv[1:]).wait()
 """
 
 
-@pytest.mark.parametrize("hup", ["handled", "ignored"])
-def test_an_assay_process_stops_when_its_parent_is_killed_even_under_nohup(hup, tmp_path):
-    """The parent (a `dvc repro`) is SIGKILLed: its `assay` child stops cleanly instead of
-    finishing outputs nobody records. Under nohup (SIGHUP ignored, as some CI runners start
-    everything) the parent's death comes as SIGTERM; before, it did not come at all."""
-    disposition = signal.SIG_IGN if hup == "ignored" else signal.SIG_DFL  # whatever pytest has
+@pytest.mark.parametrize("via", ["direct", "sh -c", "nohup"])
+def test_an_assay_process_stops_when_whatever_started_it_is_killed(via, tmp_path):
+    """The starter (a `dvc repro`) is SIGKILLed: its `assay` stops cleanly instead of finishing
+    outputs nobody records, also through the `sh -c` dvc runs it in (dash, /bin/sh, stays as its
+    parent: before, the child trained on). Under nohup (SIGHUP ignored) it is left running."""
+    (tmp_path / "child.py").write_text(CHILD)
+    child_cmd = [sys.executable, str(tmp_path / "child.py")]
+    if via == "sh -c":
+        child_cmd = ["/bin/sh", "-c", " ".join(child_cmd)]
+    hup = signal.SIG_IGN if via == "nohup" else signal.SIG_DFL  # not whatever pytest's is
 
-    def hup_as_asked():
-        signal.signal(signal.SIGHUP, disposition)
+    def set_hup():
+        signal.signal(signal.SIGHUP, hup)
 
     log = tmp_path / "child.log"
-    with open(log, "w") as out:
+    with open(log, "w") as err:
         parent = subprocess.Popen(
-            [sys.executable, "-c", PARENT, CHILD],
+            [sys.executable, "-c", PARENT, *child_cmd],
             stdout=subprocess.PIPE,
-            stderr=out,
+            stderr=err,
             text=True,
-            preexec_fn=hup_as_asked,
+            preexec_fn=set_hup,
             start_new_session=True,
         )
     try:
-        child = psutil.Process(int(parent.stdout.readline()))
-        assert parent.stdout.readline().strip() == "ready", log.read_text()  # signals installed
+        ready = parent.stdout.readline().split()  # signals installed, starter watched
+        assert ready[:1] == ["ready"], log.read_text()
+        child = psutil.Process(int(ready[1]))
+        assert (child.parent().name() == "sh") == (via == "sh -c")
         parent.kill()
         parent.wait(10)
-        _, alive = psutil.wait_procs([child], timeout=20)
-        assert not alive, f"the child outlived its parent (SIGHUP {hup})"
-        expected = "SIGHUP" if hup == "handled" else "SIGTERM"
-        assert f"assay: {expected}: stopping cleanly" in log.read_text()
+        _, alive = psutil.wait_procs([child], timeout=5 if via == "nohup" else 20)
+        if via == "nohup":
+            assert alive, "nohup asked it to outlive its starter"
+        else:
+            assert not alive, f"it outlived its starter ({via})"
+            assert "stopped by SIGHUP" in log.read_text()
     finally:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(parent.pid, signal.SIGKILL)

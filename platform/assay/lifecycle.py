@@ -32,6 +32,7 @@ GRACE_S = 30.0  # seconds a stop's clean-up runs undisturbed by repeated signals
 _stopped_by: signal.Signals | None = None
 _stopped_at = 0.0
 _installed = False
+_watching = False  # a thread watches this process's starter (once a process)
 
 
 # ------------------------------------------------------------------------------------ ownership
@@ -98,14 +99,14 @@ def stopped_by() -> signal.Signals | None:
 
 def install() -> None:
     """Turn SIGTERM, SIGHUP and SIGINT into KeyboardInterrupt (repeats are ignored for GRACE_S
-    while the first one's clean-up runs), and ask Linux for a signal when the parent dies.
+    while the first one's clean-up runs), and stop with SIGHUP when whatever started this
+    process dies (`watch_starter`).
 
-    A signal someone chose to ignore stays ignored: under `nohup`, SIGHUP is. nohup shields a
-    process from its terminal's hang-up, not from the death of the `dvc repro` that started it,
-    so the parent's death then comes as SIGTERM instead (`parent_death_signal`). Lightning adds
-    its own SIGTERM handler during a fit and calls ours from it; a Ctrl-C or a signal there ends
-    the fit with `sys.exit(1)`, which `TrackedRun` also ends KILLED because `stopped_by()` says
-    why. ASSAY_NO_SIGNALS=1 leaves all signals as they are."""
+    A signal someone chose to ignore stays ignored: under `nohup`, SIGHUP is, and so the
+    starter's death is too (nohup asks to outlive the terminal and the shell that started us).
+    Lightning adds its own SIGTERM handler during a fit and calls ours from it; a Ctrl-C or a
+    signal there ends the fit with `sys.exit(1)`, which `TrackedRun` also ends KILLED because
+    `stopped_by()` says why. ASSAY_NO_SIGNALS=1 leaves all signals as they are."""
     global _installed
     if os.environ.get("ASSAY_NO_SIGNALS"):
         return
@@ -113,19 +114,48 @@ def install() -> None:
     for sig in STOP_SIGNALS:
         if signal.getsignal(sig) != signal.SIG_IGN:
             signal.signal(sig, _on_signal)
-    sig = parent_death_signal()
-    if sig is not None:
-        die_with_parent(sig)
+    if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN:
+        die_with_parent(signal.SIGHUP)
+        watch_starter()
 
 
-def parent_death_signal() -> signal.Signals | None:
-    """The signal `install` asks for on the parent's death: SIGHUP (a hang-up, as when a terminal
-    closes), or SIGTERM where SIGHUP is ignored (`nohup`, and some CI runners), or None where
-    both are: then the process was told to outlive everything."""
-    for sig in (signal.SIGHUP, signal.SIGTERM):
-        if signal.getsignal(sig) != signal.SIG_IGN:
-            return sig
+SHELLS = {"sh", "dash", "bash", "zsh", "ksh", "mksh"}
+
+
+def starter(proc: psutil.Process | None = None) -> psutil.Process | None:
+    """The process that started `proc` (this one by default), seen through the `sh -c CMD`
+    wrappers between them: `dvc repro` runs a stage as `$SHELL -c CMD`, and dash (Debian's
+    /bin/sh, which dvc uses when SHELL is unset) stays as the parent instead of exec'ing CMD,
+    so the parent-death signal alone would wait for that shell, which outlives a killed dvc."""
+    proc = proc or psutil.Process()
+    with contextlib.suppress(psutil.Error):
+        parent = proc.parent()
+        while parent is not None:
+            cmd = parent.cmdline()
+            if not (cmd and os.path.basename(cmd[0]).lstrip("-") in SHELLS and "-c" in cmd[1:]):
+                return parent
+            parent = parent.parent()
     return None
+
+
+def watch_starter(every: float = 1.0) -> None:
+    """Send this process SIGHUP (a clean stop, see `install`) once its starter has died. The
+    kernel's parent-death signal (`die_with_parent`) covers a direct parent at once; this daemon
+    thread covers one behind a shell wrapper. psutil has no wait for a non-child, so it polls."""
+    global _watching
+    boss = None if _watching else starter()
+    if boss is None or boss.pid in (1, os.getppid()):  # none, or the kernel's signal covers it
+        return
+    _watching = True
+    pid, started = boss.pid, boss.create_time()
+
+    def watch() -> None:
+        while pid_alive(pid, started):
+            time.sleep(every)
+        print(f"\nassay: process {pid}, which started it, has ended", file=sys.stderr, flush=True)
+        os.kill(os.getpid(), signal.SIGHUP)
+
+    threading.Thread(target=watch, name="assay-watch-starter", daemon=True).start()
 
 
 def reclaim_sigterm() -> None:

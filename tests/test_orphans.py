@@ -67,8 +67,8 @@ CHILD = """
 import os, sys, time
 from assay import lifecycle
 lifecycle.install()
-print("ready", os.getpid(), flush=True)
 try:
+    print("ready", os.getpid(), flush=True)
     time.sleep(60)
 except KeyboardInterrupt as stop:
     print("stopped by", stop, file=sys.stderr, flush=True)
@@ -120,3 +120,19 @@ def test_an_assay_process_stops_when_whatever_started_it_is_killed(via, tmp_path
     finally:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(parent.pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize(
+    "cmd, wrapper",
+    [
+        (["/bin/sh", "-c", "assay train"], True),
+        (["bash", "--noprofile", "--norc", "-c", "assay train"], True),  # dvc with SHELL=bash
+        (["/bin/sh", "-ec", "assay train"], True),  # make's .POSIX
+        (["-bash"], False),  # a login shell on a terminal
+        (["bash", "train.sh"], False),
+        (["dvc", "repro", "-c", "x"], False),
+        ([], False),
+    ],
+)
+def test_the_starter_is_seen_through_shell_wrappers_only(cmd, wrapper):
+    assert lifecycle._shell_wrapper(cmd) is wrapper

@@ -132,10 +132,19 @@ def starter(proc: psutil.Process | None = None) -> psutil.Process | None:
         parent = proc.parent()
         while parent is not None:
             cmd = parent.cmdline()
-            if not (cmd and os.path.basename(cmd[0]).lstrip("-") in SHELLS and "-c" in cmd[1:]):
+            if not _shell_wrapper(cmd):
                 return parent
             parent = parent.parent()
     return None
+
+
+def _shell_wrapper(cmd: list[str]) -> bool:
+    """`sh -c CMD`, `bash --norc -c CMD`, `sh -ec CMD` (make's .POSIX), but not a shell reading
+    a script or a terminal."""
+    if not cmd or os.path.basename(cmd[0]).lstrip("-") not in SHELLS:
+        return False
+    flags = [a for a in cmd[1:] if a.startswith("-") and not a.startswith("--")]
+    return any("c" in a[1:] for a in flags)
 
 
 def watch_starter(every: float = 1.0) -> None:

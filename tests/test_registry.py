@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from assay.cli import app
+from assay.config import load_config
+from assay.data import prepare
 from assay.registry import better, register
 from assay.training import evaluate, train
 from tests.conftest import tiny_config
@@ -111,3 +115,34 @@ def test_predict_with_champion_and_clear_errors(project, monkeypatch):
         app, ["predict", "-m", "models:/digits-cnn_tiny@champion", "-i", "no.npy"]
     )
     assert result.exit_code == 2 and "no.npy does not exist" in result.stderr
+
+
+def test_gate_keeps_the_champion_when_the_scores_are_of_other_data(project, monkeypatch):
+    """A score on another test split ranks nothing: digits prepared again with another seed,
+    a far better model is kept as candidate, the champion stays, and --force compares anyway."""
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    client = MlflowClient(uri, registry_uri=uri)
+    _, d1 = _train_eval_register(project, max_epochs=1, lr=1e-4, optimizer="sgd", scheduler="none")
+    assert d1.promoted
+    cfg = load_config(root=project)
+    prepare("digits", cfg.prepare.model_copy(update={"seed": 1}), project)  # another split
+
+    strong = tiny_config(project, arch="cnn_tiny", wandb="disabled", max_epochs=15, lr=0.01)
+    train(strong, project)
+    evaluate(strong, project)
+    d2 = register(strong, project)
+    assert not d2.promoted and d2.reason.startswith("not compared: test/acc")
+    assert "`assay register --force`" in d2.reason
+    assert d2.value > d2.champion_value + 0.2  # it would have won on the number alone
+    name = "digits-cnn_tiny"
+    assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
+    assert str(client.get_model_version_by_alias(name, "candidate").version) == "2"
+    saved = json.loads((project / "outputs" / name / "registration.json").read_text())
+    assert saved["promoted"] is False and saved["reason"] == d2.reason
+
+    monkeypatch.chdir(project)
+    sets = ["--set", "train.dataset=digits", "--set", "train.arch=cnn_tiny"]
+    result = CliRunner().invoke(app, ["register", *sets, "--force"])
+    assert result.exit_code == 0, result.output
+    assert "promoted to champion" in result.stdout and "--force" in result.stdout
+    assert str(client.get_model_version_by_alias(name, "champion").version) == "3"

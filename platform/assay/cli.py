@@ -224,12 +224,21 @@ def register(
     run: Run = None,
     dataset: Dataset = None,
     arch: Arch = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="compare with the champion even if the two were scored on different data "
+            "(without it, the champion stays and the new version is kept as candidate)",
+        ),
+    ] = False,
 ) -> None:
-    """Register a trained model; move `champion` to it only if it beats the current one."""
+    """Register a trained model; move `champion` to it only if it beats the current one on the
+    same test data."""
     from assay.registry import register as do_register
 
     cfg = _config(experiment, sets, run, dataset, arch, require=("train", "register"))
-    d = _guarded(do_register, cfg, also=(KeyError,))
+    d = _guarded(do_register, cfg, None, force, also=(KeyError,))
     verdict = "[green]promoted to champion[/]" if d.promoted else "[yellow]kept as candidate[/]"
     out.print(f"{d.name} v{d.version}: {verdict}: {d.reason}")
 

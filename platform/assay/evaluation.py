@@ -252,10 +252,13 @@ def evaluate(
     with atomic_dir(out / "eval") as folder:
         metrics, n = SCORERS[model.objective](model, dm, folder, t.key, cfg=cfg, root=root)
         pngs = {p.stem: artifacts.stamp_png(p, run_id) for p in sorted(folder.glob("*.png"))}
+        # the data it was scored on: the champion gate compares only scores of the same data
+        data_hash = tracking.files_md5(dm.folder)
         scored = {"mlflow_run_id": run_id, "key": t.key, "checkpoint": checkpoint.name}
-        atomic_write_json(folder / "run.json", scored)
+        atomic_write_json(folder / "run.json", {**scored, "data_hash": data_hash})
         for name, value in metrics.items():
             client.log_metric(run_id, name, value)
+        client.set_tag(run_id, tracking.SCORED_ON, data_hash)
         client.log_artifacts(run_id, str(folder), "eval")
         tracking.log_wandb_summary(
             cfg.tracking, root, info.get("wandb_run_id"), info["run_name"], metrics, pngs

@@ -2,8 +2,10 @@
 
 Each trained run becomes a new version of its key (`train.key`) with the alias `candidate`; the
 alias `champion` moves to it only if its primary test metric beats the current champion's (the
-first version becomes champion), the metric `evaluate` logged for that same run. The decision is
-printed and written to `outputs/<key>/registration.json`.
+first version becomes champion), the metric `evaluate` logged for that same run. Two scores are
+compared only if both were taken on the same data (the runs' `eval.data_hash`): a test accuracy
+on another split says nothing about which model is better, so the gate keeps the champion and
+says so unless forced. The decision is printed and written to `outputs/<key>/registration.json`.
 """
 
 from __future__ import annotations
@@ -36,9 +38,10 @@ def better(value: float, than: float | None, mode: str) -> bool:
     return value > than if mode == "max" else value < than
 
 
-def register(cfg: AssayConfig, root: Path | None = None) -> Decision:
+def register(cfg: AssayConfig, root: Path | None = None, force: bool = False) -> Decision:
     """Register the model in outputs/<key>/ with the score `evaluate` gave that same run, or
-    refuse: a metrics.json of another run (the model retrained since) is never used."""
+    refuse: a metrics.json of another run (the model retrained since) is never used. `force`:
+    compare with a champion scored on other data all the same."""
     root = root or find_root()
     key = cfg.train.key
     out = output_dir(key, root)
@@ -51,7 +54,9 @@ def register(cfg: AssayConfig, root: Path | None = None) -> Decision:
         raise KeyError(f"{out / 'metrics.json'} has no {metric!r}; it has {sorted(scores)}")
     value = float(scores[metric])
     _check_logged(info, metric, value, out, how)
-    decision = gate(cfg, info["mlflow_tracking_uri"], key, info["model_uri"], metric, mode, value)
+    decision = gate(
+        cfg, info["mlflow_tracking_uri"], key, info["model_uri"], metric, mode, value, force=force
+    )
     atomic_write_json(
         out / "registration.json", {**asdict(decision), "mlflow_run_id": info["mlflow_run_id"]}
     )
@@ -83,10 +88,18 @@ def _check_logged(info: dict, metric: str, value: float, out: Path, how: dict) -
 
 
 def gate(
-    cfg: AssayConfig, uri: str, name: str, model_uri: str, metric: str, mode: str, value: float
+    cfg: AssayConfig,
+    uri: str,
+    name: str,
+    model_uri: str,
+    metric: str,
+    mode: str,
+    value: float,
+    force: bool = False,
 ) -> Decision:
     """Register `model_uri` as a new version of `name` and apply the champion gate: the champion
-    alias moves only if `value` of `metric` beats the champion's (`mode`: max or min)."""
+    alias moves only if `value` of `metric` beats the champion's (`mode`: max or min), and both
+    were scored on the same data (unless `force`)."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -96,7 +109,8 @@ def gate(
         client.get_registered_model(name)
     except MlflowException:
         client.create_registered_model(name, description=f"Assay {name}; champion gate on {metric}")
-    version = mlflow.register_model(model_uri, name).version
+    mv = mlflow.register_model(model_uri, name)
+    version = mv.version
     client.set_model_version_tag(name, version, metric, str(value))
     client.set_registered_model_alias(name, aliases.candidate_alias, version)
     try:
@@ -104,19 +118,22 @@ def gate(
     except MlflowException:
         champ = None
     champ_value = None
-    if champ is not None:
-        run_metrics = client.get_run(champ.run_id).data.metrics
-        champ_value = run_metrics.get(metric, float("nan"))
-    promoted = better(value, champ_value, mode)
     if champ is None:
-        reason = f"first version of {name}: champion by default"
-    elif promoted:
-        reason = f"{metric} {value:.4f} beats champion v{champ.version}'s {champ_value:.4f}"
+        promoted, reason = True, f"first version of {name}: champion by default"
     else:
-        reason = (
-            f"{metric} {value:.4f} does not beat champion v{champ.version}'s "
-            f"{champ_value:.4f} ({'higher' if mode == 'max' else 'lower'} is better)"
-        )
+        champ_run = client.get_run(champ.run_id).data
+        champ_value = champ_run.metrics.get(metric, float("nan"))
+        promoted, reason = _compare(value, champ_value, mode, metric, champ.version)
+        ours = client.get_run(mv.run_id).data.tags.get(tracking.SCORED_ON) if mv.run_id else None
+        theirs = champ_run.tags.get(tracking.SCORED_ON)
+        if ours and theirs and ours != theirs:
+            if force:
+                reason += f" (compared with --force although scored on other data: {theirs[:8]})"
+            else:
+                promoted, reason = (
+                    False,
+                    _other_data(metric, value, champ, champ_value, ours, theirs),
+                )
     if promoted:
         client.set_registered_model_alias(name, aliases.champion_alias, version)
     return Decision(
@@ -128,4 +145,22 @@ def gate(
         champ_value,
         promoted,
         reason,
+    )
+
+
+def _compare(value: float, champ_value: float, mode: str, metric: str, champ: str):
+    if better(value, champ_value, mode):
+        return True, f"{metric} {value:.4f} beats champion v{champ}'s {champ_value:.4f}"
+    return False, (
+        f"{metric} {value:.4f} does not beat champion v{champ}'s {champ_value:.4f} "
+        f"({'higher' if mode == 'max' else 'lower'} is better)"
+    )
+
+
+def _other_data(metric: str, value: float, champ, champ_value: float, ours: str, theirs: str):
+    return (
+        f"not compared: {metric} {value:.4f} was scored on data {ours[:8]}, champion "
+        f"v{champ.version}'s {champ_value:.4f} on data {theirs[:8]} (tag {tracking.SCORED_ON}): "
+        "scores on different test data do not rank two models. The champion stays; "
+        "`assay register --force` compares them anyway"
     )

@@ -94,13 +94,21 @@ def data_hash(root: Path, dataset: str) -> dict[str, str]:
         for out in stages.get(f"prepare@{dataset}", {}).get("outs", []):
             if out.get("path") == f"data/{dataset}" and out.get("md5"):
                 return {"dvc.data_hash": out["md5"], "dvc.data_hash_source": "dvc.lock"}
+    return {"dvc.data_hash": files_md5(root / "data" / dataset), "dvc.data_hash_source": "computed"}
+
+
+SCORED_ON = "eval.data_hash"  # run tag: files_md5 of the prepared data `evaluate` scored on
+
+
+def files_md5(folder: Path) -> str:
+    """One md5 over the names and bytes of every file below `folder`: the same files give the
+    same hash wherever they are and whoever made them (dvc.lock's md5 exists only under DVC)."""
     h = hashlib.md5()
-    folder = root / "data" / dataset
     for f in sorted(folder.rglob("*")):
         if f.is_file():
             h.update(f.relative_to(folder).as_posix().encode())
             h.update(f.read_bytes())
-    return {"dvc.data_hash": h.hexdigest(), "dvc.data_hash_source": "computed"}
+    return h.hexdigest()
 
 
 def provenance(root: Path, dataset: str) -> dict[str, str]:

@@ -30,7 +30,7 @@ def _loop(rank, world, bucket_mb, root, dataset, arch, cfg, batch, seconds, port
     import torch.nn.functional as F
 
     from assay.data import datamodule
-    from models import create_model
+    from assay.models import create_model
 
     torch.set_num_threads(1)
     torch.manual_seed(0)

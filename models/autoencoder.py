@@ -14,8 +14,8 @@ from pydantic import Field
 from torch import nn
 from torchmetrics.classification import BinaryAUROC
 
-from models.base import Activation, AssayModule, Standardize, StrictModel, norm_act_drop
-from models.registry import register_model
+from assay.models.base import Activation, AssayModule, Standardize, StrictModel, norm_act_drop
+from assay.models.registry import register_model
 
 
 class AEConfig(StrictModel):

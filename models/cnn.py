@@ -5,8 +5,8 @@ from __future__ import annotations
 from pydantic import Field, field_validator
 from torch import nn
 
-from models.base import Activation, ImageClassifier, StrictModel, norm_act_drop
-from models.registry import register_model
+from assay.models.base import Activation, ImageClassifier, StrictModel, norm_act_drop
+from assay.models.registry import register_model
 
 
 class CNNConfig(StrictModel):

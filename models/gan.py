@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from models.base import AssayModule, StrictModel
-from models.registry import register_model
+from assay.models.base import AssayModule, StrictModel
+from assay.models.registry import register_model
 
 
 class GANConfig(StrictModel):

@@ -7,8 +7,8 @@ import math
 from pydantic import Field
 from torch import nn
 
-from models.base import Activation, ImageClassifier, StrictModel, norm_act_drop
-from models.registry import register_model
+from assay.models.base import Activation, ImageClassifier, StrictModel, norm_act_drop
+from assay.models.registry import register_model
 
 
 class MLPConfig(StrictModel):

@@ -30,8 +30,8 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from models.base import Activation, AssayModule, StrictModel, Task, norm_act_drop
-from models.registry import register_model
+from assay.models.base import Activation, AssayModule, StrictModel, Task, norm_act_drop
+from assay.models.registry import register_model
 
 POPULARITY_BINS = 16  # floor(log2(count + 1)): counts 0 | 1-2 | 3-6 | 7-14 | ... | 32767+
 

@@ -10,8 +10,8 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from models.registry import register_model
-from models.sequence import SequenceConfig, SequenceModule, SequenceNet
+from assay.models.registry import register_model
+from assay.models.sequence import SequenceConfig, SequenceModule, SequenceNet
 
 
 class RNNConfig(SequenceConfig):

@@ -14,7 +14,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from models.base import AssayModule, Standardize, StrictModel, Task
+from assay.models.base import AssayModule, Standardize, StrictModel, Task
 
 Pooling = Literal["auto", "last", "mean", "max"]
 

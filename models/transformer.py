@@ -11,9 +11,9 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from models.base import Activation
-from models.registry import register_model
-from models.sequence import SequenceConfig, SequenceModule, SequenceNet
+from assay.models.base import Activation
+from assay.models.registry import register_model
+from assay.models.sequence import SequenceConfig, SequenceModule, SequenceNet
 
 
 class TransformerConfig(SequenceConfig):

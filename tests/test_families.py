@@ -428,7 +428,7 @@ def test_refit_trains_a_fresh_model_on_train_and_val_and_it_is_the_runs_model(fp
     assert info["refit_epochs"] == best_epoch + 1 and info["epochs"] == 3
     assert (out / "model/best.ckpt").exists()  # the selection fit's, kept beside it
 
-    from models.recommender import MatrixFactorization
+    from assay.models.recommender import MatrixFactorization
 
     refit = MatrixFactorization.load_from_checkpoint(out / "model/refit.ckpt")
     chosen = MatrixFactorization.load_from_checkpoint(out / "model/best.ckpt")

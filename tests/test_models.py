@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-import models
-from models import Task, create_model, get_entry, list_models
-from models.base import OptimConfig
-from models.registry import UnknownModelError, register_model
+import assay.models as models
+from assay.models import Task, create_model, get_entry, list_models
+from assay.models.base import OptimConfig
+from assay.models.registry import UnknownModelError, register_model
 
 B = 6
 TASKS = {

@@ -132,9 +132,9 @@ def _guarded(fn, *args, also: tuple[type[Exception], ...] = ()):
     Anything else propagates with its traceback: that is a bug or a crash worth seeing whole."""
     from assay.artifacts import ArtifactMismatch
     from assay.config import ConfigError
+    from assay.models.registry import UnknownModelError
     from assay.paths import DataError
     from assay.predict import PredictError
-    from models.registry import UnknownModelError
 
     user_errors = (ConfigError, PredictError, UnknownModelError, FileNotFoundError)
     try:
@@ -316,7 +316,7 @@ def predict(
 @app.command("models")
 def list_models_cmd() -> None:
     """List the registered architectures and their presets."""
-    from models import get_entry, list_models
+    from assay.models import get_entry, list_models
 
     table = Table("name", "family", "class", "preset")
     for name in list_models():

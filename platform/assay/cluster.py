@@ -7,9 +7,9 @@ port it opens listens on 127.0.0.1 only, unless `--host` says otherwise (see `_b
 down with it). Unlike `ray stop`, it leaves any other Ray on the machine alone.
 
 `assay submit` sends a training as a Ray Job through the Jobs API. The job's `working_dir` is a
-staged copy of what a run needs (params.yaml, experiments/, models/, the prepared split of the
-data set) and `py_modules` ships the `assay` package, so it imports on a cluster where Assay is
-not installed. The job logs to the MLflow store the user sees: `$MLFLOW_TRACKING_URI` (an
+staged copy of what a run needs (params.yaml, experiments/, the prepared split of the data set) and
+`py_modules` ships the `assay` package with its `assay.models`, so it imports on a cluster where
+Assay is not installed. The job logs to the MLflow store the user sees: `$MLFLOW_TRACKING_URI` (an
 `assay mlflow-server` for a multi-node cluster), else the project's own SQLite file by absolute
 path, which a single-machine cluster can reach. No secret travels with a job (see `_no_secrets`):
 the cluster's nodes hold their own W&B and database credentials.
@@ -21,6 +21,7 @@ the token first (`_token_env`), and the clients here send it (RAY_AUTH_MODE=toke
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import json
 import os
@@ -243,10 +244,8 @@ def _stage(root: Path, dataset: str, experiment: str | None) -> Path:
     for name in ("params.yaml", "dvc.yaml"):
         if (root / name).exists():
             shutil.copy2(root / name, stage / name)
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for folder in ("experiments", "models"):
-        if (root / folder).is_dir():
-            shutil.copytree(root / folder, stage / folder, ignore=ignore)
+    if (root / "experiments").is_dir():
+        shutil.copytree(root / "experiments", stage / "experiments", ignore=_NO_BYTECODE)
     if experiment and Path(experiment).is_file():  # an experiment file outside experiments/
         shutil.copy2(experiment, stage / Path(experiment).name)
     data = root / "data" / dataset
@@ -256,6 +255,22 @@ def _stage(root: Path, dataset: str, experiment: str | None) -> Path:
         )
     shutil.copytree(data, stage / "data" / dataset)
     return stage
+
+
+_NO_BYTECODE = shutil.ignore_patterns("__pycache__", "*.pyc")
+
+
+def _package(into: Path) -> Path:
+    """The `assay` package as one folder for `py_modules`, `assay.models` inside it: installed
+    from a wheel it is there already, in an editable install it is the repo's models/ folder."""
+    import assay
+
+    pkg = into / "assay"
+    shutil.copytree(Path(assay.__file__).parent, pkg, ignore=_NO_BYTECODE)
+    if not (pkg / "models" / "__init__.py").exists():
+        models = importlib.util.find_spec("assay.models").origin  # imports no torch
+        shutil.copytree(Path(models).parent, pkg / "models", ignore=_NO_BYTECODE)
+    return pkg
 
 
 def _note(message: str) -> None:
@@ -276,7 +291,6 @@ def submit(
     dashboard address). `storage`: a sweep's default study storage (the user's own optuna.db),
     passed on when the cluster is on this machine; a remote job keeps its own default. `note`
     is told what was kept out of the job (credentials)."""
-    import assay
     from assay.tracking import tracking_uri
 
     dashboard = dashboard_address(root, address)
@@ -309,7 +323,7 @@ def submit(
     stage = _stage(root, cfg.train.dataset, experiment)
     runtime_env = {
         "working_dir": str(stage),
-        "py_modules": [str(Path(assay.__file__).parent)],
+        "py_modules": [str(_package(Path(tempfile.mkdtemp(prefix="assay-pkg-"))))],
         "env_vars": env,
     }
     try:
@@ -320,6 +334,7 @@ def submit(
         )
     finally:
         shutil.rmtree(stage, ignore_errors=True)  # uploaded by now
+        shutil.rmtree(Path(runtime_env["py_modules"][0]).parent, ignore_errors=True)
     return job_id, dashboard
 
 

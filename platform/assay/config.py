@@ -17,10 +17,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from assay.models import get_entry
+from assay.models.base import OptimConfig, StrictModel
+from assay.models.registry import UnknownModelError
 from assay.paths import find_root
-from models import get_entry
-from models.base import OptimConfig, StrictModel
-from models.registry import UnknownModelError
 
 # What `prepare` can make, and the kind of data each is; assay.data holds how. A model class says
 # which kinds it trains on (`OBJECTIVES`), so a mismatch is a config error before any compute.

@@ -276,8 +276,8 @@ def _worker(config: dict) -> None:
     from assay import tracking
     from assay.config import validate
     from assay.data import datamodule
+    from assay.models import create_model
     from assay.training import family_callbacks, trainer_callbacks, trainer_settings
-    from models import create_model
 
     cfg = validate(config["cfg"])
     root = Path(config["root"])

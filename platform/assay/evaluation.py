@@ -16,9 +16,9 @@ import torch
 from assay import artifacts, plots, tracking
 from assay.config import AssayConfig
 from assay.data import ArrayDataModule, datamodule
+from assay.models import get_entry
 from assay.paths import atomic_dir, atomic_write_json
 from assay.training import _threads, output_dir
-from models import get_entry
 
 Scorer = Callable[..., tuple[dict[str, float], int]]
 

@@ -76,6 +76,13 @@ def _load(model_uri: str, root: Path):
         raise PredictError(
             f"cannot load model {model_uri} from {uri}: {_first_line(e)}{_known_models_hint(uri)}"
         ) from None
+    except ModuleNotFoundError as e:
+        if e.name != "models" and not (e.name or "").startswith("models."):
+            raise
+        raise PredictError(  # pickled as `models.cnn.CNN`, now `assay.models.cnn.CNN`
+            f"{model_uri} was logged by an older Assay, whose architectures were the top-level "
+            "package `models` (now `assay.models`): retrain it (`dvc repro`) and register it again"
+        ) from None
     try:
         card = getattr(model.unwrap_python_model(), "card", None)
     except MlflowException:  # another flavour (mlflow.pytorch, as Assay logged before)

@@ -50,9 +50,9 @@ from assay.config import (
     rekey,
     validate,
 )
+from assay.models.base import StrictModel
 from assay.paths import atomic_dir, atomic_write_bytes, atomic_write_json, csv_bytes, find_root
 from assay.trial import TrialContext, build_pruner
-from models.base import StrictModel
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 

@@ -31,6 +31,7 @@ from assay.artifacts import commands, read_run_info, stamp_png
 from assay.config import AssayConfig
 from assay.data import ArrayDataModule, datamodule
 from assay.distributed import Fit
+from assay.models import create_model, get_entry
 from assay.paths import (
     atomic_dir,
     atomic_write_bytes,
@@ -39,7 +40,6 @@ from assay.paths import (
     find_root,
 )
 from assay.trial import TrialContext
-from models import create_model, get_entry
 
 
 @dataclass

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, TensorDataset
 
+from assay.models.base import Task
 from assay.paths import DataError, atomic_write_bytes
-from models.base import Task
 
 SPLITS = ("train", "val", "test")
 

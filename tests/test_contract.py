@@ -23,7 +23,8 @@ from typer.testing import CliRunner
 
 from assay.cli import app
 from assay.contract import ContractError
-from assay.training import evaluate, train
+from assay.evaluation import evaluate
+from assay.training import train
 from tests.conftest import tiny_config
 
 

@@ -18,8 +18,9 @@ from typer.testing import CliRunner
 from assay.cli import app
 from assay.config import ConfigError, apply_overrides, load_config, validate
 from assay.data import fetch, prepare
+from assay.evaluation import evaluate
 from assay.registry import register
-from assay.training import evaluate, train
+from assay.training import train
 from tests.conftest import REPO
 
 DATASETS = ("rotten_tomatoes", "elecdemand", "shuttle", "movielens")

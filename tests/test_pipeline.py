@@ -93,6 +93,17 @@ def test_dvc_repro_end_to_end(repo):
     assert "up to date" in done.stdout
     assert time.perf_counter() - started < 10
 
+    # The graph is the code each stage runs (tests/test_dvc_graph.py): an edit to the CLI makes
+    # nothing stale; one to the scoring code makes evaluate stale, and not train
+    with open(repo / "platform/assay/cli.py", "a") as f:
+        f.write("\n# an edit\n")
+    assert "up to date" in _run(["dvc", "status"], repo).stdout
+    with open(repo / "platform/assay/evaluation.py", "a") as f:
+        f.write("\n# an edit\n")
+    stale = json.loads(_run(["dvc", "status", "--json"], repo).stdout)
+    assert set(stale) == {"evaluate@digits-tiny"}, stale
+    _run(["git", "checkout", "--", "platform"], repo)
+
     # A DVC experiment with a changed param retrains, evaluates and registers v2
     _run(["dvc", "exp", "run", "-S", "train.lr=0.01"], repo)
     runs = client.search_runs([client.get_experiment_by_name("assay").experiment_id])

@@ -12,8 +12,9 @@ from typer.testing import CliRunner
 from assay.cli import app
 from assay.config import load_config
 from assay.data import prepare
+from assay.evaluation import evaluate
 from assay.registry import better, register
-from assay.training import evaluate, train
+from assay.training import train
 from tests.conftest import tiny_config
 
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from assay.training import evaluate, train
+from assay.evaluation import evaluate
+from assay.training import train
 from tests.conftest import tiny_config
 
 

@@ -210,7 +210,7 @@ def evaluate(
     arch: Arch = None,
 ) -> None:
     """Score a trained model on the test split; write DVC metrics and plots."""
-    from assay.training import evaluate as do_evaluate
+    from assay.evaluation import evaluate as do_evaluate
 
     cfg = _config(experiment, sets, run, dataset, arch, require=("train", "evaluate"))
     result = _guarded(do_evaluate, cfg)

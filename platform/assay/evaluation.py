@@ -8,6 +8,7 @@ adds both to the training run in MLflow and W&B, then writes `outputs/<key>/metr
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +18,16 @@ from assay import artifacts, plots, tracking
 from assay.config import AssayConfig
 from assay.data import ArrayDataModule, datamodule
 from assay.models import get_entry
-from assay.paths import atomic_dir, atomic_write_json
-from assay.training import _threads, output_dir
+from assay.paths import atomic_dir, atomic_write_json, find_root, output_dir
 
 Scorer = Callable[..., tuple[dict[str, float], int]]
+
+
+@dataclass
+class EvalResult:
+    key: str
+    run_id: str
+    metrics: dict[str, float]  # the objective's test metrics (test/acc, test/rmse, ...)
 
 
 def _batched(fn, *tensors: torch.Tensor, size: int = 1024) -> torch.Tensor:
@@ -229,20 +236,21 @@ SCORERS: dict[str, Scorer] = {
 }
 
 
-def evaluate(
-    cfg: AssayConfig, root: Path, out: Path | None = None
-) -> tuple[str, str, dict[str, float]]:
-    """`out`: the trained run's folder (default outputs/<key>; a sweep's trial has its own).
-    Refuses a folder whose run.json, checkpoint and MLflow run do not agree (`assay.artifacts`);
-    what it writes names the run it scored."""
+def evaluate(cfg: AssayConfig, root: Path | None = None, out: Path | None = None) -> EvalResult:
+    """Score the trained run `cfg.train.key` on its test split. `out`: the trained run's folder
+    (default outputs/<key>; a sweep's trial has its own). Refuses a folder whose run.json,
+    checkpoint and MLflow run do not agree (`assay.artifacts`); what it writes names the run it
+    scored."""
     t = cfg.train
+    root = root or find_root()
     out = out or output_dir(t.key, root)
     how = artifacts.commands(cfg, root)
     info = artifacts.read_run_info(out, t.key, how)
     run_id = info["mlflow_run_id"]
     client = tracking.ensure_store(info["mlflow_tracking_uri"])
     artifacts.check_run_finished(client, info, out, how)
-    _threads(t.num_threads)
+    if t.num_threads > 0:
+        torch.set_num_threads(t.num_threads)
     entry = get_entry(info["arch"])
     checkpoint = out / "model" / info.get("checkpoint", "best.ckpt")  # refit.ckpt after a refit
     model = entry.module_cls.load_from_checkpoint(checkpoint, map_location="cpu")
@@ -265,4 +273,4 @@ def evaluate(
         )
     # names the run it scored: `register` refuses it for any other run's model
     atomic_write_json(out / "metrics.json", {**metrics, "n_test": int(n), "mlflow_run_id": run_id})
-    return t.key, run_id, metrics
+    return EvalResult(t.key, run_id, metrics)

@@ -110,3 +110,8 @@ def read_json(path: Path, hint: str) -> dict:
         return json.loads(path.read_text())
     except FileNotFoundError:
         raise FileNotFoundError(f"{path} does not exist: {hint}") from None
+
+
+def output_dir(key: str, root: Path) -> Path:
+    """A run's outputs: outputs/<key>/ (model/, history.csv, metrics.json, eval/, ...)."""
+    return root / "outputs" / key

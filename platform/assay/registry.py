@@ -16,8 +16,7 @@ from pathlib import Path
 
 from assay import artifacts, tracking
 from assay.config import AssayConfig
-from assay.paths import atomic_write_json, find_root
-from assay.training import output_dir
+from assay.paths import atomic_write_json, find_root, output_dir
 
 
 @dataclass

@@ -989,7 +989,7 @@ def register_best(sweep: Sweep, best, client, say) -> dict[str, Any]:
     cfg = trial_config(sweep, yaml.safe_load(best.user_attrs["params_yaml"]) or {}, 1)
     out = sweep.out / "trials" / f"trial-{best.number}"
     model_uri = training.log_trained_model(cfg, sweep.root, out)
-    _, run_id, scores = evaluation.evaluate(cfg, sweep.root, out=out)
+    scores = evaluation.evaluate(cfg, sweep.root, out=out).metrics
     info = artifacts.read_run_info(out, cfg.train.key, artifacts.commands(cfg, sweep.root))
     metric, mode = info["primary_metric"]
     decision = registry.gate(

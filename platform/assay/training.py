@@ -1,4 +1,4 @@
-"""Training and evaluation: `train(cfg) -> TrainResult`, `evaluate(cfg) -> EvalResult`.
+"""Training: `train(cfg) -> TrainResult` (scoring on the test split is `assay.evaluation`).
 
 Outputs of a run, under its key (`train.key`: its params.yaml run or experiment name, else
 `<dataset>-<arch>`); all DVC outputs, each written whole or not at all, each naming the MLflow run
@@ -38,6 +38,7 @@ from assay.paths import (
     atomic_write_json,
     csv_bytes,
     find_root,
+    output_dir,
 )
 from assay.trial import TrialContext
 
@@ -52,17 +53,6 @@ class TrainResult:
     seconds: float
     epochs: int = 0
     state: str | None = None  # a sweep trial's: complete or pruned
-
-
-@dataclass
-class EvalResult:
-    key: str
-    run_id: str
-    metrics: dict[str, float]  # the objective's test metrics (test/acc, test/rmse, ...)
-
-
-def output_dir(key: str, root: Path) -> Path:
-    return root / "outputs" / key
 
 
 class History(Callback):
@@ -534,11 +524,3 @@ def log_trained_model(cfg: AssayConfig, root: Path, out: Path) -> str:
         uri = _log_model(info["mlflow_run_id"], model.cpu().eval(), dm, Path(scratch))
     atomic_write_json(out / "model" / "run.json", {**info, "model_uri": uri})
     return uri
-
-
-def evaluate(cfg: AssayConfig, root: Path | None = None) -> EvalResult:
-    """Score the trained run `cfg.train.key` on its test split (see `assay.evaluation`)."""
-    from assay.evaluation import evaluate as run_evaluation
-
-    key, run_id, metrics = run_evaluation(cfg, root or find_root())
-    return EvalResult(key, run_id, metrics)

@@ -3,15 +3,10 @@ never a path that is not a scratch folder, whatever a tag says."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 import socket
-import subprocess
-import sys
 
-import psutil
 import pytest
 
 from assay import lifecycle, orphans
@@ -61,78 +56,3 @@ def test_gc_without_a_store_leaves_a_young_scratch_folder_and_removes_an_old_dea
     assert actions[str(live)] == "left: its process is running"
     assert actions[str(young)].startswith("left: only")
     assert young.exists() and live.exists() and not old.exists()
-
-
-CHILD = """
-import os, sys, time
-from assay import lifecycle
-lifecycle.install()
-try:
-    print("ready", os.getpid(), flush=True)
-    time.sleep(60)
-except KeyboardInterrupt as stop:
-    print("stopped by", stop, file=sys.stderr, flush=True)
-    sys.exit(3)
-"""
-PARENT = """
-import subprocess, sys
-subprocess.Popen(sys.argv[1:]).wait()
-"""
-
-
-@pytest.mark.parametrize("via", ["direct", "sh -c", "nohup"])
-def test_an_assay_process_stops_when_whatever_started_it_is_killed(via, tmp_path):
-    """The starter (a `dvc repro`) is SIGKILLed: its `assay` stops cleanly instead of finishing
-    outputs nobody records, also through the `sh -c` dvc runs it in (dash, /bin/sh, stays as its
-    parent: before, the child trained on). Under nohup (SIGHUP ignored) it is left running."""
-    (tmp_path / "child.py").write_text(CHILD)
-    child_cmd = [sys.executable, str(tmp_path / "child.py")]
-    if via == "sh -c":
-        child_cmd = ["/bin/sh", "-c", " ".join(child_cmd)]
-    hup = signal.SIG_IGN if via == "nohup" else signal.SIG_DFL  # not whatever pytest's is
-
-    def set_hup():
-        signal.signal(signal.SIGHUP, hup)
-
-    log = tmp_path / "child.log"
-    with open(log, "w") as err:
-        parent = subprocess.Popen(
-            [sys.executable, "-c", PARENT, *child_cmd],
-            stdout=subprocess.PIPE,
-            stderr=err,
-            text=True,
-            preexec_fn=set_hup,
-            start_new_session=True,
-        )
-    try:
-        ready = parent.stdout.readline().split()  # signals installed, starter watched
-        assert ready[:1] == ["ready"], log.read_text()
-        child = psutil.Process(int(ready[1]))
-        assert (child.parent().name() == "sh") == (via == "sh -c")
-        parent.kill()
-        parent.wait(10)
-        _, alive = psutil.wait_procs([child], timeout=5 if via == "nohup" else 20)
-        if via == "nohup":
-            assert alive, "nohup asked it to outlive its starter"
-        else:
-            assert not alive, f"it outlived its starter ({via})"
-            assert "stopped by SIGHUP" in log.read_text()
-    finally:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(parent.pid, signal.SIGKILL)
-
-
-@pytest.mark.parametrize(
-    "cmd, wrapper",
-    [
-        (["/bin/sh", "-c", "assay train"], True),
-        (["bash", "--noprofile", "--norc", "-c", "assay train"], True),  # dvc with SHELL=bash
-        (["/bin/sh", "-ec", "assay train"], True),  # make's .POSIX
-        (["-bash"], False),  # a login shell on a terminal
-        (["bash", "train.sh"], False),
-        (["dvc", "repro", "-c", "x"], False),
-        ([], False),
-    ],
-)
-def test_the_starter_is_seen_through_shell_wrappers_only(cmd, wrapper):
-    assert lifecycle._shell_wrapper(cmd) is wrapper

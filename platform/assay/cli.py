@@ -240,7 +240,7 @@ def register(
     cfg = _config(experiment, sets, run, dataset, arch, require=("train", "register"))
     d = _guarded(do_register, cfg, None, force, also=(KeyError,))
     verdict = "[green]promoted to champion[/]" if d.promoted else "[yellow]kept as candidate[/]"
-    out.print(f"{d.name} v{d.version}: {verdict}: {d.reason}")
+    out.print(f"{d.name} v{d.version}: {verdict}: {d.reason}", soft_wrap=True)
 
 
 @app.command()
@@ -596,9 +596,9 @@ def submit(
 ) -> None:
     """Submit a training (or, with --sweep, a sweep) to a Ray cluster as a Ray Job.
 
-    The job ships params.yaml, experiments/, models/, the prepared data split and the assay
-    package, and logs to the MLflow store you see ($MLFLOW_TRACKING_URI: an `assay
-    mlflow-server` for a multi-node cluster).
+    The job ships params.yaml, experiments/, the prepared data split and the assay package
+    (its architectures, assay.models, inside), and logs to the MLflow store you see
+    ($MLFLOW_TRACKING_URI: an `assay mlflow-server` for a multi-node cluster).
     """
     from assay import cluster
     from assay.paths import find_root

@@ -321,12 +321,13 @@ def submit(
         args = [*args, "--storage", storage]
     entrypoint = " ".join([python, "-m", "assay.cli", command, *map(_quote, args)])
     stage = _stage(root, cfg.train.dataset, experiment)
-    runtime_env = {
-        "working_dir": str(stage),
-        "py_modules": [str(_package(Path(tempfile.mkdtemp(prefix="assay-pkg-"))))],
-        "env_vars": env,
-    }
+    package = Path(tempfile.mkdtemp(prefix="assay-pkg-"))
     try:
+        runtime_env = {
+            "working_dir": str(stage),
+            "py_modules": [str(_package(package))],
+            "env_vars": env,
+        }
         job_id = jobs.submit_job(
             entrypoint=entrypoint,
             runtime_env=runtime_env,
@@ -334,7 +335,7 @@ def submit(
         )
     finally:
         shutil.rmtree(stage, ignore_errors=True)  # uploaded by now
-        shutil.rmtree(Path(runtime_env["py_modules"][0]).parent, ignore_errors=True)
+        shutil.rmtree(package, ignore_errors=True)
     return job_id, dashboard
 
 

@@ -16,7 +16,7 @@ import torch
 
 from assay import artifacts, plots, tracking
 from assay.config import AssayConfig
-from assay.data import ArrayDataModule, datamodule
+from assay.data import ArrayDataModule, datamodule, sha256_file
 from assay.models import get_entry
 from assay.paths import atomic_dir, atomic_write_json, find_root, output_dir
 
@@ -260,8 +260,8 @@ def evaluate(cfg: AssayConfig, root: Path | None = None, out: Path | None = None
     with atomic_dir(out / "eval") as folder:
         metrics, n = SCORERS[model.objective](model, dm, folder, t.key, cfg=cfg, root=root)
         pngs = {p.stem: artifacts.stamp_png(p, run_id) for p in sorted(folder.glob("*.png"))}
-        # the data it was scored on: the champion gate compares only scores of the same data
-        data_hash = tracking.files_md5(dm.folder)
+        # the test split it scored: the champion gate compares only scores of the same split
+        data_hash = sha256_file(dm.folder / "test.npz")
         scored = {"mlflow_run_id": run_id, "key": t.key, "checkpoint": checkpoint.name}
         atomic_write_json(folder / "run.json", {**scored, "data_hash": data_hash})
         for name, value in metrics.items():

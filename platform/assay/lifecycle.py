@@ -119,7 +119,7 @@ def install() -> None:
         watch_starter()
 
 
-SHELLS = {"sh", "dash", "bash", "zsh", "ksh", "mksh"}
+SHELLS = {"sh", "ash", "dash", "bash", "zsh", "ksh", "mksh", "fish", "csh", "tcsh"}
 
 
 def starter(proc: psutil.Process | None = None) -> psutil.Process | None:
@@ -143,8 +143,12 @@ def _shell_wrapper(cmd: list[str]) -> bool:
     a script or a terminal."""
     if not cmd or os.path.basename(cmd[0]).lstrip("-") not in SHELLS:
         return False
-    flags = [a for a in cmd[1:] if a.startswith("-") and not a.startswith("--")]
-    return any("c" in a[1:] for a in flags)
+    for arg in cmd[1:]:  # options come first; the first word that is none is a script or CMD
+        if not arg.startswith("-"):
+            return False
+        if not arg.startswith("--") and "c" in arg[1:]:
+            return True
+    return False
 
 
 def watch_starter(every: float = 1.0) -> None:
@@ -156,10 +160,14 @@ def watch_starter(every: float = 1.0) -> None:
     if boss is None or boss.pid in (1, os.getppid()):  # none, or the kernel's signal covers it
         return
     _watching = True
-    pid, started = boss.pid, boss.create_time()
+    pid = boss.pid
+    try:
+        started = boss.create_time()
+    except psutil.Error:  # it died since: as good as seen dead
+        started = None
 
     def watch() -> None:
-        while pid_alive(pid, started):
+        while started is not None and pid_alive(pid, started):
             time.sleep(every)
         print(f"\nassay: process {pid}, which started it, has ended", file=sys.stderr, flush=True)
         os.kill(os.getpid(), signal.SIGHUP)

@@ -3,9 +3,10 @@
 Each trained run becomes a new version of its key (`train.key`) with the alias `candidate`; the
 alias `champion` moves to it only if its primary test metric beats the current champion's (the
 first version becomes champion), the metric `evaluate` logged for that same run. Two scores are
-compared only if both were taken on the same data (the runs' `eval.data_hash`): a test accuracy
-on another split says nothing about which model is better, so the gate keeps the champion and
-says so unless forced. The decision is printed and written to `outputs/<key>/registration.json`.
+compared only if both were taken on the same test split (the runs' `eval.data_hash`): an
+accuracy on another split says nothing about which model is better, so the gate keeps the
+champion and says so unless forced. The decision is printed and written to
+`outputs/<key>/registration.json`.
 """
 
 from __future__ import annotations
@@ -125,7 +126,10 @@ def gate(
         promoted, reason = _compare(value, champ_value, mode, metric, champ.version)
         ours = client.get_run(mv.run_id).data.tags.get(tracking.SCORED_ON) if mv.run_id else None
         theirs = champ_run.tags.get(tracking.SCORED_ON)
-        if ours and theirs and ours != theirs:
+        if not (ours and theirs):  # scored before Assay recorded it, or outside `evaluate`
+            which = f"champion v{champ.version}" if ours else f"v{version}"
+            reason += f" ({which} has no {tracking.SCORED_ON}: same test split unchecked)"
+        elif ours != theirs:
             if force:
                 reason += f" (compared with --force although scored on other data: {theirs[:8]})"
             else:

@@ -97,7 +97,7 @@ def data_hash(root: Path, dataset: str) -> dict[str, str]:
     return {"dvc.data_hash": files_md5(root / "data" / dataset), "dvc.data_hash_source": "computed"}
 
 
-SCORED_ON = "eval.data_hash"  # run tag: files_md5 of the prepared data `evaluate` scored on
+SCORED_ON = "eval.data_hash"  # run tag: the sha256 of the test split `evaluate` scored
 
 
 def files_md5(folder: Path) -> str:

@@ -835,6 +835,8 @@ def trials_table(study) -> list[dict[str, Any]]:
 def _summarise(sweep: Sweep, study, client, parent_id: str, seconds: float, say) -> SweepResult:
     from optuna.trial import TrialState
 
+    from assay import tracking
+
     counts = _study_state(study)
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     rows = trials_table(study)
@@ -881,7 +883,16 @@ def _summarise(sweep: Sweep, study, client, parent_id: str, seconds: float, say)
         if sweep.cfg.register_best:
             registration = register_best(sweep, best, client, say)
             metrics.update({f"best_{k}": v for k, v in registration.pop("test", {}).items()})
-    _wandb_summary(sweep, metrics, best_params, files)
+    tracking.log_wandb_summary(
+        sweep.base.tracking,
+        sweep.root,
+        None,
+        f"sweep-{sweep.study}",
+        metrics,
+        {Path(f).stem: Path(f) for f in files if f.endswith(".png")},
+        group=sweep.study,
+        config={"sweep": sweep.cfg.model_dump(mode="json"), "best_params": best_params},
+    )
     # DVC's outputs last, so a failure above leaves none behind; each names the sweep's run
     # and the best trial's (see assay.artifacts)
     runs = {
@@ -1007,35 +1018,6 @@ def register_best(sweep: Sweep, best, client, say) -> dict[str, Any]:
         f"{verdict}: {decision.reason}"
     )
     return {**decision.__dict__, "test": scores}
-
-
-def _wandb_summary(sweep: Sweep, metrics: dict, best_params: dict, files: list[str]) -> None:
-    """The sweep's own W&B run, in the same group as its trials: best value, params, plots."""
-    wb = sweep.base.tracking.wandb
-    if wb.mode == "disabled":
-        return
-    from assay import tracking
-
-    mode = tracking._wandb_env(wb.mode, sweep.root)  # noqa: SLF001
-    if mode == "disabled":
-        return
-    import wandb
-
-    run = wandb.init(
-        project=wb.project,
-        entity=wb.entity,
-        name=f"sweep-{sweep.study}",
-        group=sweep.study,
-        job_type="sweep",
-        dir=str(tracking.wandb_dir(sweep.root)),
-        mode=mode,
-        config={"sweep": sweep.cfg.model_dump(mode="json"), "best_params": best_params},
-    )
-    try:
-        run.summary.update({k: v for k, v in metrics.items() if v is not None})
-        run.log({Path(f).stem: wandb.Image(f) for f in files if f.endswith(".png")})
-    finally:
-        run.finish()
 
 
 # ------------------------------------------------------------------------------------ status

@@ -377,29 +377,36 @@ def log_wandb_summary(
     root: Path,
     wandb_id: str | None,
     run_name: str,
-    metrics: dict[str, float],
+    metrics: dict[str, float | None],
     images: dict[str, Path],
+    *,
+    group: str | None = None,
+    config: dict[str, Any] | None = None,
 ) -> None:
-    """Add evaluation results to a training run's W&B run (resumed by id; offline files too)."""
-    if wandb_id is None or cfg.wandb.mode == "disabled":
+    """Results into W&B: into a training run's own W&B run, resumed by `wandb_id` (offline files
+    too; nothing when the run had none), or, with `group` and no id, into a new run of that
+    group (a sweep's summary beside its trials). The one place outside a fit that writes W&B."""
+    if (wandb_id is None and group is None) or cfg.wandb.mode == "disabled":
         return
     mode = _wandb_env(cfg.wandb.mode, root)
     if mode == "disabled":
         return
     import wandb
 
+    how = {"id": wandb_id, "resume": "allow", "job_type": "train"}
+    if wandb_id is None:
+        how = {"group": group, "job_type": "sweep", "config": config}
     run = wandb.init(
-        id=wandb_id,
-        resume="allow",
         project=cfg.wandb.project,
         entity=cfg.wandb.entity,
         name=run_name,
-        dir=str(root),
+        dir=str(wandb_dir(root)),
         mode=mode,
-        job_type="train",
+        **how,
     )
     try:
-        run.log({**metrics, **{k: wandb.Image(str(p)) for k, p in images.items()}})
-        run.summary.update(metrics)
+        numbers = {k: v for k, v in metrics.items() if v is not None}
+        run.log({**numbers, **{k: wandb.Image(str(p)) for k, p in images.items()}})
+        run.summary.update(numbers)
     finally:
         run.finish()

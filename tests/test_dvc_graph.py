@@ -27,9 +27,16 @@ ENTRY = {  # what each `assay` subcommand runs, below the CLI
 # Process bookkeeping (signals, owners of runs, closing abandoned ones): never in an output.
 BOOKKEEPING = {"platform/assay/lifecycle.py", "platform/assay/orphans.py"}
 IGNORED = {  # imported, but cannot change what the stage writes
-    # assay.config imports the architecture registry (to validate `train:`), which prepare
-    # never reads: with it, an edit to a model would prepare every data set again
-    "prepare": {"models"},
+    # assay.config imports the architecture registry (to validate `train:`) and with it the
+    # objectives the architectures serve, which prepare never runs: with them, an edit to a
+    # model or a scorer would prepare every data set again
+    "prepare": {
+        "models",
+        "platform/assay/objectives",
+        "platform/assay/generation.py",
+        "platform/assay/plots.py",
+        "platform/assay/tracking.py",
+    },
 }
 EXTRA = {  # run, but reached through no import
     # the GAN's judge is a registered classifier, loaded through MLflow into assay.contract

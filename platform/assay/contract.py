@@ -31,9 +31,12 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
+
+from assay.objectives import get_objective
 
 
 class ContractError(MlflowException):
@@ -47,7 +50,7 @@ class ContractError(MlflowException):
 def describe(card: dict, meta: dict) -> dict:
     """The `input` section of assay.json, from the model's card and its data's meta."""
     task, kind = card["task"], card["kind"]
-    if card["objective"] == "generation":
+    if "code" in card:  # a generator's card says how its codes are made
         code = card["code"]
         width = code["latent_dim"] + code["classes"]
         return {"kind": "codes", "shape": [width], "dtypes": "floats", **code}
@@ -286,19 +289,13 @@ def apply(card: dict, net, raw, tokenizer=None):
     horizon) in the target's units; anomaly: scores (N,); rating: (N,) clipped to the rating
     range; generation: images (N, C, H, W) in [0, 1]; reconstruction: {"reconstruction": images
     in [0, 1] (the scaled input's), "mse": (N,) per image}."""
-    import torch
-
     x = prepare(card, raw, tokenizer)
     if not len(x):
         raise ContractError("the input has no rows")
     with torch.no_grad():
         t = torch.from_numpy(np.ascontiguousarray(x))
         out = torch.cat([net(part) for part in torch.split(t, 4096)]).numpy()
-    if card["objective"] == "rating":
-        return np.clip(out, *card["task"]["rating_range"])
-    if card["objective"] == "reconstruction":
-        return {"reconstruction": out, "mse": ((out - x) ** 2).reshape(len(x), -1).mean(1)}
-    return out
+    return get_objective(card["objective"]).finish(card, out, x)
 
 
 class AssayModel(PythonModel):
@@ -306,8 +303,6 @@ class AssayModel(PythonModel):
     (`card`, assay.json, with the input contract) and, for text, its tokenizer."""
 
     def load_context(self, context) -> None:
-        import torch
-
         art = context.artifacts
         self.card = json.loads(Path(art["card"]).read_text())
         # our own classes (models.*) come back: the net was saved whole, as mlflow.pytorch did

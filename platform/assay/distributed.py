@@ -31,9 +31,15 @@ from typing import Any
 
 import torch
 
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-# Ray's Train V2 API; the default in 2.60, pinned so an older Ray behaves the same.
-os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+# What this process's Ray is told unless the user said otherwise: no usage stats, and Ray's
+# Train V2 API (the default in 2.60, pinned so an older Ray behaves the same). Set when a Ray
+# session opens, never at import: importing Assay changes nothing in the caller's process.
+RAY_DEFAULTS = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_TRAIN_V2_ENABLED": "1"}
+
+
+def ray_defaults() -> None:
+    for var, value in RAY_DEFAULTS.items():
+        os.environ.setdefault(var, value)
 
 
 @dataclass
@@ -132,6 +138,7 @@ def _on_loopback(address: str) -> bool:
 def ray_session(cfg, dashboard: bool = True):
     """Joined to the configured cluster, or a local Ray for this run only. `dashboard=False`:
     a local Ray without the dashboard (and its CPU), for work that needs no Ray Train."""
+    ray_defaults()  # before Ray (and Ray Train, which reads its version switch once) loads
     import ray
 
     if ray.is_initialized():  # inside a Ray job or a caller's own session
@@ -277,7 +284,7 @@ def _worker(config: dict) -> None:
     from assay.config import validate
     from assay.data import datamodule
     from assay.models import create_model
-    from assay.training import family_callbacks, trainer_callbacks, trainer_settings
+    from assay.training import trainer_callbacks, trainer_settings
 
     cfg = validate(config["cfg"])
     root = Path(config["root"])
@@ -295,7 +302,7 @@ def _worker(config: dict) -> None:
         if rank == 0
         else False
     )
-    family = family_callbacks(model, cfg, root)
+    family = model.objective.callbacks(model, cfg, root)
     if config.get("trial"):
         from assay.trial import OptunaPruning, TrialContext
 

@@ -20,13 +20,13 @@ loader and `mlflow models serve` give the same answers and refuse the same input
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from assay import tracking
 from assay.config import TrackingConfig
+from assay.objectives import Prediction, get_objective
 
 
 class PredictError(ValueError):
@@ -51,15 +51,6 @@ def load_input(path: Path) -> np.ndarray:
             raise PredictError(f"input {path}: an .npz needs an array named 'x' (it has {keys})")
         data = data[key]
     return data
-
-
-@dataclass
-class Prediction:
-    objective: str
-    columns: list[str]  # the table / CSV header
-    rows: list[list]  # one per input example
-    array: np.ndarray  # the raw output (probabilities, forecasts, images, ...)
-    images: bool = False  # array is images (N, C, H, W): written as .npy and a PNG grid
 
 
 def _load(model_uri: str, root: Path):
@@ -105,29 +96,24 @@ def _apply(model, raw):
         raise PredictError(e.message) from None
 
 
-def _generate(model, card, input, samples, seed, label) -> Prediction:
-    """Images from codes: z (latent) followed, for a conditional GAN, by a one-hot class."""
+def _codes(card, input, samples, seed, label) -> np.ndarray:
+    """A generator's input: the file's codes, or `samples` random ones: z (latent) followed, for
+    a conditional GAN, by a one-hot class (0, 1, ... in turn, or all `label`)."""
     k, width = card["input"]["classes"], card["input"]["shape"][0]
     if label is not None and not (0 <= label < k):
         allowed = f"0..{k - 1}" if k else "none: this GAN is not conditional"
         raise PredictError(f"--label {label}: allowed classes {allowed}")
-    if input is None:
-        z = np.random.default_rng(seed).standard_normal((samples, width)).astype(np.float32)
-        if k:
-            classes = np.full(samples, label) if label is not None else np.arange(samples) % k
-            z[:, width - k :] = np.eye(k, dtype=np.float32)[classes]
-    else:
+    if input is not None:
         if label is not None:
             raise PredictError(
                 "--label picks the class of random codes; with --input the codes say it"
             )
-        z = load_input(input)
-    imgs = _apply(model, z)
+        return load_input(input)
+    z = np.random.default_rng(seed).standard_normal((samples, width)).astype(np.float32)
     if k:
-        z = np.asarray(z).reshape(len(imgs), width)
-        rows = [[i, int(c)] for i, c in enumerate(z[:, width - k :].argmax(1))]
-        return Prediction("generation", ["index", "class"], rows, imgs, True)
-    return Prediction("generation", ["index"], [[i] for i in range(len(imgs))], imgs, True)
+        classes = np.full(samples, label) if label is not None else np.arange(samples) % k
+        z[:, width - k :] = np.eye(k, dtype=np.float32)[classes]
+    return z
 
 
 def _read_table(path: Path, what: str) -> tuple[list[str], np.ndarray]:
@@ -180,48 +166,21 @@ def predict(
 ) -> Prediction:
     """Apply a logged Assay model to the file `input` (see the module doc for formats)."""
     model, card = _load(model_uri, root)
-    objective = card["objective"]
-    if input is None and objective != "generation":
+    objective, kind = card["objective"], card["input"]["kind"]
+    codes = kind == "codes"  # a generator: its input may be made here
+    if input is None and not codes:
         raise PredictError(f"{model_uri} is a {objective} model: give --input")
-    if label is not None and objective != "generation":
+    if label is not None and not codes:
         raise PredictError(f"--label is for a conditional GAN; {model_uri} is a {objective} model")
-    kind = card["input"]["kind"]
-
-    if objective == "generation":
-        return _generate(model, card, input, samples, seed, label)
-    if kind == "text":
+    if codes:
+        raw = _codes(card, input, samples, seed, label)
+    elif kind == "text":
         raw = _texts(input)
-    elif kind in ("pixels",):
+    elif kind == "pixels":
         raw = load_input(input)
     else:
         raw = _table_or_array(input, kind)
-    out = _apply(model, raw)
-
-    if objective == "classification":
-        classes = card.get("classes") or []
-        probs = out
-        pred = probs.argmax(1)
-        names = [classes[k] if k < len(classes) else str(k) for k in pred]
-        labels = [t[:60] for t in raw] if kind == "text" else list(range(len(probs)))
-        rows = [
-            [lab, int(k), name, float(p)]
-            for lab, k, name, p in zip(labels, pred, names, probs.max(1), strict=True)
-        ]
-        head = "text" if kind == "text" else "index"
-        return Prediction(objective, [head, "predicted", "class", "probability"], rows, probs)
-    if objective == "forecast":
-        cols = ["index", *[f"t+{h + 1}" for h in range(out.shape[1])]]
-        return Prediction(objective, cols, [[i, *map(float, r)] for i, r in enumerate(out)], out)
-    if objective == "anomaly":
-        rows = [[i, float(v)] for i, v in enumerate(out)]
-        return Prediction(objective, ["index", "anomaly_score"], rows, out)
-    if objective == "reconstruction":
-        rows = [[i, float(e)] for i, e in enumerate(out["mse"])]
-        return Prediction(objective, ["index", "mse"], rows, out["reconstruction"], True)
-    # rating: (user, item) pairs in MovieLens ids
-    pairs = raw[["user", "item"]].to_numpy() if hasattr(raw, "columns") else np.asarray(raw)
-    rows = [[int(u), int(i), float(v)] for (u, i), v in zip(pairs.reshape(-1, 2), out, strict=True)]
-    return Prediction(objective, ["user", "item", "rating"], rows, out)
+    return get_objective(objective).decode(_apply(model, raw), raw, card)
 
 
 def _first_line(e: Exception) -> str:

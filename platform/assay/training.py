@@ -10,7 +10,7 @@ that made it (see `assay.artifacts`):
 
 What differs between families (the loss, the metrics, what is plotted) follows the model's
 *objective* (classification, forecast, reconstruction, anomaly, generation, rating), never the
-family's name: `assay.evaluation` holds one scorer per objective.
+family's name: each objective is one file of `assay.objectives`.
 """
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ def preflight(cfg: AssayConfig, root: Path) -> tuple[ArrayDataModule, pl.Lightni
     model = create_model(t.arch, task=dm.task, optim=t.optim(), **t.arch_config())
     if t.refit:
         check_refit(model, t)
-    callbacks = family_callbacks(model, cfg, root)  # loads the GAN's judge: a missing one fails
+    callbacks = model.objective.callbacks(model, cfg, root)  # the GAN's judge: a missing one fails
     if t.workers > 0:
         from assay import distributed
 
@@ -171,7 +171,7 @@ def train(
         "dataset": t.dataset,
         "arch": t.arch,
         "family": entry.family,
-        "objective": model.objective,
+        "objective": model.objective.name,
         "assay.key": t.key,
         "params.digest": digest,
         # a sweep computes these once for all its trials
@@ -257,7 +257,7 @@ def train(
             "key": t.key,
             "arch": t.arch,
             "dataset": t.dataset,
-            "objective": model.objective,
+            "objective": model.objective.name,
             "primary_metric": list(model.primary_metric),
             "monitor": [monitor, mode],
             "run_name": run_name,
@@ -363,21 +363,14 @@ def _best_epoch(rows: list[dict[str, float]], monitor: str, mode: str) -> int:
     return int(_best_row(rows, monitor, mode)["epoch"])
 
 
-# Objectives a refit does not fit, and why.
-_NO_REFIT = {
-    "generation": "a GAN's validation split only feeds its judge (the Fréchet distance of "
-    "generated samples), so there is nothing to refit on"
-}
-
-
 def check_refit(model, t) -> None:
     """Refuse `train.refit` where it has no meaning, before any run starts. Checked for the run
     being trained, not when the config loads: params.yaml's other runs may refit, and a
     `--workers` for this one must not make them invalid."""
     from assay.config import ConfigError
 
-    if model.objective in _NO_REFIT:
-        raise ConfigError([f"train.refit: true: {_NO_REFIT[model.objective]}; set it false"])
+    if model.objective.refit is not None:
+        raise ConfigError([f"train.refit: true: {model.objective.refit}; set it false"])
     if t.workers > 0:
         raise ConfigError(
             [
@@ -420,17 +413,6 @@ def _refit(cfg: AssayConfig, root: Path, epochs: int, run, model_dir: Path):
     return model.cpu().eval(), dm, path
 
 
-def family_callbacks(model, cfg: AssayConfig, root: Path) -> list[Callback]:
-    """Callbacks an objective needs beyond the common ones: the GAN's judge (Fréchet distance
-    and sample grids per epoch). Built before any run starts, so a missing judge is an error
-    that costs nothing."""
-    if model.objective == "generation":
-        from assay.generation import GenerationMonitor
-
-        return [GenerationMonitor.from_config(model, cfg, root)]
-    return []
-
-
 def model_card(model, dm: ArrayDataModule) -> dict:
     """What the logged model needs besides the network: the objective, how to read its output,
     and its input contract (`input`: what raw input it takes, see `assay.contract`)."""
@@ -448,7 +430,7 @@ def model_card(model, dm: ArrayDataModule) -> dict:
     from assay import contract
 
     card = {
-        "objective": model.objective,
+        "objective": model.objective.name,
         "kind": dm.meta["kind"],
         "dataset": dm.meta["dataset"],
         "task": model.task.model_dump(mode="json"),
@@ -483,9 +465,8 @@ def _log_model(run_id: str, model, dm: ArrayDataModule, scratch: Path) -> str:
 
         artifacts["tokenizer"] = str(dm.tokenizer_path)
         tokenizer = Tokenizer.from_file(str(dm.tokenizer_path))
-    if model.objective == "generation":
-        example = model.inference_example(torch.from_numpy(dm.example_input(2))).numpy()
-    else:
+    example = model.objective.example(model, dm)
+    if example is None:
         example = contract.raw_example(card, dm)
     out = contract.apply(card, net, example, tokenizer)
     # outputs only: MLflow's input enforcement would refuse valid raw input (see assay.contract)

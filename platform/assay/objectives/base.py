@@ -1,0 +1,135 @@
+"""What an objective is, and the registry of them (like `assay.models.registry` for
+architectures).
+
+An objective is what a model is trained and judged for: classification, forecast,
+reconstruction, anomaly, generation, rating. Each lives in one file of this package and owns
+everything that follows from it, so a new objective is one new file:
+
+  primary        the test metric the champion gate compares, and which way is better
+  step_metric    the torchmetrics object a model logs per epoch under train/, val/ (and its name)
+  loss           the training loss of a plain (out, target) model; families with their own
+                 loop (autoencoders, the GAN) compute theirs
+  head           the logged inference network around a model's net (softmax, pairs -> ratings)
+  score          the test scorer: metrics, plots and tables for `assay evaluate`
+  decode         `assay predict`'s table of a model's answers
+  finish         the logged model's answer from its net's output (`assay.contract`)
+  callbacks      what a fit needs beyond the common callbacks (the GAN's judge)
+  refit          why `train.refit` has no meaning for it (None: it has one)
+
+Architectures declare the objectives they serve per data kind (`OBJECTIVES = {"text":
+"classification", "timeseries": "forecast"}`); nothing else switches on an objective's name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Direction = Literal["max", "min"]
+
+
+@dataclass
+class Prediction:
+    """`assay predict`'s answer: a table and the raw output."""
+
+    objective: str
+    columns: list[str]  # the table / CSV header
+    rows: list[list]  # one per input example
+    array: np.ndarray  # the raw output (probabilities, forecasts, images, ...)
+    images: bool = False  # array is images (N, C, H, W): written as .npy and a PNG grid
+
+
+class Objective:
+    """The defaults are a plain regression: MSE, no per-epoch metric, the net as it is."""
+
+    name: ClassVar[str]
+    primary: ClassVar[tuple[str, Direction]]
+    step_metric_name: ClassVar[str | None] = None
+    refit: ClassVar[str | None] = None  # why a refit has no meaning; None: it has one
+    # The smallest real run of it (train settings: dataset, arch, ...), for the test that takes
+    # every registered objective through train -> evaluate -> register -> predict, and the
+    # objectives whose smoke runs it needs registered first (the GAN's judge: a classifier).
+    smoke: ClassVar[dict[str, Any]]
+    smoke_after: ClassVar[tuple[str, ...]] = ()
+
+    def step_metric(self, task) -> Any:
+        """A fresh torchmetrics metric logged as <stage>/<step_metric_name>, or None."""
+        return None
+
+    def loss(self, out: torch.Tensor, target: torch.Tensor, task) -> torch.Tensor:
+        return F.mse_loss(out, target)
+
+    def predict_output(self, out: torch.Tensor) -> torch.Tensor:
+        """What Lightning's predict_step returns for the net's output."""
+        return out
+
+    def head(self, net: nn.Module) -> nn.Module:
+        """The logged inference network: one array in, one array out."""
+        return net
+
+    def score(self, model, dm, out: Path, title: str, cfg, root: Path) -> tuple[dict, int]:
+        """Test metrics (and the number of test examples); pictures and tables go in `out`."""
+        raise NotImplementedError
+
+    def finish(self, card: dict, out: np.ndarray, x: np.ndarray):
+        """The logged model's answer, from its net's output `out` on the prepared input `x`."""
+        return out
+
+    def decode(self, out, raw, card: dict) -> Prediction:
+        """`assay predict`'s table: default, one row of values per example."""
+        out = np.asarray(out)
+        cols = ["index", *[f"y{j}" for j in range(out.shape[1])]] if out.ndim == 2 else ["index"]
+        rows = [[i, *np.ravel(r).tolist()] for i, r in enumerate(out)]
+        return Prediction(self.name, cols, rows, out)
+
+    def callbacks(self, model, cfg, root: Path) -> list:
+        """Callbacks a fit needs beyond the common ones. Built before any run starts, so what
+        they load (a judge) fails before it costs a run."""
+        return []
+
+    def example(self, model, dm) -> np.ndarray | None:
+        """The logged model's input example; None: the contract's raw example of the data."""
+        return None
+
+
+_REGISTRY: dict[str, Objective] = {}
+
+
+class UnknownObjectiveError(KeyError):
+    def __str__(self) -> str:  # KeyError would print the message quoted
+        return str(self.args[0])
+
+
+def register_objective(cls: type[Objective]) -> type[Objective]:
+    """Class decorator: one instance of `cls` under `cls.name`. Duplicates are refused."""
+    if cls.name in _REGISTRY:
+        raise ValueError(f"objective {cls.name!r} is registered twice")
+    _REGISTRY[cls.name] = cls()
+    return cls
+
+
+def get_objective(name: str) -> Objective:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UnknownObjectiveError(
+            f"unknown objective {name!r}; known: {', '.join(list_objectives())}"
+        ) from None
+
+
+def list_objectives() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+# ------------------------------------------------------------------ helpers scorers share
+def batched(fn, *tensors: torch.Tensor, size: int = 1024) -> torch.Tensor:
+    """fn over the tensors in chunks of `size`, without gradients."""
+    with torch.no_grad():
+        parts = zip(*(torch.split(t, size) for t in tensors), strict=True)
+        return torch.cat([fn(*p) for p in parts])

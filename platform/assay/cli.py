@@ -12,9 +12,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-# Telemetry off unless the user turned it on (see PITFALLS).
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Telemetry off unless the user turned it on (see PITFALLS). MLflow reads its switch once, at
+# `import mlflow`, so the `assay` command sets these before any command imports anything heavy
+# (every import of a command is inside it); importing `assay` as a library changes nothing.
+TELEMETRY_OFF = {"MLFLOW_DISABLE_TELEMETRY": "true", "RAY_USAGE_STATS_ENABLED": "0"}
 
 app = typer.Typer(
     help="Assay: versioned data, Lightning models, MLflow + W&B tracking and a gated registry.\n\n"
@@ -33,6 +34,8 @@ err = Console(stderr=True, soft_wrap=True)
 def _start() -> None:
     # Every command: SIGTERM/SIGHUP stop it cleanly (runs end KILLED, no scratch left), and it
     # stops when its parent (`dvc repro`) dies. See assay.lifecycle.
+    for var, value in TELEMETRY_OFF.items():
+        os.environ.setdefault(var, value)
     from assay import lifecycle
 
     lifecycle.install()

@@ -54,8 +54,6 @@ from assay.models.base import StrictModel
 from assay.paths import atomic_dir, atomic_write_bytes, atomic_write_json, csv_bytes, find_root
 from assay.trial import TrialContext, build_pruner
 
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-
 
 # ------------------------------------------------------------------------------------- the file
 class _Param(StrictModel):

@@ -13,18 +13,18 @@ import subprocess
 import sys
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from filelock import FileLock
 
 from assay import lifecycle, orphans
-from assay.config import AssayConfig, TrackingConfig
 
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+if TYPE_CHECKING:  # tracking sits below the config schema: it only reads the settings given
+    from assay.config import AssayConfig, TrackingConfig
 
-import mlflow  # noqa: E402  (after the telemetry switch)
-from mlflow.tracking import MlflowClient  # noqa: E402
+import mlflow
+from mlflow.tracking import MlflowClient
 
 
 # ------------------------------------------------------------------------------------ the store

@@ -1,4 +1,4 @@
-"""The logged model carries its input contract (assay.contract): `assay predict`,
+"""The logged model carries its input contract (assay.tracking.contract): `assay predict`,
 `mlflow.pyfunc.load_model(...).predict` and `mlflow models serve` take the same raw input (the
 data set's own pixels: digits 0..16), give the same answer, and refuse the same input with the
 same message: pixels out of range, pixels scaled already, NaN and inf (naming the rows)."""
@@ -22,8 +22,8 @@ import pytest
 from typer.testing import CliRunner
 
 from assay.cli import app
-from assay.contract import ContractError
 from assay.evaluation import evaluate
+from assay.tracking.contract import ContractError
 from assay.training import train
 from tests.conftest import tiny_config
 

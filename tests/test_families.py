@@ -184,7 +184,7 @@ def _predict(root, monkeypatch, *args):
 
 def _same_as_mlflow(root, model_uri: str, path, raw) -> None:
     """`assay predict` on the file and MLflow's own loader on the same raw input answer exactly
-    alike: both run the logged model's contract (assay.contract)."""
+    alike: both run the logged model's contract (assay.tracking.contract)."""
     import mlflow
 
     from assay.predict import predict

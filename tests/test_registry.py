@@ -68,7 +68,7 @@ def test_better_respects_direction(value, than, mode, expected):
 
 def test_predict_with_champion_and_clear_errors(project, monkeypatch):
     """The input is the digits' raw pixels (0..16, as prepared): the logged model scales them
-    itself (assay.contract); pixels scaled to [0, 1] beforehand are now refused, see
+    itself (assay.tracking.contract); pixels scaled to [0, 1] beforehand are now refused, see
     tests/test_contract.py."""
     _train_eval_register(project, max_epochs=10, lr=0.01)
     monkeypatch.chdir(project)

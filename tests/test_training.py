@@ -67,9 +67,9 @@ def test_train_logs_one_run_to_mlflow_and_wandb(project):
 
 
 def test_logged_model_has_signature_and_predicts(project):
-    """The logged model is a pyfunc carrying its input contract (assay.contract): the input's
-    shape, range and scale are in its metadata (the signature describes the output only: MLflow's
-    input enforcement would refuse valid raw input), and it predicts on raw pixels."""
+    """The logged model is a pyfunc carrying its input contract (assay.tracking.contract): the
+    input's shape, range and scale are in its metadata (the signature describes the output only:
+    MLflow's input enforcement would refuse valid raw input), and it predicts on raw pixels."""
     import mlflow
 
     train(tiny_config(project, wandb="disabled"), project)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from assay import tracking
 from assay.paths import read_json
 
 RUN_KEY = "assay.mlflow_run_id"  # in checkpoints (under "assay") and PNG text chunks
@@ -106,12 +107,10 @@ def read_run_info(out: Path, key: str, how: dict[str, str]) -> dict:
 
 def check_run_finished(client, info: dict, out: Path, how: dict[str, str]) -> None:
     """The MLflow run that trained `out` exists in the store and ended FINISHED."""
-    from mlflow.exceptions import MlflowException
-
     run_id = info["mlflow_run_id"]
     try:
         run = client.get_run(run_id).info
-    except MlflowException:
+    except tracking.TrackingError:
         raise ArtifactMismatch(
             f"{out / 'model'} was trained by MLflow run {run_id}, which is not in the store "
             f"{info.get('mlflow_tracking_uri')} (another store?): retrain with {how['train']}"

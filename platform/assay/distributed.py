@@ -25,11 +25,18 @@ import math
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+import lightning.pytorch as pl
 import torch
+from lightning.pytorch.callbacks import TQDMProgressBar
+
+from assay import engine, lifecycle, tracking
+from assay.config import ConfigError, validate
+from assay.engine import Fit
+
+# Ray (~2 s to import) loads in the functions that start it: `import assay.distributed` (which
+# `assay.training` does) costs a run on one machine nothing.
 
 # What this process's Ray is told unless the user said otherwise: no usage stats, and Ray's
 # Train V2 API (the default in 2.60, pinned so an older Ray behaves the same). Set when a Ray
@@ -40,17 +47,6 @@ RAY_DEFAULTS = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_TRAIN_V2_ENABLED": "1"}
 def ray_defaults() -> None:
     for var, value in RAY_DEFAULTS.items():
         os.environ.setdefault(var, value)
-
-
-@dataclass
-class Fit:
-    """What a finished fit hands back, in-process or on Ray."""
-
-    best_path: Path  # the Lightning checkpoint of the best epoch (by the monitor)
-    rows: list[dict[str, float]]  # one row of train/ and val/ metrics per epoch
-    epochs: int
-    ray: dict[str, Any] = field(default_factory=dict)
-    pruned_at: int | None = None  # a sweep trial's: the epoch the pruner stopped it at
 
 
 def address(cfg) -> str | None:
@@ -69,8 +65,6 @@ def check_local_gpus(cfg) -> None:
     need = math.ceil(t.workers * t.gpus_per_worker - 1e-9)
     have = torch.cuda.device_count()
     if need > have:
-        from assay.config import ConfigError
-
         raise ConfigError(
             [
                 f"train.gpus_per_worker: {t.workers} workers x {t.gpus_per_worker} GPU need "
@@ -165,8 +159,6 @@ def ray_session(cfg, dashboard: bool = True):
                 dashboard_host="127.0.0.1",
                 log_to_driver=True,
             )
-    from assay import lifecycle
-
     lifecycle.reclaim_sigterm()  # ray.init made SIGTERM a bare sys.exit: stop cleanly instead
     try:
         yield
@@ -174,10 +166,13 @@ def ray_session(cfg, dashboard: bool = True):
         ray.shutdown()
 
 
-def fit(cfg, root: Path, run, monitor: str, mode: str, dest: Path, trial=None) -> Fit:
+def fit(
+    cfg, root: Path, run, monitor: str, mode: str, dest: Path, extra=(), bar: bool = True
+) -> Fit:
     """Train `cfg.train` on Ray Train workers, logging into the open `run`; the best epoch's
-    checkpoint is copied to `dest/best.ckpt`. `trial`: a sweep's `TrialContext` (rank 0 reports
-    to Optuna; see `assay.trial`)."""
+    checkpoint is copied to `dest/best.ckpt`. `extra`: the caller's callbacks, run on every
+    worker (picklable; a sweep's pruning callback reports from rank 0). `bar`: rank 0's progress
+    bar."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -194,7 +189,8 @@ def fit(cfg, root: Path, run, monitor: str, mode: str, dest: Path, trial=None) -
         "tracking": run.spec(),
         "monitor": monitor,
         "mode": mode,
-        "trial": trial.dump() if trial else None,
+        "callbacks": list(extra),
+        "bar": bar,
     }
     resources = {"CPU": t.cpus_per_worker, **({"GPU": t.gpus_per_worker} if use_gpu else {})}
     trainer = TorchTrainer(
@@ -240,12 +236,7 @@ def fit(cfg, root: Path, run, monitor: str, mode: str, dest: Path, trial=None) -
     }
     run.client.set_tag(run.run_id, "ray.seconds", f"{seconds:.1f}")
     run.params = {**run.params, "ray": info}  # the W&B run's config, when the driver starts it
-    pruned_at = None
-    if trial is not None:  # rank 0 noted it on the Optuna trial
-        from assay.trial import get_user_attr
-
-        pruned_at = get_user_attr(trial, "pruned_at_epoch")
-    return Fit(best_path, rows, int(state.get("epoch", -1)) + 1, info, pruned_at)  # 0-based
+    return Fit(best_path, rows, int(state.get("epoch", -1)) + 1, info)  # epoch is 0-based
 
 
 def _history_rows(state: dict) -> list[dict[str, float]]:
@@ -262,17 +253,12 @@ def _logged_until(spec: dict) -> int:
     when a worker died before the first one; either way it re-runs epochs whose metrics the MLflow
     run already holds. Those are not logged twice.
     """
-    from mlflow.tracking import MlflowClient
-
-    history = MlflowClient(spec["uri"]).get_metric_history(spec["run_id"], "epoch")
-    return max((m.step for m in history), default=-1) + 1
+    return tracking.last_step(spec["uri"], spec["run_id"], "epoch") + 1
 
 
 def _worker(config: dict) -> None:
     """Runs on every Ray Train worker."""
-    import lightning.pytorch as pl
     import ray.train
-    from lightning.pytorch.callbacks import TQDMProgressBar
     from ray.train.lightning import (
         RayDDPStrategy,
         RayLightningEnvironment,
@@ -280,19 +266,12 @@ def _worker(config: dict) -> None:
         prepare_trainer,
     )
 
-    from assay import tracking
-    from assay.config import validate
-    from assay.data import datamodule
-    from assay.models import create_model
-    from assay.training import trainer_callbacks, trainer_settings
-
     cfg = validate(config["cfg"])
     root = Path(config["root"])
     t = cfg.train
     torch.set_num_threads(max(1, int(t.cpus_per_worker)))  # two workers on 2 cores: 1 each
     pl.seed_everything(t.seed, workers=True, verbose=False)
-    dm = datamodule(t.dataset, root, batch_size=t.batch_size, seed=t.seed)
-    model = create_model(t.arch, task=dm.task, optim=t.optim(), **t.arch_config())
+    dm, model = engine.build(cfg, root)
     rank = ray.train.get_context().get_world_rank()
     checkpoint = ray.train.get_checkpoint()
     loggers = (
@@ -302,29 +281,27 @@ def _worker(config: dict) -> None:
         if rank == 0
         else False
     )
-    family = model.objective.callbacks(model, cfg, root)
-    if config.get("trial"):
-        from assay.trial import OptunaPruning, TrialContext
-
-        family.append(OptunaPruning(TrialContext.load(config["trial"])))
-    callbacks, _ = trainer_callbacks(
-        cfg, family, config["monitor"], config["mode"], config["tracking"]["run_id"]
+    extra = [*model.objective.callbacks(model, cfg, root), *config["callbacks"]]
+    callbacks, _ = engine.fit_callbacks(
+        cfg, extra, config["monitor"], config["mode"], config["tracking"]["run_id"]
     )
-    if rank == 0 and not config.get("trial"):
+    bar = rank == 0 and config["bar"]
+    if bar:
         # Worker output reaches the driver through Ray's log monitor, line by line: a bar
         # redrawn every step costs the training cores a share; ~20 redraws an epoch do not.
         callbacks.append(TQDMProgressBar(refresh_rate=max(1, _steps_per_epoch(dm, t) // 20)))
-    trainer = pl.Trainer(
-        **trainer_settings(t, model),
+    trainer = engine.trainer(
+        cfg,
+        model,
+        [*callbacks, RayTrainReportCallback()],
         accelerator="gpu" if t.gpus_per_worker > 0 else "cpu",
         devices="auto",
         # Gradients live in DDP's all-reduce buckets: one copy less per step.
         strategy=RayDDPStrategy(gradient_as_bucket_view=True),
         plugins=[RayLightningEnvironment()],
         logger=loggers,
-        callbacks=[*callbacks, RayTrainReportCallback()],
         enable_checkpointing=False,
-        enable_progress_bar=rank == 0 and not config.get("trial"),
+        enable_progress_bar=bar,
     )
     trainer = prepare_trainer(trainer)
     if checkpoint is None:

@@ -44,17 +44,12 @@ class Judge:
 
     @classmethod
     def load(cls, model_uri: str, cfg, root: Path) -> Judge:
-        import mlflow
-        from mlflow.exceptions import MlflowException
-
         uri = tracking.tracking_uri(cfg.tracking, root)
         tracking.ensure_store(uri)
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_registry_uri(uri)
         try:
-            # the logged pyfunc (assay.contract.AssayModel) holds the torch net it applies
-            head = mlflow.pyfunc.load_model(model_uri).unwrap_python_model().net
-        except (MlflowException, OSError, AttributeError) as e:
+            # the logged pyfunc (assay.tracking.contract.AssayModel) holds the net it applies
+            head = tracking.load_net(model_uri, uri)
+        except (tracking.TrackingError, OSError, AttributeError) as e:
             name = model_uri.removeprefix("models:/").split("@")[0].split("/")[0]
             raise FileNotFoundError(
                 f"the GAN's judge {model_uri} is not in {uri} ({str(e).splitlines()[0]}): train "

@@ -2,8 +2,8 @@
 (runs:/RUN_ID/model) applied to a file, whatever its family. The model is an MLflow pyfunc that
 carries its network, `assay.json` (its objective, what its outputs mean, and its input contract)
 and, for text, its tokenizer. This module only reads the file into the raw form the contract
-takes and calls `mlflow.pyfunc.load_model(uri).predict` on it (see `assay.contract`), so MLflow's
-loader and `mlflow models serve` give the same answers and refuse the same input:
+takes and calls the pyfunc's predict on it (see `assay.tracking.contract`), so MLflow's loader
+and `mlflow models serve` give the same answers and refuse the same input:
 
   classification   images (.npy/.npz, pixels in the data set's own range: digits 0..16,
                    MNIST 0..255) or texts (.txt, one per line; .csv with a `text` column)
@@ -27,6 +27,7 @@ import numpy as np
 from assay import tracking
 from assay.config import TrackingConfig
 from assay.objectives import Prediction, get_objective
+from assay.tracking.contract import ContractError
 
 
 class PredictError(ValueError):
@@ -54,16 +55,11 @@ def load_input(path: Path) -> np.ndarray:
 
 
 def _load(model_uri: str, root: Path):
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
     uri = tracking.tracking_uri(TrackingConfig(), root)
     tracking.ensure_store(uri)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
     try:
-        model = mlflow.pyfunc.load_model(model_uri)
-    except (MlflowException, OSError) as e:
+        model = tracking.load_model(model_uri, uri)
+    except (tracking.TrackingError, OSError) as e:
         raise PredictError(
             f"cannot load model {model_uri} from {uri}: {_first_line(e)}{_known_models_hint(uri)}"
         ) from None
@@ -74,10 +70,7 @@ def _load(model_uri: str, root: Path):
             f"{model_uri} was logged by an older Assay, whose architectures were the top-level "
             "package `models` (now `assay.models`): retrain it (`dvc repro`) and register it again"
         ) from None
-    try:
-        card = getattr(model.unwrap_python_model(), "card", None)
-    except MlflowException:  # another flavour (mlflow.pytorch, as Assay logged before)
-        card = None
+    card = tracking.card_of(model)
     if card is None or "input" not in card:
         raise PredictError(
             f"{model_uri} is not an Assay model with an input contract (models logged before it "
@@ -88,8 +81,6 @@ def _load(model_uri: str, root: Path):
 
 def _apply(model, raw):
     """The pyfunc's answer; out-of-contract input becomes a PredictError with its message."""
-    from assay.contract import ContractError
-
     try:
         return model.predict(raw)
     except ContractError as e:  # the message as MLflow's loader and scoring server give it
@@ -188,10 +179,8 @@ def _first_line(e: Exception) -> str:
 
 
 def _known_models_hint(uri: str) -> str:
-    from mlflow import MlflowClient
-
     try:
-        names = [m.name for m in MlflowClient(uri, registry_uri=uri).search_registered_models()]
+        names = tracking.registered_names(uri)
     except Exception:  # the hint is a courtesy; never hide the real error behind another
         return ""
     return f"; registered models: {', '.join(names) or 'none (run `dvc repro` first)'}"

@@ -66,8 +66,6 @@ def register(cfg: AssayConfig, root: Path | None = None, force: bool = False) ->
 def _check_logged(info: dict, metric: str, value: float, out: Path, how: dict) -> None:
     """The score on disk is the one the run holds in MLflow (evaluate logs both), and the model
     to register is the run's own logged model."""
-    import mlflow
-
     client = tracking.ensure_store(info["mlflow_tracking_uri"])
     run_id = info["mlflow_run_id"]
     artifacts.check_run_finished(client, info, out, how)
@@ -78,8 +76,7 @@ def _check_logged(info: dict, metric: str, value: float, out: Path, how: dict) -
             f"{'none' if logged is None else f'{logged:.6g}'} in MLflow: score it again with "
             f"{how['evaluate']}"
         )
-    model_id = (info.get("model_uri") or "").removeprefix("models:/")
-    source = mlflow.get_logged_model(model_id).source_run_id if model_id else None
+    source = tracking.logged_model_source(info.get("model_uri"))
     if source != run_id:
         raise artifacts.ArtifactMismatch(
             f"{out / 'model' / 'run.json'} names model {info.get('model_uri')}, which was logged "
@@ -100,22 +97,19 @@ def gate(
     """Register `model_uri` as a new version of `name` and apply the champion gate: the champion
     alias moves only if `value` of `metric` beats the champion's (`mode`: max or min), and both
     were scored on the same data (unless `force`)."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
     client = tracking.ensure_store(uri)
     aliases = cfg.register
     try:
         client.get_registered_model(name)
-    except MlflowException:
+    except tracking.TrackingError:
         client.create_registered_model(name, description=f"Assay {name}; champion gate on {metric}")
-    mv = mlflow.register_model(model_uri, name)
+    mv = tracking.register_version(model_uri, name)
     version = mv.version
     client.set_model_version_tag(name, version, metric, str(value))
     client.set_registered_model_alias(name, aliases.candidate_alias, version)
     try:
         champ = client.get_model_version_by_alias(name, aliases.champion_alias)
-    except MlflowException:
+    except tracking.TrackingError:
         champ = None
     champ_value = None
     if champ is None:

@@ -40,6 +40,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
+from assay import tracking
 from assay.config import (
     AssayConfig,
     ConfigError,
@@ -391,10 +392,11 @@ def run_trial(cfg_json: dict, ctx_json: dict, root: str) -> dict[str, Any]:
     warnings.filterwarnings("ignore", message=".*(LeafSpec|logging interval|litlogger).*")
 
     from assay.training import train
+    from assay.trial import run_options
 
     try:
         cfg = validate(cfg_json)
-        result = train(cfg, Path(root), trial=ctx)
+        result = train(cfg, Path(root), run_options(ctx))
     except Exception as e:  # the driver records it; other trials go on
         return {
             "number": ctx.number,
@@ -403,7 +405,7 @@ def run_trial(cfg_json: dict, ctx_json: dict, root: str) -> dict[str, Any]:
         }
     return {
         "number": ctx.number,
-        "state": result.state,
+        "state": result.outcome["trial.state"],
         "value": result.metrics.get(ctx.metric),
         "epochs": result.epochs,
         "run_id": result.run_id,
@@ -557,11 +559,10 @@ def run_sweep(
     earlier MLflow runs stay)."""
     import warnings
 
-    import mlflow
     import optuna
     import ray
 
-    from assay import distributed, tracking
+    from assay import distributed
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # TPE's `group` (for conditional spaces) is marked experimental since Optuna 2.8
@@ -724,7 +725,7 @@ def run_sweep(
         client.set_tag(parent_id, "error", result.error[:5000])
         status = "FAILED"
     client.set_terminated(parent_id, status)
-    mlflow.set_tracking_uri(uri)
+    tracking.ensure_store(uri)  # the caller's next MLflow call (register) goes to this store
     return result
 
 
@@ -785,8 +786,6 @@ def _safe_url(url: str) -> str:
 
 
 def _log_sweep_params(client, run_id: str, sweep: Sweep) -> None:
-    from mlflow.entities import Param
-
     cfg = sweep.cfg
     params = {
         "study": sweep.study,
@@ -799,9 +798,7 @@ def _log_sweep_params(client, run_id: str, sweep: Sweep) -> None:
         "base": cfg.experiment or cfg.run or "params.yaml",
         **{f"space.{k}": v.model_dump_json(exclude_none=True) for k, v in cfg.space.items()},
     }
-    items = [Param(k, str(v)[:6000]) for k, v in params.items()]
-    for i in range(0, len(items), 100):
-        client.log_batch(run_id, params=items[i : i + 100])
+    tracking.log_params(client, run_id, params)
 
 
 # ----------------------------------------------------------------------------------- the summary
@@ -832,8 +829,6 @@ def trials_table(study) -> list[dict[str, Any]]:
 
 def _summarise(sweep: Sweep, study, client, parent_id: str, seconds: float, say) -> SweepResult:
     from optuna.trial import TrialState
-
-    from assay import tracking
 
     counts = _study_state(study)
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))

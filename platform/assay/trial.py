@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.callbacks import Callback
+
+from assay.training import RunOptions
 
 
 @dataclass
@@ -163,3 +166,35 @@ def die_with_driver(ctx: TrialContext, every: float = 1.0) -> None:
                 pass
 
     threading.Thread(target=watch, name="assay-driver-watch", daemon=True).start()
+
+
+def run_options(ctx: TrialContext) -> RunOptions:
+    """How `assay.training.train` runs this trial: its MLflow run a child of the sweep's, its
+    W&B run grouped under the study (started after the fit: W&B's start-up stays off the trial's
+    clock), reporting to Optuna every epoch and stopping when pruned, its outputs in the trial's
+    own folder, its model logged only if it wins (`sweep.register_best`), its run id noted on the
+    trial as soon as it exists (so a resumed sweep finds it even if the driver died)."""
+
+    def outcome() -> dict[str, str]:
+        pruned_at = get_user_attr(ctx, "pruned_at_epoch")  # noted by whichever process trained
+        if pruned_at is None:
+            return {"trial.state": "complete"}
+        return {"trial.state": "pruned", "trial.pruned_at_epoch": str(pruned_at)}
+
+    return RunOptions(
+        run_name=ctx.run_name,
+        out_dir=Path(ctx.out_dir),
+        tags={
+            "mlflow.parentRunId": ctx.parent_run_id,
+            "optuna.study": ctx.study,
+            "optuna.trial": str(ctx.number),
+        },
+        provenance=ctx.tags,  # computed once by the driver for all its trials
+        callbacks=[OptunaPruning(ctx)],
+        wandb_group=ctx.study,
+        wandb_after_fit=True,
+        log_model=False,
+        progress_bar=False,  # the driver prints a line per trial
+        on_run=lambda run_id: set_user_attr(ctx, "mlflow_run_id", run_id),
+        outcome=outcome,
+    )

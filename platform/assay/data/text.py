@@ -22,9 +22,9 @@ from assay.data.common import (
     stratified_split,
 )
 from assay.models.base import Task
+from assay.tokens import PAD, UNK, encode
 
 CLASSES = ["rotten", "fresh"]
-PAD, UNK = "[PAD]", "[UNK]"
 
 
 def fetch(name: str, cfg, dest: Path) -> None:
@@ -52,12 +52,6 @@ def build_tokenizer(texts: list[str], vocab_size: int):
     tok.train_from_iterator(texts, trainer)
     assert tok.token_to_id(PAD) == 0  # padding id 0 is what the models mask
     return tok
-
-
-def encode(tok, texts: list[str], max_len: int) -> np.ndarray:
-    tok.enable_truncation(max_len)
-    tok.enable_padding(pad_id=0, pad_token=PAD, length=max_len)
-    return np.array([e.ids for e in tok.encode_batch(texts)], dtype=np.int64)
 
 
 def prepare(name: str, raw: Path, source: dict, cfg) -> tuple[dict, dict, dict]:

@@ -12,7 +12,7 @@ everything that follows from it, so a new objective is one new file:
   head           the logged inference network around a model's net (softmax, pairs -> ratings)
   score          the test scorer: metrics, plots and tables for `assay evaluate`
   decode         `assay predict`'s table of a model's answers
-  finish         the logged model's answer from its net's output (`assay.contract`)
+  output         what the logged model does to its net's answer (clip, add the error), in its card
   callbacks      what a fit needs beyond the common callbacks (the GAN's judge)
   refit          why `train.refit` has no meaning for it (None: it has one)
 
@@ -77,9 +77,11 @@ class Objective:
         """Test metrics (and the number of test examples); pictures and tables go in `out`."""
         raise NotImplementedError
 
-    def finish(self, card: dict, out: np.ndarray, x: np.ndarray):
-        """The logged model's answer, from its net's output `out` on the prepared input `x`."""
-        return out
+    def output(self, task) -> dict:
+        """What the logged model does to its net's answer (`assay.tracking.contract.apply`):
+        {"clip": [lo, hi]} and/or {"error": "mse"} (the answer becomes the output and each
+        input's error). Written into the model's card, so serving needs no objective code."""
+        return {}
 
     def decode(self, out, raw, card: dict) -> Prediction:
         """`assay predict`'s table: default, one row of values per example."""

@@ -35,8 +35,8 @@ class Reconstruction(Objective):
         latent_png(model, x[sub], y[sub].numpy(), out, f"{title}: test latent space", names)
         return metrics, len(y)
 
-    def finish(self, card, out, x):
-        return {"reconstruction": out, "mse": ((out - x) ** 2).reshape(len(x), -1).mean(1)}
+    def output(self, task):
+        return {"error": "mse"}
 
     def decode(self, out, raw, card):
         rows = [[i, float(e)] for i, e in enumerate(out["mse"])]

@@ -1,0 +1,67 @@
+"""MLflow and Weights & Biases, together: the only package that imports either.
+
+Every training run is one MLflow run and one W&B run with the same name, each holding the other's
+id. W&B runs offline (files under `<root>/wandb/`) unless the user chose otherwise; MLflow defaults
+to `sqlite:///<root>/mlflow.db` with artifacts in `<root>/mlruns/`.
+
+  store      the MLflow store, its experiments, params, and the tags every run carries
+  run        a tracked run (`TrackedRun`): MLflow + W&B, and the Lightning loggers into both
+  mirror     W&B's settings, and results written to W&B outside a fit
+  models     logged models (an MLflow pyfunc with its input contract) and the registry
+  contract   the logged model's input contract: what `predict` and `mlflow models serve` run
+"""
+
+from assay.tracking.mirror import log_wandb_summary, wandb_dir, wandb_mode
+from assay.tracking.models import (
+    card_of,
+    load_model,
+    load_net,
+    log_model,
+    logged_model_source,
+    register_version,
+    registered_names,
+)
+from assay.tracking.run import TrackedRun, run_loggers
+from assay.tracking.store import (
+    SCORED_ON,
+    TrackingError,
+    data_hash,
+    ensure_store,
+    experiment_id,
+    files_md5,
+    flatten,
+    git_info,
+    last_step,
+    log_params,
+    open_store,
+    provenance,
+    tracking_uri,
+)
+
+__all__ = [
+    "SCORED_ON",
+    "TrackedRun",
+    "TrackingError",
+    "card_of",
+    "data_hash",
+    "ensure_store",
+    "experiment_id",
+    "files_md5",
+    "flatten",
+    "git_info",
+    "last_step",
+    "load_model",
+    "load_net",
+    "log_model",
+    "log_params",
+    "log_wandb_summary",
+    "logged_model_source",
+    "open_store",
+    "provenance",
+    "register_version",
+    "registered_names",
+    "run_loggers",
+    "tracking_uri",
+    "wandb_dir",
+    "wandb_mode",
+]

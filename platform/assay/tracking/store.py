@@ -1,0 +1,135 @@
+"""The MLflow store and what every run is tagged with (git commit, data hash)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import mlflow
+import yaml
+from filelock import FileLock
+from mlflow.entities import Param
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+if TYPE_CHECKING:  # tracking sits below the config schema: it only reads the settings given
+    from assay.config import TrackingConfig
+
+# What a failed MLflow call raises, for callers that say what to do instead.
+TrackingError = MlflowException
+
+
+# ------------------------------------------------------------------------------------ the store
+def tracking_uri(cfg: TrackingConfig, root: Path) -> str:
+    return (
+        os.environ.get("MLFLOW_TRACKING_URI")
+        or cfg.uri
+        or f"sqlite:///{root.resolve() / 'mlflow.db'}"
+    )
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+def ensure_store(uri: str) -> MlflowClient:
+    """Create (or migrate) the store once, under a file lock: two processes creating a new SQLite
+    store at once corrupt its schema migration (see PITFALLS)."""
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    client = MlflowClient(uri, registry_uri=uri)
+    db = _sqlite_path(uri)
+    if db is None:
+        return client
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(db) + ".lock", timeout=300):
+        client.search_experiments(max_results=1)  # creates and migrates the schema
+    return client
+
+
+def open_store(uri: str) -> MlflowClient | None:
+    """The store at `uri`, or None for a SQLite file that does not exist (nothing to read, and
+    none created by looking)."""
+    db = _sqlite_path(uri)
+    return None if db is not None and not db.exists() else ensure_store(uri)
+
+
+def experiment_id(client: MlflowClient, name: str, root: Path, uri: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    # With a SQLite store, keep artifacts beside it whatever the cwd (a Ray job runs elsewhere).
+    db = _sqlite_path(uri)
+    location = (db.parent / "mlruns").as_uri() if db else None
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except MlflowException:  # created meanwhile by another process
+        return client.get_experiment_by_name(name).experiment_id
+
+
+# ----------------------------------------------------------------------------------- provenance
+def git_info(root: Path) -> dict[str, str]:
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    commit = git("rev-parse", "HEAD")
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no")) if commit else False
+    return {"mlflow.source.git.commit": commit or "none", "git.dirty": str(dirty).lower()}
+
+
+def data_hash(root: Path, dataset: str) -> dict[str, str]:
+    """The prepared data's DVC hash from dvc.lock, else an md5 of the files we computed here."""
+    lock = root / "dvc.lock"
+    if lock.exists():
+        stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+        for out in stages.get(f"prepare@{dataset}", {}).get("outs", []):
+            if out.get("path") == f"data/{dataset}" and out.get("md5"):
+                return {"dvc.data_hash": out["md5"], "dvc.data_hash_source": "dvc.lock"}
+    return {"dvc.data_hash": files_md5(root / "data" / dataset), "dvc.data_hash_source": "computed"}
+
+
+SCORED_ON = "eval.data_hash"  # run tag: the sha256 of the test split `evaluate` scored
+
+
+def files_md5(folder: Path) -> str:
+    """One md5 over the names and bytes of every file below `folder`: the same files give the
+    same hash wherever they are and whoever made them (dvc.lock's md5 exists only under DVC)."""
+    h = hashlib.md5()
+    for f in sorted(folder.rglob("*")):
+        if f.is_file():
+            h.update(f.relative_to(folder).as_posix().encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def provenance(root: Path, dataset: str) -> dict[str, str]:
+    """The git commit and the data's hash: the tags every run carries."""
+    return {**git_info(root), **data_hash(root, dataset)}
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = str(v)
+    return out
+
+
+def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> None:
+    """Flattened params, each cut to MLflow's 6000 characters, 100 a batch (MLflow's limit)."""
+    items = [Param(k, str(v)[:6000]) for k, v in flatten(params).items()]
+    for i in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[i : i + 100])
+
+
+def last_step(uri: str, run_id: str, metric: str) -> int:
+    """The last step at which the run logged `metric`; -1 if never."""
+    history = MlflowClient(uri).get_metric_history(run_id, metric)
+    return max((m.step for m in history), default=-1)

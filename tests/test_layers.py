@@ -1,0 +1,79 @@
+"""The layers hold: `lint-imports` (import-linter) checks the contracts in pyproject.toml on the
+package as it installs (assay, with assay.models inside it: in the repo they are two folders,
+which the import graph would not see as one package). And importing Assay changes nothing in
+the importing process's environment; the `assay` command sets its own defaults when it runs."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import REPO
+
+LINT = Path(sys.executable).with_name("lint-imports")
+
+
+def _stage(into: Path) -> Path:
+    shutil.copytree(
+        REPO / "platform/assay", into / "assay", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    shutil.copytree(
+        REPO / "models", into / "assay/models", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    return into
+
+
+def test_import_contracts_hold(tmp_path):
+    staged = _stage(tmp_path)
+    done = subprocess.run(
+        [str(LINT), "--config", str(REPO / "pyproject.toml"), "--no-cache"],
+        cwd=staged,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(staged)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert "BROKEN" not in done.stdout and " KEPT" in done.stdout
+
+
+def test_a_broken_contract_fails_the_check(tmp_path):
+    """The check can fail: a module outside the tracking package that imports MLflow breaks it."""
+    staged = _stage(tmp_path)
+    (staged / "assay/paths.py").write_text(
+        (staged / "assay/paths.py").read_text() + "\nimport mlflow\n"
+    )
+    done = subprocess.run(
+        [str(LINT), "--config", str(REPO / "pyproject.toml"), "--no-cache"],
+        cwd=staged,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(staged)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode != 0 and "assay.paths -> mlflow" in done.stdout, done.stdout[-3000:]
+
+
+PROBE = """
+import os, pkgutil, importlib
+before = dict(os.environ)
+import assay
+for m in pkgutil.walk_packages(assay.__path__, "assay."):
+    importlib.import_module(m.name)
+import assay.models, assay.cli
+changed = sorted(k for k in set(before) | set(os.environ) if before.get(k) != os.environ.get(k))
+print(changed)
+"""
+
+
+def test_importing_assay_changes_no_environment_variable():
+    env = {
+        k: v for k, v in __import__("os").environ.items() if not k.startswith(("MLFLOW_", "RAY_"))
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"

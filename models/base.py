@@ -13,6 +13,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from assay.datasets import Kind
 from assay.objectives import Objective, get_objective
 
 # Logged models pickled these from here; they now live with their objectives.
@@ -32,9 +33,6 @@ class StrictModel(BaseModel):
     """Unknown keys are errors, never silently ignored."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-Kind = Literal["image", "text", "timeseries", "tabular", "ratings"]
 
 
 class Task(StrictModel):

@@ -301,3 +301,16 @@ def test_error_messages_cut_long_values(root):
     with pytest.raises(ConfigError) as e:
         load_config(overrides=[f"train.lr.x={huge}"], root=root)
     assert len(str(e.value)) < 2000
+
+
+def test_an_experiment_file_can_name_a_params_run_instead_of_repeating_it(tmp_path):
+    """experiments/movielens-matrix_factorization.yaml says `run: ...`: `assay train -e` and
+    `dvc repro`'s run are one config (they once drifted apart as two copies); a run params.yaml
+    lacks is named with the runs it has."""
+    cfg = load_config("movielens-matrix_factorization", root=REPO)
+    run = load_config(root=REPO).for_run("movielens-matrix_factorization")
+    assert cfg.model_dump() == run.model_dump() and cfg.train.key == run.train.key
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("run: no-such-run\n")
+    with pytest.raises(ConfigError, match="run: 'no-such-run' is not a run of params.yaml"):
+        load_config(bad, root=REPO)

@@ -12,6 +12,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from assay import datasets  # the registry alone: no torch
+
 # Telemetry off unless the user turned it on (see PITFALLS). MLflow reads its switch once, at
 # `import mlflow`, so the `assay` command sets these before any command imports anything heavy
 # (every import of a command is inside it); importing `assay` as a library changes nothing.
@@ -53,11 +55,10 @@ Run = Annotated[
     str | None,
     typer.Option("--run", "-r", help="a named run from params.yaml's `runs` (what dvc repro uses)"),
 ]
-DATASET_HELP = (
-    "digits, mnist, fashion_mnist (image); rotten_tomatoes (text); elecdemand (time series); "
-    "shuttle (tabular anomalies); movielens (ratings)"
-)
-Dataset = Annotated[str | None, typer.Option(help="shortcut for --set train.dataset=...")]
+DATASET_HELP = datasets.help_line()
+Dataset = Annotated[
+    str | None, typer.Option(help=f"shortcut for --set train.dataset=...: {DATASET_HELP}")
+]
 Arch = Annotated[str | None, typer.Option(help="shortcut for --set train.arch=...")]
 
 
@@ -430,7 +431,7 @@ def sweep(
     out.print(
         f"sweep {s.study}: {c.objective.metric} ({c.objective.direction}) over "
         f"{', '.join(c.space)}; {c.sampler.name} sampler, {c.pruner.name} pruner, {budget}, "
-        f"{c.parallel} at a time; storage {sw._safe_url(s.storage)}",
+        f"{c.parallel} at a time; storage {sw.safe_url(s.storage)}",
         highlight=False,
     )
     r = _guarded(
@@ -441,7 +442,7 @@ def sweep(
     counts = ", ".join(f"{v} {k}" for k, v in r.counts.items() if v)
     best = (
         f"best trial {r.best_number}: {c.objective.metric} {r.best_value:.4f}, "
-        f"{sw._fmt_params(r.best_params)}"
+        f"{sw.fmt_params(r.best_params)}"
         if r.best_number is not None
         else "no trial completed"
     )
@@ -473,7 +474,7 @@ def sweep_status(
         "pruned at",
         "seconds",
         *(p.removeprefix("params.").removeprefix("train.").removeprefix("models.") for p in params),
-        title=f"study {study} ({sw._safe_url(url)})",
+        title=f"study {study} ({sw.safe_url(url)})",
     )
     colour = {"complete": "green", "pruned": "yellow", "fail": "red", "running": "cyan"}
     for r in rows:

@@ -17,23 +17,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from assay.datasets import get_dataset, list_datasets
 from assay.models import get_entry
 from assay.models.base import OptimConfig, StrictModel
 from assay.models.registry import UnknownModelError
 from assay.paths import find_root
-
-# What `prepare` can make, and the kind of data each is; assay.data holds how. A model class says
-# which kinds it trains on (`OBJECTIVES`), so a mismatch is a config error before any compute.
-DATASET_KINDS = {
-    "digits": "image",
-    "mnist": "image",
-    "fashion_mnist": "image",
-    "rotten_tomatoes": "text",
-    "elecdemand": "timeseries",
-    "shuttle": "tabular",
-    "movielens": "ratings",
-}
-DATASETS = tuple(DATASET_KINDS)
 
 
 class ConfigError(ValueError):
@@ -128,7 +116,7 @@ class RatingsPrepConfig(StrictModel):
 
 
 class PrepareConfig(StrictModel):
-    datasets: list[str] = Field(default=list(DATASETS), min_length=1)
+    datasets: list[str] = Field(default_factory=list_datasets, min_length=1)
     seed: int = Field(0, ge=0)
     val_fraction: float = Field(0.15, gt=0, lt=0.5, description="where a set has no split")
     test_fraction: float = Field(0.2, gt=0, lt=0.5, description="where a set has no split")
@@ -315,8 +303,8 @@ class AssayConfig(StrictModel):
 
 
 def _check_dataset(name: str) -> str:
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {_short(name)}; known: {', '.join(DATASETS)}")
+    if name not in list_datasets():
+        raise ValueError(f"unknown dataset {_short(name)}; known: {', '.join(list_datasets())}")
     return name
 
 
@@ -426,7 +414,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return out
 
 
-def _read_yaml(path: Path, what: str) -> dict:
+def read_yaml(path: Path, what: str) -> dict:
     try:
         data = safe_yaml(path.read_text(), f"{what} {path}") or {}
     except FileNotFoundError:
@@ -464,20 +452,36 @@ def load_config(
 
     `require`: the sections the calling command reads; each must be in params.yaml or the
     experiment file, and not empty (an emptied params.yaml must not train on built-in defaults).
-    An experiment's run is keyed by the file's name (`train.name`) unless the file names it."""
+    An experiment's run is keyed by the file's name (`train.name`) unless the file names it. An
+    experiment file with `run: NAME` starts from params.yaml's `runs.NAME` (what `dvc repro`
+    trains, and where DVC tracks it) instead of repeating its settings."""
     root = root or find_root()
     params = params or root / "params.yaml"
-    raw = _read_yaml(params, "params file") if params.exists() else {}
+    raw = read_yaml(params, "params file") if params.exists() else {}
     exp_file, exp_raw = None, {}
     if experiment:
         exp_file = experiment_path(experiment, root)
-        exp_raw = _read_yaml(exp_file, "experiment file")
+        exp_raw = read_yaml(exp_file, "experiment file")
     _check_required(require, params, raw, exp_file, exp_raw)
     if exp_file is not None:
+        if "run" in exp_raw:
+            raw = _with_run(raw, exp_raw.pop("run"), exp_file)
         raw = _deep_merge(raw, exp_raw)
         if not (exp_raw.get("train") or {}).get("name"):
             raw.setdefault("train", {})["name"] = _key_of(exp_file)
     return validate(apply_overrides(raw, overrides or []))
+
+
+def _with_run(raw: dict, name: Any, exp_file: Path) -> dict:
+    """params.yaml's `runs.NAME` over its `train`, for an experiment file that says `run: NAME`."""
+    runs = raw.get("runs") or {}
+    if not isinstance(name, str) or name not in runs:
+        known = ", ".join(runs) or "none"
+        raise ConfigError(
+            [f"{exp_file}: run: {_short(name)} is not a run of params.yaml ({known})"]
+        )
+    train = _deep_merge({**(raw.get("train") or {}), "name": name}, runs[name] or {})
+    return {**raw, "train": train}
 
 
 def _check_required(require, params: Path, raw: dict, exp_file, exp_raw: dict) -> None:
@@ -543,7 +547,7 @@ def validate(raw: dict) -> AssayConfig:
     try:
         cfg = AssayConfig.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(_describe(e, AssayConfig)) from None
+        raise ConfigError(describe_errors(e, AssayConfig)) from None
     problems: list[str] = []
     problems += _check_arch_configs(cfg.train.models, "train.models")
     problems += _check_pairing(cfg.train, "train")
@@ -564,7 +568,7 @@ def validate(raw: dict) -> AssayConfig:
         try:
             run = TrainConfig.model_validate(_deep_merge(train_raw, override))
         except ValidationError as e:
-            problems += _describe(e, TrainConfig, prefix=where)
+            problems += describe_errors(e, TrainConfig, prefix=where)
             continue
         problems += _check_arch_configs(override.get("models", {}), f"{where}.models")
         problems += _check_pairing(run, where)
@@ -576,10 +580,10 @@ def validate(raw: dict) -> AssayConfig:
 def _check_pairing(train: TrainConfig, where: str) -> list[str]:
     """The architecture must train on the dataset's kind of data (an LSTM on images: no)."""
     objectives = get_entry(train.arch).module_cls.OBJECTIVES
-    kind = DATASET_KINDS[train.dataset]
+    kind = get_dataset(train.dataset).kind
     if kind in objectives:
         return []
-    fits = [d for d, k in DATASET_KINDS.items() if k in objectives]
+    fits = list_datasets(set(objectives))
     return [
         f"{where}.arch: {train.arch!r} cannot train on {train.dataset!r} ({kind} data); it trains "
         f"on {', '.join(sorted(objectives))} data: datasets {', '.join(fits)}"
@@ -597,13 +601,13 @@ def _check_arch_configs(models: dict[str, Any], prefix: str) -> list[str]:
         try:
             entry.config(**(arch_cfg or {}))
         except ValidationError as e:
-            problems += _describe(e, entry.config_cls, prefix=f"{prefix}.{name}")
+            problems += describe_errors(e, entry.config_cls, prefix=f"{prefix}.{name}")
         except TypeError:
             problems.append(f"{prefix}.{name}: expected a mapping, got {_short(arch_cfg)}")
     return problems
 
 
-def _describe(err: ValidationError, model: type, prefix: str = "") -> list[str]:
+def describe_errors(err: ValidationError, model: type, prefix: str = "") -> list[str]:
     out = []
     for e in err.errors():
         loc = [_cut(str(p), 60) for p in e["loc"]]

@@ -12,10 +12,11 @@ import json
 from pathlib import Path
 from types import ModuleType
 
-from assay.config import DATASET_KINDS, DATASETS, FetchConfig, PrepareConfig
+from assay.config import FetchConfig, PrepareConfig
 from assay.data import images, ratings, series, tabular, text
 from assay.data.common import SPLITS, ArrayDataModule, read_meta, sha256_file, write_splits
 from assay.data.images import ImageDataModule
+from assay.datasets import get_dataset, list_datasets
 from assay.paths import DataError, atomic_dir
 
 __all__ = [
@@ -47,9 +48,9 @@ _MODULES = {
 
 
 def _kind(name: str) -> str:
-    if name not in DATASET_KINDS:
-        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
-    return DATASET_KINDS[name]
+    if name not in list_datasets():
+        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(list_datasets())}")
+    return get_dataset(name).kind
 
 
 def fetch(name: str, cfg: FetchConfig, root: Path) -> Path:

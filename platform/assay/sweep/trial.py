@@ -10,14 +10,22 @@ and leaves the other ranks waiting in a collective (optuna/optuna#6043).
 
 from __future__ import annotations
 
+import logging
+import os
+import socket
+import threading
 import time
+import traceback
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import optuna
 from lightning.pytorch.callbacks import Callback
 
-from assay.training import RunOptions
+from assay.config import validate
+from assay.training import RunOptions, train
 
 
 @dataclass
@@ -51,8 +59,6 @@ class TrialContext:
 
 def build_pruner(cfg: dict[str, Any]):
     """An Optuna pruner from a dumped `PrunerConfig`."""
-    import optuna
-
     name = cfg["name"]
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner(
@@ -87,8 +93,6 @@ class OptunaPruning(Callback):
 
     def _optuna_trial(self):
         if self._trial is None:
-            import optuna
-
             optuna.logging.set_verbosity(optuna.logging.WARNING)
             study = optuna.load_study(
                 study_name=self.ctx.study,
@@ -130,15 +134,11 @@ class OptunaPruning(Callback):
 
 def set_user_attr(ctx: TrialContext, key: str, value: Any) -> None:
     """Note something on the trial in the study's storage (from whichever process trains it)."""
-    import optuna
-
     optuna.storages.get_storage(ctx.storage).set_trial_user_attr(ctx.trial_id, key, value)
 
 
 def get_user_attr(ctx: TrialContext, key: str) -> Any:
     """What a process noted on the trial (`set_user_attr`), read back from the study's storage."""
-    import optuna
-
     storage = optuna.storages.get_storage(ctx.storage)
     return storage.get_trial(ctx.trial_id).user_attrs.get(key)
 
@@ -147,10 +147,6 @@ def die_with_driver(ctx: TrialContext, every: float = 1.0) -> None:
     """A watchdog thread: if the sweep driver on this machine is gone (killed), end this trial's
     process at once. Otherwise an orphaned trial would train on and write to the study and the
     MLflow run after `--resume` has failed it. (On another node Ray ends a dead driver's tasks.)"""
-    import os
-    import socket
-    import threading
-
     if not ctx.driver or ctx.driver[0] != socket.gethostname():
         return
     pid = int(ctx.driver[1])
@@ -198,3 +194,33 @@ def run_options(ctx: TrialContext) -> RunOptions:
         on_run=lambda run_id: set_user_attr(ctx, "mlflow_run_id", run_id),
         outcome=outcome,
     )
+
+
+def run_trial(cfg_json: dict, ctx_json: dict, root: str) -> dict[str, Any]:
+    """A Ray task: train one trial. Returns its outcome; never raises for a training error (the
+    traceback comes back as `error`, and the trial's MLflow run is FAILED)."""
+    ctx = TrialContext.load(ctx_json)
+    ctx.started = time.time()
+    die_with_driver(ctx)
+    # One line per trial comes from the driver; Lightning's banners from every trial would bury it.
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*(LeafSpec|logging interval|litlogger).*")
+
+    try:
+        cfg = validate(cfg_json)
+        result = train(cfg, Path(root), run_options(ctx))
+    except Exception as e:  # the driver records it; other trials go on
+        return {
+            "number": ctx.number,
+            "state": "failed",
+            "error": "".join(traceback.format_exception(type(e), e, e.__traceback__))[-4000:],
+        }
+    return {
+        "number": ctx.number,
+        "state": result.outcome["trial.state"],
+        "value": result.metrics.get(ctx.metric),
+        "epochs": result.epochs,
+        "run_id": result.run_id,
+        "wandb_id": result.wandb_id,
+        "seconds": result.seconds,
+    }

@@ -1,0 +1,61 @@
+"""Hyperparameter sweeps: an Optuna study whose trials train on Ray, tracked in MLflow and W&B.
+
+    assay sweep -e experiments/sweeps/mnist-cnn.yaml [--trials 40] [--parallel 2] [--resume]
+
+The sweep file (`SweepFile`) names a base experiment, the objective, the search space, the sampler,
+the pruner and the budget. The driver (this process) owns the study: it asks Optuna for a trial,
+samples its parameters (define-by-run, so a parameter can depend on another: `when:`), and hands
+the trial to a Ray task, `parallel` at a time. Each task trains with `assay.training.train` (the
+same code as `assay train`; with `train.workers > 0`, on Ray Train), reporting the objective to
+the study every epoch; the pruner may stop it early. The driver tells Optuna the outcome.
+
+Persistence: the study lives in `sweep.storage` (default `sqlite:///<root>/optuna.db`; an RDB URL
+such as postgresql://... for many machines, or `journal:PATH` for Optuna's journal file). A killed
+driver leaves trials RUNNING; `--resume` marks them failed (and their MLflow runs KILLED), queues
+the same parameters again, and carries on until `trials` trials are complete or pruned.
+
+Tracking: one MLflow parent run per sweep (best value, best params, Optuna's plots), one child run
+per trial (its params, per-epoch metrics, `trial.state`: complete / pruned / failed). W&B: one run
+per trial, grouped under the study's name, plus the sweep's own run in the group. At the end,
+`outputs/sweeps/<study>/best_params.yaml` and `metrics.json` (DVC outputs), and the best trial's
+model is registered through the same champion gate as every other model.
+
+Failures: what every trial needs (prepared data, a model for it, the GAN's registered judge, local
+GPUs: `training.preflight`) is checked once in the driver before the study, MLflow or Ray is
+touched. A sweep with no complete trial (all failed or pruned) ends its parent run FAILED, writes
+no `best_params.yaml` or `metrics.json` (removing an earlier run's), and `assay sweep` exits 1.
+
+  spec      the sweep file's schema          load     reading and checking it; a trial's config
+  study     Optuna's storage, sampler, params  trial  one trial: its context, pruning, Ray task
+  driver    the study's loop and recovery    summary  results, plots, the best model, status
+"""
+
+from assay.sweep.driver import fail_interrupted, fmt_params, preflight, run_sweep
+from assay.sweep.load import Sweep, SweepError, load_sweep, safe_url, storage_url, sweep_path
+from assay.sweep.spec import SweepConfig, SweepFile
+from assay.sweep.study import build_sampler, open_storage, suggest
+from assay.sweep.summary import SweepResult, status, trials_table
+from assay.sweep.trial import TrialContext, run_trial
+
+__all__ = [
+    "Sweep",
+    "SweepConfig",
+    "SweepError",
+    "SweepFile",
+    "SweepResult",
+    "TrialContext",
+    "build_sampler",
+    "fail_interrupted",
+    "fmt_params",
+    "load_sweep",
+    "open_storage",
+    "preflight",
+    "run_sweep",
+    "run_trial",
+    "safe_url",
+    "status",
+    "storage_url",
+    "suggest",
+    "sweep_path",
+    "trials_table",
+]

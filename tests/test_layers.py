@@ -61,7 +61,8 @@ import os, pkgutil, importlib
 before = dict(os.environ)
 import assay
 for m in pkgutil.walk_packages(assay.__path__, "assay."):
-    importlib.import_module(m.name)
+    if not m.name.endswith(".__main__"):  # `python -m assay.cli` runs the command
+        importlib.import_module(m.name)
 import assay.models, assay.cli
 changed = sorted(k for k in set(before) | set(os.environ) if before.get(k) != os.environ.get(k))
 print(changed)

@@ -95,7 +95,7 @@ def test_dvc_repro_end_to_end(repo):
 
     # The graph is the code each stage runs (tests/test_dvc_graph.py): an edit to the CLI makes
     # nothing stale; one to the scoring code makes evaluate stale, and not train
-    with open(repo / "platform/assay/cli.py", "a") as f:
+    with open(repo / "platform/assay/cli/pipeline.py", "a") as f:
         f.write("\n# an edit\n")
     assert "up to date" in _run(["dvc", "status"], repo).stdout
     with open(repo / "platform/assay/evaluation.py", "a") as f:

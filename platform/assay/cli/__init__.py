@@ -1,0 +1,20 @@
+"""The `assay` command: a thin layer over plain functions (config -> function -> result). Every
+heavy import of a command is inside it, so `assay --help` and the light commands stay fast.
+
+  common     the app, consoles, shared options and error handling
+  pipeline   fetch, prepare, train, evaluate, register, predict, models, config
+  sweeps     assay sweep (run, resume, status)
+  remote     assay cluster, jobs, submit, mlflow-server
+  runs       assay runs gc
+"""
+
+from assay.cli import pipeline, remote, runs, sweeps  # noqa: F401  (each registers its commands)
+from assay.cli.common import TELEMETRY_OFF, app
+
+# the command groups, in the order `assay --help` lists them
+app.add_typer(sweeps.sweep_app, name="sweep")
+app.add_typer(remote.cluster_app, name="cluster")
+app.add_typer(remote.jobs_app, name="jobs")
+app.add_typer(runs.runs_app, name="runs")
+
+__all__ = ["TELEMETRY_OFF", "app"]

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-# What the `assay` command sets for itself (assay.cli.common.TELEMETRY_OFF), before MLflow loads: the
-# tests import the library, which changes no environment.
+# What the `assay` command sets for itself (assay.cli.common.TELEMETRY_OFF), before MLflow
+# loads: the tests import the library, which changes no environment.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 

@@ -1,0 +1,66 @@
+"""What the config modules share: the error that lists every bad value, and how a message quotes a
+value (cut short: never a whole, possibly huge, one)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from pydantic import ValidationError
+
+
+class ConfigError(ValueError):
+    """One or more bad configuration values; the message lists every one."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def cut(text: str, limit: int = 400) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
+def short(value: Any, limit: int = 120) -> str:
+    """`repr(value)`, cut to `limit` characters: an error message names a value, never prints a
+    whole (possibly huge) one."""
+    return cut(repr(value), limit)
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in override.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def describe_errors(err: ValidationError, model: type, prefix: str = "") -> list[str]:
+    out = []
+    for e in err.errors():
+        loc = [cut(str(p), 60) for p in e["loc"]]
+        path = ".".join(([prefix] if prefix else []) + loc)
+        given = e.get("input")
+        if e["type"] == "extra_forbidden":
+            allowed = allowed_keys(model, e["loc"][:-1])
+            out.append(f"{path}: unknown key (value {short(given)}); allowed keys: {allowed}")
+        elif e["type"] == "missing":
+            out.append(f"{path}: required, but not given")
+        elif isinstance(given, dict):  # a whole-section check: its message names the keys
+            out.append(f"{path}: {cut(e['msg'].removeprefix('Value error, '))}")
+        else:
+            msg = cut(e["msg"].removeprefix("Value error, "))
+            out.append(f"{path}: got {short(given)}; {msg}")
+    return out
+
+
+def allowed_keys(model: type, loc: tuple) -> str:
+    """The field names at `loc` inside `model`, for 'unknown key' messages."""
+    for part in loc:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None or not hasattr(field.annotation, "model_fields"):
+            return "see params.yaml"
+        model = field.annotation
+    return ", ".join(model.model_fields)

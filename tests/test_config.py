@@ -314,3 +314,21 @@ def test_an_experiment_file_can_name_a_params_run_instead_of_repeating_it(tmp_pa
     bad.write_text("run: no-such-run\n")
     with pytest.raises(ConfigError, match="run: 'no-such-run' is not a run of params.yaml"):
         load_config(bad, root=REPO)
+
+
+def test_typed_overrides_are_applied_as_given_never_parsed_as_yaml():
+    """A command-line flag (`--dataset`, `--workers`, ...) is a typed override: its value is used as
+    it is. As `--set` text the same value is YAML (`on` is true), as a user typing it expects."""
+    from assay.cli.common import as_flags, ray_sets
+    from assay.config import with_overrides
+
+    cfg = load_config(root=REPO)
+    typed = with_overrides(cfg, [("tracking.wandb.project", "on"), ("train.lr", 0.5)])
+    assert typed.tracking.wandb.project == "on" and typed.train.lr == 0.5
+    with pytest.raises(ConfigError, match="tracking.wandb.project"):
+        with_overrides(cfg, ["tracking.wandb.project=on"])  # YAML: true, not a name
+    flags = ray_sets(2, None, 0.5, None)
+    assert flags == [("train.workers", 2), ("train.cpus_per_worker", 0.5)]
+    # a job's command line gives the same: --set text as it was, typed flags as their own flags
+    argv = as_flags(["train.lr=0.01", *flags])
+    assert argv == ["--set", "train.lr=0.01", "--workers", "2", "--cpus-per-worker", "0.5"]

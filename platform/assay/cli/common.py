@@ -95,14 +95,28 @@ Refit = Annotated[
 ]
 
 
-def ray_sets(workers, gpus, cpus, address) -> list[str]:
-    pairs = {
-        "train.workers": workers,
-        "train.gpus_per_worker": gpus,
-        "train.cpus_per_worker": cpus,
-        "ray.address": address,
-    }
-    return [f"{k}={v}" for k, v in pairs.items() if v is not None]
+# The Ray flags' settings, and the flag each is on a job's command line.
+RAY_FLAGS = {
+    "train.workers": "--workers",
+    "train.gpus_per_worker": "--gpus-per-worker",
+    "train.cpus_per_worker": "--cpus-per-worker",
+    "ray.address": "--address",
+}
+
+
+def ray_sets(workers, gpus, cpus, address) -> list[tuple[str, object]]:
+    """The Ray flags given, as typed overrides: applied as they are, never parsed again."""
+    values = dict(zip(RAY_FLAGS, (workers, gpus, cpus, address), strict=True))
+    return [(k, v) for k, v in values.items() if v is not None]
+
+
+def as_flags(overrides: list) -> list[str]:
+    """A command line that gives the same overrides: `--set` text as it was, a typed Ray
+    override as its own flag (for a job's `assay train`)."""
+    argv: list[str] = []
+    for o in overrides:
+        argv += [RAY_FLAGS[o[0]], str(o[1])] if isinstance(o, tuple) else ["--set", o]
+    return argv
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -116,8 +130,8 @@ def load(experiment=None, sets=None, run=None, dataset=None, arch=None, *, requi
     from assay.config import ConfigError, load_config, with_overrides
 
     overrides = list(sets or [])
-    overrides += [f"train.dataset={dataset}"] if dataset else []
-    overrides += [f"train.arch={arch}"] if arch else []
+    overrides += [("train.dataset", dataset)] if dataset else []
+    overrides += [("train.arch", arch)] if arch else []
     try:
         cfg = load_config(experiment, [], require=(*require, *(["runs"] if run else [])))
         if run:

@@ -79,7 +79,7 @@ def train(
 
     flags = ray_sets(workers, gpus_per_worker, cpus_per_worker, address)
     if refit is not None:
-        flags.append(f"train.refit={str(refit).lower()}")
+        flags.append(("train.refit", refit))
     cfg = load(experiment, [*(sets or []), *flags], run, dataset, arch, require=("train",))
     result = guarded(do_train, cfg)
     scores = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())

@@ -20,6 +20,7 @@ from assay.cli.common import (
     Sets,
     Workers,
     app,
+    as_flags,
     fail,
     guarded,
     load,
@@ -156,7 +157,7 @@ def submit(
     # bad input fails here, before anything is sent
     cfg = load(experiment, sets, run, require=("train",))
     args = (["-e", experiment] if experiment else []) + (["--run", run] if run else [])
-    args += [a for s in sets for a in ("--set", s)]
+    args += as_flags(sets)
     job_id, dashboard = _cluster_call(
         lambda: cluster.submit(find_root(), cfg, args, address, experiment)
     )

@@ -81,7 +81,7 @@ def sweep(
     from assay import sweep as sw
 
     overrides = list(sets or [])
-    overrides += [f"sweep.storage={storage}"] if storage else []
+    overrides += [("sweep.storage", storage)] if storage else []
     if address:
         os.environ["RAY_ADDRESS"] = address
     s = guarded(

@@ -12,6 +12,7 @@ a `ConfigError` whose message names each key path, the value given and what is a
 from assay.config.common import ConfigError, describe_errors
 from assay.config.loading import (
     MAX_YAML_NODES,
+    Override,
     apply_overrides,
     experiment_path,
     load_config,
@@ -36,6 +37,7 @@ from assay.config.schema import (
 
 __all__ = [
     "MAX_YAML_NODES",
+    "Override",
     "AssayConfig",
     "ConfigError",
     "EvaluateConfig",

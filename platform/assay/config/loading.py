@@ -82,16 +82,25 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return path, parsed
 
 
-def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+# An override: `--set KEY.PATH=VALUE` text (its value parsed as YAML), or a typed one, (KEY.PATH,
+# value), from a command-line flag or code: applied as it is, never printed and parsed again.
+Override = str | tuple[str, Any]
+
+
+def apply_overrides(raw: dict, overrides: list[Override]) -> dict:
     out = copy.deepcopy(raw)
-    for text in overrides:
-        path, value = parse_override(text)
+    for item in overrides:
+        if isinstance(item, tuple):
+            key, value = item
+            path, label = key.split("."), key
+        else:
+            (path, value), label = parse_override(item), f"--set {short(item)}"
         node = out
         for i, part in enumerate(path[:-1]):
             nxt = node.setdefault(part, {})
             if not isinstance(nxt, dict):
                 where = ".".join(path[: i + 1])
-                raise ConfigError([f"--set {short(text)}: {where} is {short(nxt)}, not a section"])
+                raise ConfigError([f"{label}: {where} is {short(nxt)}, not a section"])
             node = nxt
         node[path[-1]] = value
     return out
@@ -125,7 +134,7 @@ def experiment_path(name: str | Path, root: Path) -> Path:
 
 def load_config(
     experiment: str | Path | None = None,
-    overrides: list[str] | None = None,
+    overrides: list[Override] | None = None,
     *,
     params: Path | None = None,
     root: Path | None = None,
@@ -216,7 +225,8 @@ def rekey(before: dict, after: dict) -> dict:
     return after
 
 
-def with_overrides(cfg: AssayConfig, overrides: list[str]) -> AssayConfig:
-    """`cfg` with `--set KEY=VALUE` overrides applied and validated (see `rekey`)."""
+def with_overrides(cfg: AssayConfig, overrides: list[Override]) -> AssayConfig:
+    """`cfg` with overrides (`--set KEY=VALUE` text or typed pairs) applied and validated (see
+    `rekey`)."""
     raw = cfg.model_dump()
     return validate(rekey(raw, apply_overrides(raw, overrides)))

@@ -227,6 +227,10 @@ def run_sweep(
     # Counted once, then kept as trials end: rescanning the study after each trial would cost
     # the driver more per trial the longer the sweep runs.
     told = finished(study)
+    # The driver's own seconds per trial (SweepResult): from the trial's result arriving to the
+    # driver waiting again (telling it, asking and dispatching the next), Ray's wait excluded.
+    spent: dict[int, float] = {}
+    last, resumed = None, 0.0
     try:
         # Trials that are plain Ray tasks need no dashboard; it costs the trials CPU.
         with distributed.ray_session(ray_cfg, dashboard=uses_ray_train):
@@ -265,16 +269,19 @@ def run_sweep(
                     pending[ref] = trial
                     say(f"trial {trial.number} started: {fmt_params(params)}")
                     room -= 1
+                if last is not None:  # from its result's arrival to waiting again
+                    spent[last] = time.perf_counter() - resumed
                 if not pending:
                     break
                 done, _ = ray.wait(list(pending), num_returns=1)
+                resumed = time.perf_counter()
                 trial = pending.pop(done[0])
                 try:
                     out = ray.get(done[0])
                 except Exception as e:  # the task itself died (OOM, node lost, ...)
                     out = {"number": trial.number, "state": "failed", "error": str(e)}
                 tell(study, trial, out, client, say, sweep)
-                told += 1
+                told, last = told + 1, trial.number
     except BaseException as e:
         status = "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
         if status == "FAILED":
@@ -288,6 +295,7 @@ def run_sweep(
         raise
     try:
         result = summarise(sweep, study, client, parent_id, time.perf_counter() - started, say)
+        result.driver_seconds = spent
     except BaseException as e:
         client.set_tag(parent_id, "error", f"{type(e).__name__}: {e}"[:5000])
         client.set_terminated(parent_id, "FAILED")

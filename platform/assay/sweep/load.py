@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
 from assay.config import (
@@ -85,7 +84,7 @@ def load_sweep(
     metric, direction = cfg.objective.metric, cfg.objective.direction
     monitor = f"{metric}:{'max' if direction == 'maximize' else 'min'}"
     try:
-        base = validate(apply_overrides(base.model_dump(), [*cfg.set, f"train.monitor={monitor}"]))
+        base = validate(apply_overrides(base.model_dump(), [*cfg.set, ("train.monitor", monitor)]))
     except ConfigError as e:
         raise ConfigError([f"{file}: sweep.set: {p}" for p in e.problems]) from None
     problems = check_space(cfg, base)
@@ -135,7 +134,7 @@ def exists(raw: dict, path: list[str]) -> bool:
 
 
 def set_key(raw: dict, key: str, value: Any) -> dict:
-    return apply_overrides(raw, [f"{key}={yaml.safe_dump(value, default_flow_style=True).strip()}"])
+    return apply_overrides(raw, [(key, value)])  # the sampled value as it is, not as YAML text
 
 
 def get_key(raw: dict, key: str) -> Any:

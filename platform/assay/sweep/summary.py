@@ -245,6 +245,10 @@ class SweepResult:
     registration: dict[str, Any] | None = None
     files: list[str] = field(default_factory=list)
     error: str | None = None  # no trial complete: why (the parent run is FAILED, no best params)
+    # the driver's own seconds per trial it ran (telling its result, then asking, sampling,
+    # checking and dispatching the next): what the study's size must not make grow
+    # (bench/sweep_driver.py)
+    driver_seconds: dict[int, float] = field(default_factory=dict)
 
 
 def study_state(study) -> dict[str, int]:

@@ -21,11 +21,13 @@ the token first (`_token_env`), and the clients here send it (RAY_AUTH_MODE=toke
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import ipaddress
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -36,6 +38,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import assay
+from assay import tracking
 from assay.distributed import auth_env
 from assay.lifecycle import group_alive, pid_alive
 
@@ -263,8 +267,6 @@ _NO_BYTECODE = shutil.ignore_patterns("__pycache__", "*.pyc")
 def _package(into: Path) -> Path:
     """The `assay` package as one folder for `py_modules`, `assay.models` inside it: installed
     from a wheel it is there already, in an editable install it is the repo's models/ folder."""
-    import assay
-
     pkg = into / "assay"
     shutil.copytree(Path(assay.__file__).parent, pkg, ignore=_NO_BYTECODE)
     if not (pkg / "models" / "__init__.py").exists():
@@ -291,11 +293,9 @@ def submit(
     dashboard address). `storage`: a sweep's default study storage (the user's own optuna.db),
     passed on when the cluster is on this machine; a remote job keeps its own default. `note`
     is told what was kept out of the job (credentials)."""
-    from assay.tracking import tracking_uri
-
     dashboard = dashboard_address(root, address)
     jobs = client(dashboard)
-    uri = tracking_uri(cfg.tracking, root)
+    uri = tracking.tracking_uri(cfg.tracking, root)
     env = {
         "MLFLOW_TRACKING_URI": uri,
         "MLFLOW_DISABLE_TELEMETRY": "true",
@@ -369,15 +369,11 @@ def _no_secrets(env: dict[str, str], args: list[str], note) -> tuple[dict[str, s
 
 
 def _quote(arg: str) -> str:
-    import shlex
-
     return shlex.quote(arg)
 
 
 def follow(dashboard: str, job_id: str, write=sys.stdout.write) -> str:
     """Stream a job's logs until it ends; returns its final status (SUCCEEDED, FAILED, ...)."""
-    import asyncio
-
     jobs = client(dashboard)
 
     async def tail() -> None:

@@ -10,13 +10,14 @@ labels as the class the generator was asked for.
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import torch
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
-from assay import tracking
+from assay import plots, tracking
 
 
 class JudgeFeatures(nn.Module):
@@ -108,19 +109,9 @@ class GenerationMonitor(Callback):
 
     @staticmethod
     def _log_grid(trainer, images) -> None:
-        import tempfile
-
-        from lightning.pytorch.loggers import MLFlowLogger, WandbLogger
-
-        from assay import plots
-
         epoch = trainer.current_epoch
         with tempfile.TemporaryDirectory() as tmp:
             path = plots.image_grid(
                 [images], Path(tmp) / f"samples_epoch{epoch:03d}.png", f"epoch {epoch}"
             )
-            for lg in trainer.loggers:
-                if isinstance(lg, MLFlowLogger):
-                    lg.experiment.log_artifact(lg.run_id, str(path), "samples")
-                elif isinstance(lg, WandbLogger):
-                    lg.log_image("samples", [str(path)], step=trainer.global_step)
+            tracking.log_image(trainer.loggers, path, "samples", step=trainer.global_step)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import json
 import os
 import shutil
@@ -90,8 +92,6 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def csv_bytes(rows: list[dict[str, Any]], fieldnames: list[str] | None = None) -> bytes:
     """Rows as CSV; columns `fieldnames` (default: every key, in first-seen order)."""
-    import csv
-    import io
 
     keys = fieldnames or list(dict.fromkeys(k for r in rows for k in r))
     buf = io.StringIO()

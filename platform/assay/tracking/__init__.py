@@ -21,7 +21,7 @@ from assay.tracking.models import (
     register_version,
     registered_names,
 )
-from assay.tracking.run import TrackedRun, run_loggers
+from assay.tracking.run import TrackedRun, log_image, run_loggers
 from assay.tracking.store import (
     SCORED_ON,
     TrackingError,
@@ -52,6 +52,7 @@ __all__ = [
     "last_step",
     "load_model",
     "load_net",
+    "log_image",
     "log_model",
     "log_params",
     "log_wandb_summary",

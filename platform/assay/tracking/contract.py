@@ -35,6 +35,7 @@ import torch
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
+from tokenizers import Tokenizer
 
 from assay.tokens import encode
 
@@ -92,8 +93,6 @@ def raw_example(card: dict, dm, n: int = 2):
     kind = card["input"]["kind"]
     d = dm.arrays("val")
     if kind == "text":
-        from tokenizers import Tokenizer
-
         tok = Tokenizer.from_file(str(dm.tokenizer_path))
         return [tok.decode(ids.tolist()) for ids in d["x"][:n]]
     if kind == "pairs":
@@ -322,8 +321,6 @@ class AssayModel(PythonModel):
         self.net = torch.load(art["net"], map_location="cpu", weights_only=False).eval()
         self.tokenizer = None
         if "tokenizer" in art:
-            from tokenizers import Tokenizer
-
             self.tokenizer = Tokenizer.from_file(art["tokenizer"])
 
     # The hint is one MLflow infers no schema from: it then neither validates nor converts the

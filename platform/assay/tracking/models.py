@@ -11,6 +11,7 @@ import torch
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature, infer_signature
 from mlflow.tracking import MlflowClient
+from tokenizers import Tokenizer
 
 from assay.tracking import contract
 
@@ -35,8 +36,6 @@ def log_model(
     artifacts = {"net": str(scratch / "net.pt"), "card": str(scratch / "assay.json")}
     tokenizer = None
     if tokenizer_path is not None:
-        from tokenizers import Tokenizer
-
         artifacts["tokenizer"] = str(tokenizer_path)
         tokenizer = Tokenizer.from_file(str(tokenizer_path))
     out = contract.apply(card, net, example, tokenizer)

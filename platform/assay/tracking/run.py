@@ -58,6 +58,18 @@ def run_loggers(spec: dict[str, Any], *, wandb: bool = True, resumed_at: int = 0
     return loggers
 
 
+def log_image(loggers: list, path: Path, key: str, step: int) -> None:
+    """An image from inside a fit into the run's MLflow artifacts (under `key`/) and W&B (as
+    `key`, at `step`), through the Trainer's loggers (`run_loggers`)."""
+    from lightning.pytorch.loggers import MLFlowLogger, WandbLogger
+
+    for lg in loggers:
+        if isinstance(lg, MLFlowLogger):
+            lg.experiment.log_artifact(lg.run_id, str(path), key)
+        elif isinstance(lg, WandbLogger):
+            lg.log_image(key, [str(path)], step=step)
+
+
 class TrackedRun:
     """One MLflow run + one W&B run for a training run; use as a context manager.
 

@@ -22,45 +22,17 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from sweep_efficiency import project, run  # noqa: E402
+from sweep_efficiency import project, run, sweep_file  # noqa: E402
 
 SPACE = {
     "train.lr": {"type": "float", "low": 1.0e-4, "high": 1.0e-1, "log": True},
     "train.optimizer": {"type": "categorical", "choices": ["adam", "sgd", "rmsprop"]},
     "train.batch_size": {"type": "categorical", "choices": [32, 64, 128]},
 }
-
-
-def sweep_file(root: Path, study: str, trials: int, parallel: int, sampler: str) -> Path:
-    body = {
-        "sweep": {
-            "set": [
-                "train.dataset=digits",
-                "train.arch=mlp_tiny",
-                "train.max_epochs=1",
-                "train.early_stopping_patience=0",
-                "train.scheduler=none",
-                "tracking.wandb.mode=disabled",
-            ],
-            "study": study,
-            "objective": {"metric": "val/acc", "direction": "maximize"},
-            "space": SPACE,
-            "sampler": {"name": sampler, "seed": 0},
-            "pruner": {"name": "none"},
-            "trials": trials,
-            "parallel": parallel,
-            "register_best": False,
-        }
-    }
-    path = root / f"{study}.yaml"
-    path.write_text(yaml.safe_dump(body, sort_keys=False))
-    return path
 
 
 def main() -> None:
@@ -77,7 +49,12 @@ def main() -> None:
 
     root = project(args.root)
     name = f"driver-{args.sampler}-{args.trials}{args.tag}"
-    result, study = run(root, sweep_file(root, name, args.trials, args.parallel, args.sampler))
+    # W&B off: it runs in the trials, not in the driver
+    path = sweep_file(
+        root, name, args.sampler, "none", 0, args.trials, 1, args.parallel,
+        dataset="digits", arch="mlp_tiny", space=SPACE, wandb="disabled",
+    )  # fmt: skip
+    result, study = run(root, path)
     spent = [result.driver_seconds[n] for n in sorted(result.driver_seconds)]
     table = Table(title=f"driver seconds per trial, {args.sampler} sampler, {len(spent)} trials")
     for col in ("trials", "median ms", "max ms"):

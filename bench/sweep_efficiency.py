@@ -60,6 +60,8 @@ def sweep_file(
     startup: int = 5,
     dataset: str = "digits",
     arch: str = "cnn",
+    space: dict | None = None,
+    wandb: str = "offline",
 ) -> Path:
     body = {
         "sweep": {
@@ -70,11 +72,11 @@ def sweep_file(
                 "train.early_stopping_patience=0",
                 "train.scheduler=none",
                 f"train.seed={seed}",
-                "tracking.wandb.mode=offline",
+                f"tracking.wandb.mode={wandb}",
             ],
             "study": study,
             "objective": {"metric": "val/acc", "direction": "maximize"},
-            "space": SPACE,
+            "space": space or SPACE,
             "sampler": {"name": sampler, "seed": seed, "n_startup_trials": startup},
             "pruner": {"name": pruner, "min_resource": min_resource, "reduction_factor": 3},
             "trials": trials,

@@ -25,9 +25,9 @@ def _stage(into: Path) -> Path:
     return into
 
 
-def test_import_contracts_hold(tmp_path):
-    staged = _stage(tmp_path)
-    done = subprocess.run(
+def _lint(staged: Path) -> subprocess.CompletedProcess:
+    """`lint-imports` with pyproject.toml's contracts, on the staged package only."""
+    return subprocess.run(
         [str(LINT), "--config", str(REPO / "pyproject.toml"), "--no-cache"],
         cwd=staged,
         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(staged)},
@@ -35,6 +35,10 @@ def test_import_contracts_hold(tmp_path):
         text=True,
         timeout=300,
     )
+
+
+def test_import_contracts_hold(tmp_path):
+    done = _lint(_stage(tmp_path))
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert "BROKEN" not in done.stdout and " KEPT" in done.stdout
 
@@ -45,14 +49,7 @@ def test_a_broken_contract_fails_the_check(tmp_path):
     (staged / "assay/paths.py").write_text(
         (staged / "assay/paths.py").read_text() + "\nimport mlflow\n"
     )
-    done = subprocess.run(
-        [str(LINT), "--config", str(REPO / "pyproject.toml"), "--no-cache"],
-        cwd=staged,
-        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(staged)},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = _lint(staged)
     assert done.returncode != 0 and "assay.paths -> mlflow" in done.stdout, done.stdout[-3000:]
 
 
@@ -78,3 +75,15 @@ def test_importing_assay_changes_no_environment_variable():
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_the_config_schema_and_the_data_stages_import_no_tracking():
+    """`assay fetch`, `prepare` and `config` (the config schema and the data stages) load neither
+    MLflow nor W&B: `dvc repro` starts dozens of such processes, and each would pay ~2 s."""
+    loaded = "sorted({'mlflow', 'wandb'} & set(sys.modules))"
+    probe = f"import sys, assay.config, assay.data; print({loaded})"
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "[]"

@@ -17,7 +17,11 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
-from assay import plots, tracking
+from assay import plots
+
+# MLflow (~2 s to import) loads where a judge is loaded or a grid logged, not with this module:
+# the objectives import it, and the architectures import the objectives, and the config schema
+# the architectures, so `assay fetch` and `assay prepare` would pay for MLflow they never use.
 
 
 class JudgeFeatures(nn.Module):
@@ -45,6 +49,8 @@ class Judge:
 
     @classmethod
     def load(cls, model_uri: str, cfg, root: Path) -> Judge:
+        from assay import tracking
+
         uri = tracking.tracking_uri(cfg.tracking, root)
         tracking.ensure_store(uri)
         try:
@@ -114,4 +120,6 @@ class GenerationMonitor(Callback):
             path = plots.image_grid(
                 [images], Path(tmp) / f"samples_epoch{epoch:03d}.png", f"epoch {epoch}"
             )
+            from assay import tracking
+
             tracking.log_image(trainer.loggers, path, "samples", step=trainer.global_step)

@@ -136,7 +136,10 @@ def train(
             run.attach_wandb(fit.rows, outcome)
         best = engine.best_scores(fit.rows, monitor, mode)
         run.log_metrics({f"best_{k}": v for k, v in best.items()})
-        chosen, dm, checkpoint = _the_runs_model(cfg, root, model, dm, fit, run, model_dir)
+        refit_epochs = engine.best_epoch(fit.rows, monitor, mode) + 1 if t.refit else None
+        chosen, dm, checkpoint = _the_runs_model(
+            cfg, root, model, dm, fit, run, model_dir, refit_epochs
+        )
         # the run's model in MLflow (a sweep logs only its best trial's: `log_trained_model`)
         model_uri = None
         if opts.log_model:
@@ -161,7 +164,7 @@ def train(
             "best_val": best,
             "epochs": fit.epochs,
             "checkpoint": checkpoint.name,  # the run's model, in this folder
-            **({"refit_epochs": engine.best_epoch(fit.rows, monitor, mode) + 1} if t.refit else {}),
+            **({"refit_epochs": refit_epochs} if refit_epochs else {}),
             **({"ray": fit.ray} if fit.ray else {}),
             **({"outcome": outcome} if outcome else {}),
         }
@@ -231,15 +234,13 @@ def _fit_local(model, dm, cfg, run, monitor, mode, model_dir, extra, opts: RunOp
     return Fit(Path(checkpoint.best_model_path), history.rows, trainer.current_epoch)
 
 
-def _the_runs_model(cfg, root: Path, model, dm, fit: Fit, run, model_dir: Path):
-    """The best epoch's weights, not the last; with `train.refit`, the refit's (a step after
-    the fit). Returns (model, its data, its checkpoint); both checkpoints go to MLflow."""
+def _the_runs_model(cfg, root: Path, model, dm, fit: Fit, run, model_dir: Path, epochs):
+    """The best epoch's weights, not the last; with `train.refit` (`epochs`: the fit's best
+    count), the refit's, a step after the fit. Returns (model, its data, its checkpoint); both
+    checkpoints go to MLflow."""
     run.log_artifact(fit.best_path, "checkpoints")
-    best = type(model).load_from_checkpoint(fit.best_path).cpu().eval()
-    if not cfg.train.refit:
-        return best, dm, fit.best_path
-    monitor, mode = cfg.train.monitor_for(model.monitor)
-    epochs = engine.best_epoch(fit.rows, monitor, mode) + 1
+    if not cfg.train.refit:  # the best checkpoint is loaded only when it is the run's model
+        return type(model).load_from_checkpoint(fit.best_path).cpu().eval(), dm, fit.best_path
     refit, refit_dm, path = _refit(cfg, root, epochs, run, model_dir)
     run.log_artifact(path, "checkpoints")
     return refit, refit_dm, path

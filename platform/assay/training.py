@@ -72,6 +72,7 @@ class RunOptions:
     progress_bar: bool = True
     on_run: Callable[[str], None] | None = None  # told the MLflow run id once it exists
     outcome: Callable[[], dict[str, str]] | None = None  # after the fit: tags saying how it went
+    close_predecessors: bool = True  # end dead earlier runs of the same key (assay.orphans)
 
 
 def preflight(cfg: AssayConfig, root: Path) -> tuple[ArrayDataModule, pl.LightningModule, list]:
@@ -114,6 +115,7 @@ def train(
         remote=t.workers > 0,
         wandb_after_fit=opts.wandb_after_fit,
         wandb_group=opts.wandb_group,
+        close_predecessors=opts.close_predecessors,
     )
     with (
         tracked as run,

@@ -27,7 +27,7 @@ sweep_app = typer.Typer(
 Storage = Annotated[
     str | None,
     typer.Option(
-        help="Optuna storage: sqlite:///PATH, postgresql://USER@HOST/DB or journal:PATH "
+        help="Optuna storage: sqlite:///PATH or postgresql://USER@HOST/DB "
         "(sweep.storage; default sqlite:///optuna.db in the project)"
     ),
 ]

@@ -3,16 +3,19 @@
     assay sweep -e experiments/sweeps/mnist-cnn.yaml [--trials 40] [--parallel 2] [--resume]
 
 The sweep file (`SweepFile`) names a base experiment, the objective, the search space, the sampler,
-the pruner and the budget. The driver (this process) owns the study: it asks Optuna for a trial,
-samples its parameters (define-by-run, so a parameter can depend on another: `when:`), and hands
-the trial to a Ray task, `parallel` at a time. Each task trains with `assay.training.train` (the
-same code as `assay train`; with `train.workers > 0`, on Ray Train), reporting the objective to
-the study every epoch; the pruner may stop it early. The driver tells Optuna the outcome.
+the pruner and the budget. The driver (this process) opens the study and starts `parallel` Ray
+tasks; each runs Optuna's own loop, `study.optimize`, on the shared study: ask, sample the
+parameters (define-by-run, so one can depend on another: `when:`), train with
+`assay.training.train` (the same code as `assay train`; with `train.workers > 0`, on Ray Train)
+reporting the objective every epoch (the pruner may stop it early), tell. The budget callback
+stops each loop when `trials` trials are finished or running.
 
-Persistence: the study lives in `sweep.storage` (default `sqlite:///<root>/optuna.db`; an RDB URL
-such as postgresql://... for many machines, or `journal:PATH` for Optuna's journal file). A killed
-driver leaves trials RUNNING; `--resume` marks them failed (and their MLflow runs KILLED), queues
-the same parameters again, and carries on until `trials` trials are complete or pruned.
+Persistence and recovery are Optuna's: the study lives in `sweep.storage` (default
+`sqlite:///<root>/optuna.db`; postgresql://... for many machines) with its heartbeat on. A trial
+whose process dies (killed, out of memory, its driver gone) stops beating; after three missed
+beats Optuna fails it and `RetryHeartbeatStaleTrialCallback` queues its parameters again, and its
+MLflow run ends KILLED. A killed driver's trials die with it; `--resume` waits out their heartbeats,
+retries them the same way, and carries on until `trials` trials are complete or pruned.
 
 Tracking: one MLflow parent run per sweep (best value, best params, Optuna's plots), one child run
 per trial (its params, per-epoch metrics, `trial.state`: complete / pruned / failed). W&B: one run
@@ -26,16 +29,18 @@ touched. A sweep with no complete trial (all failed or pruned) ends its parent r
 no `best_params.yaml` or `metrics.json` (removing an earlier run's), and `assay sweep` exits 1.
 
   spec      the sweep file's schema          load     reading and checking it; a trial's config
-  study     Optuna's storage, sampler, params  trial  one trial: its context, pruning, Ray task
-  driver    the study's loop and recovery    summary  results, plots, the best model, status
+  study     Optuna's storage, sampler, params  trial   one trial: its context and pruning
+  worker    a Ray task running `optimize`     driver  the study, the workers, the log
+  summary   results, plots, the best model, status
 """
 
-from assay.sweep.driver import fail_interrupted, fmt_params, preflight, run_sweep
+from assay.sweep.driver import fmt_params, preflight, run_sweep, settle
 from assay.sweep.load import Sweep, SweepError, load_sweep, safe_url, storage_url, sweep_path
 from assay.sweep.spec import SweepConfig, SweepFile
 from assay.sweep.study import build_sampler, open_storage, suggest
 from assay.sweep.summary import SweepResult, status, trials_table
-from assay.sweep.trial import TrialContext, run_trial
+from assay.sweep.trial import TrialContext
+from assay.sweep.worker import run_trial
 
 __all__ = [
     "Sweep",
@@ -45,7 +50,6 @@ __all__ = [
     "SweepResult",
     "TrialContext",
     "build_sampler",
-    "fail_interrupted",
     "fmt_params",
     "load_sweep",
     "open_storage",
@@ -53,6 +57,7 @@ __all__ = [
     "run_sweep",
     "run_trial",
     "safe_url",
+    "settle",
     "status",
     "storage_url",
     "suggest",

@@ -98,6 +98,13 @@ class SweepConfig(StrictModel):
     parallel: int = Field(1, ge=1, le=1024, description="trials at once (Ray tasks)")
     cpus_per_trial: float = Field(1.0, gt=0, description="each trial's CPUs and torch threads")
     storage: str | None = Field(None, description="Optuna storage; default sqlite <root>/optuna.db")
+    heartbeat: int = Field(
+        5,
+        ge=1,
+        le=3600,
+        description="seconds between a running trial's heartbeats; a trial silent for three is "
+        "failed and retried with the same parameters",
+    )
     register_best: bool = Field(True, description="register the best trial's model (champion gate)")
 
     @model_validator(mode="after")
@@ -106,6 +113,12 @@ class SweepConfig(StrictModel):
             raise ValueError("give a budget: trials, timeout, or both")
         if self.experiment and self.run:
             raise ValueError("give experiment or run, not both")
+        if self.storage and self.storage.startswith("journal:"):
+            raise ValueError(
+                "storage: Optuna 5's journal storage has no heartbeat, so a killed trial could "
+                "not be found and retried; use sqlite:///PATH (one machine) or "
+                "postgresql://USER@HOST/DB (many)"
+            )
         return self
 
 

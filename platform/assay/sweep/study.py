@@ -12,21 +12,30 @@ from assay.sweep.load import get_key
 from assay.sweep.spec import CategoricalParam, FloatParam, IntParam, Param, SamplerConfig
 
 
-def open_storage(url: str):
-    """An Optuna storage: an RDB URL, or `journal:PATH` for the journal file storage."""
-    if url.startswith("journal:"):
-        from optuna.storages.journal import JournalFileBackend
-
-        return optuna.storages.JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
+def open_storage(url: str, heartbeat_interval=None, grace_period=None, on_stale=None):
+    """An Optuna RDB storage (SQLite, PostgreSQL, ...); with `heartbeat_interval`, the running
+    trials beat into it and `on_stale` is called for one that stopped beating. (Optuna 5's
+    journal storage has no heartbeat: `load_sweep` refuses it.)"""
+    beat = {
+        "heartbeat_interval": heartbeat_interval,
+        "grace_period": grace_period,
+        "heartbeat_stale_trial_callback": on_stale,
+    }
     if url.startswith("sqlite:///"):
         # waits out a writer instead of failing with "database is locked"
-        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
-    return optuna.storages.RDBStorage(url)
+        return optuna.storages.RDBStorage(
+            url, engine_kwargs={"connect_args": {"timeout": 60}}, **beat
+        )
+    return optuna.storages.RDBStorage(url, **beat)
 
 
-def build_sampler(cfg: SamplerConfig, space: dict[str, Param]):
+def build_sampler(cfg: SamplerConfig, space: dict[str, Param], offset: int = 0, parallel: int = 1):
+    """The sweep's sampler. `offset`: which of the `parallel` workers holds it (each its own seed,
+    or they would all sample the same startup points); TPE then plans with the running trials'
+    parameters as if they had scored badly (constant liar), so workers don't crowd one point."""
+    seed = None if cfg.seed is None else cfg.seed + offset
     if cfg.name == "random":
-        return optuna.samplers.RandomSampler(seed=cfg.seed)
+        return optuna.samplers.RandomSampler(seed=seed)
     if cfg.name == "cmaes":
         try:
             import cmaes  # noqa: F401
@@ -34,7 +43,7 @@ def build_sampler(cfg: SamplerConfig, space: dict[str, Param]):
             raise ConfigError(
                 ["sweep.sampler.name: cmaes needs the cmaes package (pip install cmaes)"]
             ) from None
-        return optuna.samplers.CmaEsSampler(seed=cfg.seed, n_startup_trials=cfg.n_startup_trials)
+        return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=cfg.n_startup_trials)
     if cfg.name == "grid":
         grid = {}
         for key, p in space.items():
@@ -49,9 +58,13 @@ def build_sampler(cfg: SamplerConfig, space: dict[str, Param]):
                 raise ConfigError(
                     [f"sweep.space.{key}: the grid sampler needs a step for floats, or choices"]
                 )
-        return optuna.samplers.GridSampler(grid, seed=cfg.seed)
+        return optuna.samplers.GridSampler(grid, seed=seed)
     return optuna.samplers.TPESampler(
-        seed=cfg.seed, n_startup_trials=cfg.n_startup_trials, multivariate=True, group=True
+        seed=seed,
+        n_startup_trials=cfg.n_startup_trials,
+        multivariate=True,
+        group=True,
+        constant_liar=parallel > 1,
     )
 
 

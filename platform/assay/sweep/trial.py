@@ -10,13 +10,10 @@ and leaves the other ranks waiting in a collective (optuna/optuna#6043).
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
 import threading
 import time
-import traceback
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,8 +21,7 @@ from typing import Any
 import optuna
 from lightning.pytorch.callbacks import Callback
 
-from assay.config import validate
-from assay.training import RunOptions, train
+from assay.training import RunOptions
 
 
 @dataclass
@@ -143,13 +139,14 @@ def get_user_attr(ctx: TrialContext, key: str) -> Any:
     return storage.get_trial(ctx.trial_id).user_attrs.get(key)
 
 
-def die_with_driver(ctx: TrialContext, every: float = 1.0) -> None:
-    """A watchdog thread: if the sweep driver on this machine is gone (killed), end this trial's
-    process at once. Otherwise an orphaned trial would train on and write to the study and the
-    MLflow run after `--resume` has failed it. (On another node Ray ends a dead driver's tasks.)"""
-    if not ctx.driver or ctx.driver[0] != socket.gethostname():
+def die_with_driver(driver: tuple[str, int] | None, every: float = 1.0) -> None:
+    """A watchdog thread: if the sweep driver (host, pid) on this machine is gone (killed), end
+    this worker's process at once: its trial's heartbeat stops, and `--resume` retries it.
+    Otherwise an orphaned trial would train on and write to the study and the MLflow run after
+    `--resume` has failed it. (On another node Ray ends a dead driver's tasks.)"""
+    if not driver or driver[0] != socket.gethostname():
         return
-    pid = int(ctx.driver[1])
+    pid = int(driver[1])
 
     def watch() -> None:
         while True:
@@ -193,34 +190,7 @@ def run_options(ctx: TrialContext) -> RunOptions:
         progress_bar=False,  # the driver prints a line per trial
         on_run=lambda run_id: set_user_attr(ctx, "mlflow_run_id", run_id),
         outcome=outcome,
+        # the trials share the sweep's key and run side by side; a dead one's run is the
+        # sweep's to end (worker.StaleTrial), not the next trial's
+        close_predecessors=False,
     )
-
-
-def run_trial(cfg_json: dict, ctx_json: dict, root: str) -> dict[str, Any]:
-    """A Ray task: train one trial. Returns its outcome; never raises for a training error (the
-    traceback comes back as `error`, and the trial's MLflow run is FAILED)."""
-    ctx = TrialContext.load(ctx_json)
-    ctx.started = time.time()
-    die_with_driver(ctx)
-    # One line per trial comes from the driver; Lightning's banners from every trial would bury it.
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=".*(LeafSpec|logging interval|litlogger).*")
-
-    try:
-        cfg = validate(cfg_json)
-        result = train(cfg, Path(root), run_options(ctx))
-    except Exception as e:  # the driver records it; other trials go on
-        return {
-            "number": ctx.number,
-            "state": "failed",
-            "error": "".join(traceback.format_exception(type(e), e, e.__traceback__))[-4000:],
-        }
-    return {
-        "number": ctx.number,
-        "state": result.outcome["trial.state"],
-        "value": result.metrics.get(ctx.metric),
-        "epochs": result.epochs,
-        "run_id": result.run_id,
-        "wandb_id": result.wandb_id,
-        "seconds": result.seconds,
-    }

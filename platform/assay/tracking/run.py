@@ -97,6 +97,7 @@ class TrackedRun:
         remote: bool = False,
         wandb_after_fit: bool = False,
         wandb_group: str | None = None,
+        close_predecessors: bool = True,
     ):
         self.cfg, self.root, self.run_name = cfg, root, run_name
         self.tags, self.params = tags, params
@@ -105,6 +106,7 @@ class TrackedRun:
         self.remote = remote
         self.wandb_after_fit = remote or wandb_after_fit
         self.wandb_group = wandb_group
+        self.close_predecessors = close_predecessors
 
     def spec(self) -> dict[str, Any]:
         wb = self.cfg.tracking.wandb
@@ -181,9 +183,10 @@ class TrackedRun:
         return self
 
     def _close_predecessors(self) -> None:
-        """End the dead runs of this key (a sweep's trials: `assay sweep --resume` does)."""
+        """End the dead runs of this key (not for a sweep's trials, which share one key: the
+        sweep ends a dead trial's run itself, when Optuna finds its heartbeat stopped)."""
         key = self.tags.get("assay.key")
-        if not key or "optuna.trial" in self.tags:
+        if not key or not self.close_predecessors:
             return
         for f in orphans.close_predecessors(self.client, self.experiment_id, key, self.run_id):
             print(f"assay: earlier run {f.what}, owner {f.owner}: {f.action}", file=sys.stderr)

@@ -133,3 +133,15 @@ def last_step(uri: str, run_id: str, metric: str) -> int:
     """The last step at which the run logged `metric`; -1 if never."""
     history = MlflowClient(uri).get_metric_history(run_id, metric)
     return max((m.step for m in history), default=-1)
+
+
+def end_run(uri: str, run_id: str, status: str, tags: dict[str, str] | None = None) -> None:
+    """End a run whose process died before it finished its work: its tags, then `status`
+    (KILLED, FAILED). Also one already marked FINISHED: Lightning's MLflow logger does that when
+    the fit ends, before the run's outputs are written. A run already FAILED or KILLED stays."""
+    client = MlflowClient(uri, registry_uri=uri)
+    if client.get_run(run_id).info.status not in ("RUNNING", "SCHEDULED", "FINISHED"):
+        return
+    for key, value in (tags or {}).items():
+        client.set_tag(run_id, key, value)
+    client.set_terminated(run_id, status)

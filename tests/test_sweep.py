@@ -295,15 +295,24 @@ def test_killed_driver_resumes_the_same_study_without_losing_or_doubling_a_trial
     driver = subprocess.Popen(cmd, cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.time() + 240
-        while time.time() < deadline:  # one trial done and two running: kill the driver now
+        # One trial done and two training (their MLflow runs open): kill the driver now. (A
+        # trial killed before it opened its run has no run to check; on a loaded machine that
+        # window is seconds long.)
+        while time.time() < deadline:
             time.sleep(0.5)
             if not (project / "optuna.db").exists():
                 continue
             try:
-                states = [t.state for t in _study(project, "kill").get_trials(deepcopy=False)]
+                trials = _study(project, "kill").get_trials(deepcopy=False)
             except (KeyError, Exception):  # the study is being created
                 continue
-            if states.count(TrialState.COMPLETE) >= 1 and states.count(TrialState.RUNNING) == 2:
+            states = [t.state for t in trials]
+            training = [
+                t
+                for t in trials
+                if t.state == TrialState.RUNNING and "mlflow_run_id" in t.user_attrs
+            ]
+            if states.count(TrialState.COMPLETE) >= 1 and len(training) == 2:
                 break
         else:
             pytest.fail("the sweep never had a trial done and two running")

@@ -54,8 +54,8 @@ def sweep(
     resume: Annotated[
         bool,
         typer.Option(
-            help="continue the study: trials a stopped driver left running are failed and "
-            "their parameters run again"
+            help="continue the study: trials a stopped driver left running are failed (once "
+            "their heartbeats lapse) and their parameters run again"
         ),
     ] = False,
     fresh: Annotated[
@@ -66,6 +66,14 @@ def sweep(
         ),
     ] = False,
     storage: Storage = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="register the best trial against the champion even if the two were scored on "
+            "different data (without it, the champion stays and the best is kept as candidate)",
+        ),
+    ] = False,
     sets: Annotated[
         list[str] | None,
         typer.Option("--set", "-s", help="override a sweep file key, e.g. sweep.study=lr-2"),
@@ -105,7 +113,8 @@ def sweep(
         highlight=False,
     )
     r = guarded(
-        lambda: sw.run_sweep(s, resume=resume, fresh=fresh, console=out), also=(sw.SweepError,)
+        lambda: sw.run_sweep(s, resume=resume, fresh=fresh, console=out, force=force),
+        also=(sw.SweepError,),
     )
     if r.error:  # ran, but no trial completed: a failure for the shell and DVC alike
         fail(f"sweep {r.study}: {r.error}\n  MLflow parent run {r.parent_run_id}: FAILED", 1)

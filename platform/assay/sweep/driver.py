@@ -56,12 +56,18 @@ def preflight(sweep: Sweep) -> None:
 
 
 def run_sweep(
-    sweep: Sweep, *, resume: bool = False, fresh: bool = False, console=None
+    sweep: Sweep,
+    *,
+    resume: bool = False,
+    fresh: bool = False,
+    console=None,
+    force: bool = False,
 ) -> SweepResult:
     """Run (or, with `resume`, continue) the study until its budget is spent; then summarise,
     plot and register. Ctrl-C stops the running trials (their MLflow runs KILLED; `--resume`
     retries them). `fresh`: delete the study's earlier trials first (what `dvc repro` does: a new
-    sweep each time; the earlier MLflow runs stay)."""
+    sweep each time; the earlier MLflow runs stay). `force`: the best trial goes through the
+    champion gate even if the champion was scored on other data."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # TPE's `group` (for conditional spaces) is marked experimental since Optuna 2.8
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -102,7 +108,9 @@ def run_sweep(
         client.set_terminated(parent_id, status)
         raise
     try:
-        result = summarise(sweep, study, client, parent_id, time.perf_counter() - started, say)
+        result = summarise(
+            sweep, study, client, parent_id, time.perf_counter() - started, say, force
+        )
         result.driver_seconds = log.overhead
     except BaseException as e:
         client.set_tag(parent_id, "error", f"{type(e).__name__}: {e}"[:5000])
@@ -289,12 +297,17 @@ class Log:
         self.say, self.metric, self.direction = say, metric, direction
         self.best: float | None = None
         self.overhead: dict[int, float] = {}
+        self.lost = False  # the events' queue is gone
 
     def drain(self, events, empty) -> None:
-        while True:
+        while events is not None and not self.lost:
             try:
                 event = events.get_nowait()
             except empty:
+                return
+            except Exception as e:  # the queue's actor died: the lines go, the sweep goes on
+                self.lost = True
+                self.say(f"[yellow]trial events are lost from here on[/]: {error_line(str(e))}")
                 return
             self.show(event)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import optuna
 import yaml
 
@@ -29,11 +30,21 @@ def open_storage(url: str, heartbeat_interval=None, grace_period=None, on_stale=
     return optuna.storages.RDBStorage(url, **beat)
 
 
+def trial_seed(seed: int, offset: int) -> int:
+    """The sampler seed of the `offset`-th trial of a study seeded `seed`: numpy's SeedSequence
+    makes the streams of different (seed, offset) pairs independent."""
+    if offset == 0:
+        return seed  # the study's first trial samples as a single-process Optuna would
+    return int(np.random.SeedSequence([seed, offset]).generate_state(1)[0])
+
+
 def build_sampler(cfg: SamplerConfig, space: dict[str, Param], offset: int = 0, parallel: int = 1):
-    """The sweep's sampler. `offset`: which of the `parallel` workers holds it (each its own seed,
-    or they would all sample the same startup points); TPE then plans with the running trials'
-    parameters as if they had scored badly (constant liar), so workers don't crowd one point."""
-    seed = None if cfg.seed is None else cfg.seed + offset
+    """The sweep's sampler, for its `offset`-th trial (each trial is sampled in its own process,
+    each with its own seed, or they would all sample the same startup points). With `parallel`
+    trials at once, TPE plans with the running trials' parameters as if they had scored badly
+    (constant liar), so trials side by side don't crowd one point."""
+    # independent streams: seed + offset would give study seed 1 the points of seed 0 shifted
+    seed = None if cfg.seed is None else trial_seed(cfg.seed, offset)
     if cfg.name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if cfg.name == "cmaes":

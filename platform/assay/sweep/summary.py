@@ -43,7 +43,11 @@ def trials_table(study) -> list[dict[str, Any]]:
     return rows
 
 
-def summarise(sweep: Sweep, study, client, parent_id: str, seconds: float, say) -> SweepResult:
+def summarise(
+    sweep: Sweep, study, client, parent_id: str, seconds: float, say, force: bool = False
+) -> SweepResult:
+    """The study's results, plots and files; the best trial registered (`force`: through the
+    champion gate even if the champion was scored on other data)."""
     counts = study_state(study)
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     rows = trials_table(study)
@@ -88,7 +92,7 @@ def summarise(sweep: Sweep, study, client, parent_id: str, seconds: float, say) 
     if best is not None:
         client.set_tag(parent_id, "best.mlflow_run_id", best.user_attrs.get("mlflow_run_id", ""))
         if sweep.cfg.register_best:
-            registration = register_best(sweep, best, client, say)
+            registration = register_best(sweep, best, client, say, force)
             metrics.update({f"best_{k}": v for k, v in registration.pop("test", {}).items()})
     tracking.log_wandb_summary(
         sweep.base.tracking,
@@ -194,7 +198,7 @@ def study_plots(study, folder: Path) -> list[Path]:
     return out
 
 
-def register_best(sweep: Sweep, best, client, say) -> dict[str, Any]:
+def register_best(sweep: Sweep, best, client, say, force: bool = False) -> dict[str, Any]:
     """Evaluate the best trial on the test split, log its model into its MLflow run and put it
     through the champion gate under `<dataset>-<arch>`, like any trained model."""
     cfg = trial_config(sweep, yaml.safe_load(best.user_attrs["params_yaml"]) or {}, 1)
@@ -211,6 +215,7 @@ def register_best(sweep: Sweep, best, client, say) -> dict[str, Any]:
         metric,
         mode,
         float(scores[metric]),
+        force=force,
     )
     verdict = "promoted to champion" if decision.promoted else "kept as candidate"
     say(

@@ -105,8 +105,12 @@ class Objective:
             raise
 
     def say(self, **event) -> None:
+        """Tell the driver (its log line); best effort: a lost queue costs a line, not a trial."""
         if self.events is not None:
-            self.events.put(event)
+            try:
+                self.events.put(event, timeout=10)
+            except Exception:
+                self.events = None
 
     def run(self, trial) -> float:
         sweep, spec = self.sweep, self.spec
@@ -118,6 +122,8 @@ class Objective:
         retry_of = RetryHeartbeatStaleTrialCallback.retried_trial_number(
             self.storage.get_trial(tid)
         )
+        if retry_of is not None:  # Optuna copies the dead trial's attributes: not its run
+            trial.set_user_attr("mlflow_run_id", None)
         params = suggest(trial, sweep.cfg.space, self.base_raw)
         self.say(n=trial.number, state="started", params=params, retry_of=retry_of)
         cfg = trial_config(sweep, params, sweep.cfg.cpus_per_trial)

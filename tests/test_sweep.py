@@ -413,6 +413,24 @@ def test_a_trial_whose_process_is_killed_is_failed_by_its_heartbeat_and_retried(
 
 
 @pytest.mark.slow
+def test_resume_fails_and_retries_a_running_trial_that_never_beat(project, no_ray_left):  # noqa: F811
+    """A trial left RUNNING without a single heartbeat (killed in the instant after its ask, or
+    left by an Assay without heartbeats) is one Optuna would never fail: `--resume` gives it a
+    beat, so it goes stale like any other, and retries it."""
+    path = _write(project, "never", epochs=2, trials=1, heartbeat=1)
+    run_sweep(load_sweep(path, root=project), console=Lines())
+    ghost = _study(project, "never").ask()  # RUNNING, no heartbeat: a plain storage
+    sweep = load_sweep(path, [("sweep.trials", 2)], root=project)
+    lines = Lines()
+    result = run_sweep(sweep, resume=True, console=lines)
+    trials = _study(project, "never").get_trials()
+    assert trials[ghost.number].state == TrialState.FAIL, lines.lines
+    (retry,) = [t for t in trials if _retry_of(t) == ghost.number]
+    assert retry.state == TrialState.COMPLETE
+    assert result.counts["complete"] == 2 and "marked failed" in "\n".join(lines.lines)
+
+
+@pytest.mark.slow
 def test_four_parallel_trials_share_the_default_stores_without_losing_a_metric(
     project,
     no_ray_left,  # noqa: F811

@@ -24,21 +24,29 @@ from assay.sweep.trial import build_pruner
 from assay.sweep.worker import MAX_RETRY, MISSED_BEATS, counted, run_trial, storage_for
 
 
-def settle(study, say, wait: float) -> list[int]:
+def settle(study, storage, say, wait: float) -> list[int]:
     """Trials left RUNNING by a driver that stopped: wait (up to `wait` seconds) until their
     heartbeats lapse and let Optuna fail them (`fail_stale_trials`): its callback queues each
     one's parameters again and ends its MLflow run KILLED (`worker.StaleTrial`). A trial that
     keeps beating belongs to a driver that still runs: refused. Returns the failed numbers."""
-    running = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     if not running:
         return []
-    say(f"trials {', '.join(map(str, running))} were running: waiting for their heartbeats")
+    numbers = [t.number for t in running]
+    say(f"trials {', '.join(map(str, numbers))} were running: waiting for their heartbeats")
+    # One beat for each, now: Optuna never fails a trial that never beat (one killed in the
+    # instant after its ask, or from a study of an Assay without heartbeats); from this beat
+    # on, a dead one goes stale like any other, and a live one beats on.
+    study_id = storage.get_study_id_from_name(study.study_name)
+    for t in running:
+        tid = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
+        storage.record_heartbeat(tid)
     deadline = time.time() + wait
     while True:
         optuna.storages.fail_stale_trials(study)
         alive = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
         if not alive:
-            return running
+            return numbers
         if time.time() > deadline:
             raise SweepError(
                 f"trials {', '.join(map(str, alive))} of study {study.study_name!r} still beat: "
@@ -83,7 +91,7 @@ def run_sweep(
     parent_id = parent_run(sweep, study, client, uri)
     say = console.print if console else (lambda *a, **k: None)
     if resume:
-        retried = settle(study, say, wait=(MISSED_BEATS + 2) * cfg.heartbeat)
+        retried = settle(study, storage, say, wait=(MISSED_BEATS + 2) * cfg.heartbeat)
         if retried:
             say(
                 f"resumed: trials {', '.join(map(str, retried))} were running when the driver "
@@ -99,7 +107,7 @@ def run_sweep(
     log = Log(say, cfg.objective.metric, cfg.objective.direction)
     status = "FINISHED"
     try:
-        run_workers(sweep, study, spec, log)
+        run_workers(sweep, study, storage, spec, log)
     except BaseException as e:
         status = "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
         if status == "FAILED":
@@ -188,7 +196,7 @@ def parent_run(sweep: Sweep, study, client, uri: str) -> str:
     return parent.info.run_id
 
 
-def run_workers(sweep: Sweep, study, spec: dict[str, Any], log: Log) -> None:
+def run_workers(sweep: Sweep, study, storage, spec: dict[str, Any], log: Log) -> None:
     """Keep `parallel` trials running, each a Ray task (`worker.run_trial`), until `trials` of
     them spent the budget or the deadline passed. The driver alone starts trials, so the budget
     is met exactly. A task that died leaves its trial RUNNING without a heartbeat: the next
@@ -235,7 +243,7 @@ def run_workers(sweep: Sweep, study, spec: dict[str, Any], log: Log) -> None:
                     last = None
                 if not pending:
                     # tasks that died leave RUNNING trials: fail and queue them, then go on
-                    if not settle(study, log.say, wait) or told >= budget:
+                    if not settle(study, storage, log.say, wait) or told >= budget:
                         return
                     continue
                 ended, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)

@@ -14,7 +14,7 @@ import os
 import socket
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,13 +40,6 @@ class TrialContext:
     tags: dict[str, str] = field(default_factory=dict)  # provenance the driver computed once
     started: float = 0.0  # time.time() when the trial's process took it up
     driver: tuple[str, int] | None = None  # (host, pid) of the sweep driver
-
-    def dump(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def load(cls, data: dict[str, Any]) -> TrialContext:
-        return cls(**data)
 
     @property
     def run_name(self) -> str:

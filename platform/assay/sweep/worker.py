@@ -24,7 +24,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from assay import tracking
-from assay.config import ConfigError, validate
+from assay.config import ConfigError
 from assay.sweep.load import Sweep, trial_config
 from assay.sweep.study import build_sampler, open_storage, suggest
 from assay.sweep.trial import TrialContext, build_pruner, die_with_driver, run_options
@@ -142,8 +142,8 @@ class Objective:
             started=time.time(),
             driver=spec["driver"],
         )
-        result = train(validate(cfg.model_dump(mode="json")), sweep.root, run_options(ctx))
-        trial.set_user_attr("mlflow_run_id", result.run_id)
+        # trial_config validated it; run_options' on_run notes the MLflow run id on the trial
+        result = train(cfg, sweep.root, run_options(ctx))
         trial.set_user_attr("epochs", result.epochs)
         value = result.metrics.get(metric)
         done = {"n": trial.number, "epochs": result.epochs, "seconds": result.seconds}

@@ -156,7 +156,7 @@ def main() -> None:
                 t.batch_size,
                 n,
                 ddp_bucket_mb=bucket,
-                model_cfg=t.arch_config(),
+                model_cfg=t.arch_config().model_dump(),
             )
 
         one, two, ddp = rate(1), rate(2), rate(2, 25.0)

@@ -10,24 +10,14 @@ from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 from torch import nn
 
-from assay.models.base import Activation, AssayModule, Standardize, StrictModel, norm_act_drop
+from assay.config.architectures import AEConfig
+from assay.models.base import AssayModule, Standardize, norm_act_drop
 from assay.models.registry import register_model
 
 # Logged anomaly models pickled this from here; the anomaly objective owns it now.
 from assay.objectives.anomaly import ScoreHead as AnomalyScorer  # noqa: F401
-
-
-class AEConfig(StrictModel):
-    hidden_sizes: list[int] = Field(default=[256, 64], min_length=1)
-    latent_dim: int = Field(8, ge=1, le=4096)
-    activation: Activation = "relu"
-    dropout: float = Field(0.0, ge=0, lt=1)
-    batch_norm: bool = False
-    noise_std: float = Field(0.3, ge=0, description="denoising_autoencoder: Gaussian input noise")
-    beta: float = Field(1.0, ge=0, description="vae: weight of the KL term")
 
 
 def _mlp(sizes: list[int], cfg: AEConfig) -> list[nn.Module]:
@@ -83,7 +73,6 @@ class AutoencoderNet(nn.Module):
 
 class Autoencoder(AssayModule):
     Config = AEConfig
-    OBJECTIVES = {"image": "reconstruction", "tabular": "anomaly"}
     variational: ClassVar[bool] = False
     denoising: ClassVar[bool] = False
 
@@ -142,19 +131,16 @@ class Autoencoder(AssayModule):
         return self.net.score(x)
 
 
-_TINY = {"hidden_sizes": [16], "latent_dim": 2}
-
-
-@register_model("autoencoder", tiny=_TINY)
+@register_model("autoencoder")
 class PlainAutoencoder(Autoencoder):
     pass
 
 
-@register_model("denoising_autoencoder", tiny=_TINY)
+@register_model("denoising_autoencoder")
 class DenoisingAutoencoder(Autoencoder):
     denoising = True
 
 
-@register_model("vae", tiny=_TINY)
+@register_model("vae")
 class VAE(Autoencoder):
     variational = True

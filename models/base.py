@@ -10,67 +10,26 @@ from typing import Any, ClassVar, Literal
 
 import lightning.pytorch as pl
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from assay.datasets import Kind
+from assay.config.architectures import Activation
+from assay.config.common import StrictModel
+from assay.config.schema import OptimConfig
+from assay.config.task import Task
 from assay.objectives import Objective, get_objective
 
 # Logged models pickled these from here; they now live with their objectives.
 from assay.objectives.classification import SoftmaxHead  # noqa: F401
 from assay.objectives.rating import PairsHead  # noqa: F401
 
-Activation = Literal["relu", "sigmoid", "tanh", "gelu"]
+__all__ = ["ACTIVATIONS", "Activation", "AssayModule", "OptimConfig", "StrictModel", "Task"]
+
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
     "sigmoid": nn.Sigmoid,
     "tanh": nn.Tanh,
     "gelu": nn.GELU,
 }
-
-
-class StrictModel(BaseModel):
-    """Unknown keys are errors, never silently ignored."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Task(StrictModel):
-    """What the data gives a model. Only the fields of its kind are set:
-    image/tabular: in_shape (+ classes); text: vocab_size, max_len, classes; timeseries: in_shape
-    (window, features), horizon, target feature; ratings: n_users, n_items, rating range and each
-    item's rating count in the training split.
-    `mean`/`std` (per input feature, from the training split) let a model take raw units."""
-
-    kind: Kind = "image"
-    in_shape: tuple[int, ...] = ()  # one example, e.g. (1, 28, 28); (window, features)
-    num_classes: int = Field(0, ge=0)
-    class_names: list[str] = []
-    vocab_size: int = Field(0, ge=0)
-    pad_id: int = 0
-    horizon: int = Field(0, ge=0)
-    season: int = Field(0, ge=0)  # the seasonal period of a series, in steps
-    target_index: int = 0  # the forecast feature's column
-    n_users: int = Field(0, ge=0)
-    n_items: int = Field(0, ge=0)
-    rating_range: tuple[float, float] = (0.0, 0.0)
-    item_counts: list[int] = []  # ratings: how often each item is rated in the training split
-    item_attributes: list[list[int]] = []  # ratings: each item's attribute indices (genres, ...)
-    n_item_attributes: int = Field(0, ge=0)
-    mean: list[float] = []
-    std: list[float] = []
-
-
-class OptimConfig(StrictModel):
-    optimizer: Literal["sgd", "adam", "adamw", "rmsprop"] = "adam"
-    lr: float = Field(1e-3, gt=0, le=10)
-    momentum: float = Field(0.9, ge=0, lt=1, description="sgd and rmsprop only")
-    weight_decay: float = Field(0.0, ge=0, le=1, description="L2 (decoupled for adamw)")
-    l1: float = Field(0.0, ge=0, le=1, description="L1 penalty on weights, added to the loss")
-    scheduler: Literal["none", "cosine", "step", "onecycle"] = "none"
-    step_size: int = Field(5, ge=1, description="epochs between decays, scheduler=step")
-    gamma: float = Field(0.1, gt=0, le=1, description="decay factor, scheduler=step")
-    grad_clip: float = Field(0.0, ge=0, description="clip gradient norm to this; 0 = off")
 
 
 def make_optimizer(params, cfg: OptimConfig) -> torch.optim.Optimizer:
@@ -89,12 +48,13 @@ def make_optimizer(params, cfg: OptimConfig) -> torch.optim.Optimizer:
 class AssayModule(pl.LightningModule):
     """What every architecture shares: config, data task, optimiser, steps and metrics.
 
-    A subclass gives `Config` (pydantic), `OBJECTIVES` (data kind -> the registered objective it
-    serves there, e.g. an LSTM: {"text": "classification", "timeseries": "forecast"}) and
-    `build_net()`, a plain `nn.Module` that takes raw inputs and returns logits, forecasts or
-    ratings. The objective (`assay.objectives`) gives the loss, the per-epoch metric and the
-    logged inference head; families with their own training loop (autoencoders, the GAN)
-    override the steps. Nothing here knows about MLflow, W&B, DVC or Ray.
+    A subclass gives `Config` (its settings class from `assay.config.architectures`) and
+    `build_net()`; `@register_model` sets `OBJECTIVES` from the architecture's declaration there
+    (data kind -> the registered objective it serves, e.g. an LSTM: {"text": "classification",
+    "timeseries": "forecast"}). `build_net()` gives a plain `nn.Module` that takes raw inputs and
+    returns logits, forecasts or ratings. The objective (`assay.objectives`) gives the loss, the
+    per-epoch metric and the logged inference head; families with their own training loop
+    (autoencoders, the GAN) override the steps. Nothing here knows about MLflow, W&B, DVC or Ray.
     """
 
     Config: ClassVar[type[StrictModel]]
@@ -220,8 +180,6 @@ class AssayModule(pl.LightningModule):
 
 class ImageClassifier(AssayModule):
     """Softmax classifier over images (B, C, H, W): the MLP and the CNN."""
-
-    OBJECTIVES = {"image": "classification"}
 
 
 class Standardize(nn.Module):

@@ -2,27 +2,11 @@
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
 from torch import nn
 
-from assay.models.base import Activation, ImageClassifier, StrictModel, norm_act_drop
+from assay.config.architectures import CNNConfig
+from assay.models.base import ImageClassifier, norm_act_drop
 from assay.models.registry import register_model
-
-
-class CNNConfig(StrictModel):
-    channels: list[int] = Field(default=[32, 64], min_length=1)
-    kernel_size: int = Field(3, ge=1, le=7)
-    hidden: int = Field(128, ge=1, description="width of the dense layer before the classes")
-    activation: Activation = "relu"
-    dropout: float = Field(0.25, ge=0, lt=1)
-    batch_norm: bool = True
-
-    @field_validator("kernel_size")
-    @classmethod
-    def _odd(cls, k: int) -> int:
-        if k % 2 == 0:
-            raise ValueError("must be odd (1, 3, 5 or 7) so that 'same' padding keeps the size")
-        return k
 
 
 def build_cnn(in_shape: tuple[int, ...], num_classes: int, cfg: CNNConfig) -> nn.Module:
@@ -47,7 +31,7 @@ def build_cnn(in_shape: tuple[int, ...], num_classes: int, cfg: CNNConfig) -> nn
     return nn.Sequential(*layers)
 
 
-@register_model("cnn", tiny={"channels": [4, 8], "hidden": 16})
+@register_model("cnn")
 class CNNClassifier(ImageClassifier):
     Config = CNNConfig
 

@@ -15,35 +15,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 from torch import nn
 
-from assay.models.base import AssayModule, StrictModel
+from assay.config.architectures import GANConfig
+from assay.models.base import AssayModule
 from assay.models.registry import register_model
-
-
-class GANConfig(StrictModel):
-    latent_dim: int = Field(64, ge=1, le=4096)
-    g_channels: int = Field(128, ge=2, description="generator width at the smallest resolution")
-    g_extra: int = Field(
-        1, ge=0, le=4, description="extra stride-1 3x3 conv blocks at each generator resolution"
-    )
-    d_channels: int = Field(64, ge=1, description="discriminator width at the first layer")
-    dropout: float = Field(0.3, ge=0, lt=1, description="in the discriminator")
-    batch_norm: bool = True
-    label_smoothing: float = Field(0.1, ge=0, lt=0.5, description="real labels = 1 - this")
-    beta1: float = Field(0.5, ge=0, lt=1, description="Adam's beta1 for both players (DCGAN: 0.5)")
-    d_lr_scale: float = Field(1.0, gt=0, le=100, description="discriminator lr = train.lr * this")
-    judge: str = Field(
-        "models:/{dataset}-cnn@champion",
-        description="the registered classifier that scores samples; {dataset} is filled in",
-    )
-    eval_samples: int = Field(2000, ge=10, le=100_000, description="images per Fréchet distance")
-    conditional: bool = Field(
-        False,
-        description="class-conditional (cGAN): the generator's code is z plus a one-hot class, "
-        "the discriminator a projection discriminator; needs a labelled data set",
-    )
 
 
 class Generator(nn.Module):
@@ -124,12 +100,9 @@ class GANNet(nn.Module):
         self.discriminator = Discriminator(shape, cfg, num_classes)
 
 
-@register_model(
-    "gan", tiny={"latent_dim": 8, "g_channels": 8, "d_channels": 4, "eval_samples": 100}
-)
+@register_model("gan")
 class GAN(AssayModule):
     Config = GANConfig
-    OBJECTIVES = {"image": "generation"}
     monitor = ("val/fd", "min")
 
     def __init__(self, config, task, optim=None):

@@ -4,18 +4,11 @@ from __future__ import annotations
 
 import math
 
-from pydantic import Field
 from torch import nn
 
-from assay.models.base import Activation, ImageClassifier, StrictModel, norm_act_drop
+from assay.config.architectures import MLPConfig
+from assay.models.base import ImageClassifier, norm_act_drop
 from assay.models.registry import register_model
-
-
-class MLPConfig(StrictModel):
-    hidden_sizes: list[int] = Field(default=[512, 256], min_length=1)
-    activation: Activation = "relu"
-    dropout: float = Field(0.2, ge=0, lt=1)
-    batch_norm: bool = True
 
 
 def build_mlp(in_features: int, num_classes: int, cfg: MLPConfig) -> nn.Module:
@@ -28,7 +21,7 @@ def build_mlp(in_features: int, num_classes: int, cfg: MLPConfig) -> nn.Module:
     return nn.Sequential(*layers)
 
 
-@register_model("mlp", tiny={"hidden_sizes": [16], "dropout": 0.0})
+@register_model("mlp")
 class MLPClassifier(ImageClassifier):
     Config = MLPConfig
 

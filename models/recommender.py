@@ -27,10 +27,10 @@ most MovieLens users rated everything within an hour. It reads the batch's `posi
 from __future__ import annotations
 
 import torch
-from pydantic import Field
 from torch import nn
 
-from assay.models.base import Activation, AssayModule, StrictModel, Task, norm_act_drop
+from assay.config.architectures import MFConfig, NCFConfig
+from assay.models.base import AssayModule, Task, norm_act_drop
 from assay.models.registry import register_model
 
 POPULARITY_BINS = 16  # floor(log2(count + 1)): counts 0 | 1-2 | 3-6 | 7-14 | ... | 32767+
@@ -53,9 +53,6 @@ class PopularityBias(nn.Module):
 
     def forward(self, items: torch.Tensor) -> torch.Tensor:
         return self.bias(self.bins[items]).squeeze(-1)
-
-
-POPULARITY_HELP = "a learned bias per log2 bin of the item's training-split rating count"
 
 
 class RecentUserBias(nn.Module):
@@ -91,23 +88,6 @@ class AttributeBias(nn.Module):
 
     def forward(self, items: torch.Tensor) -> torch.Tensor:
         return self.weight(self.attributes[items]).squeeze(-1)
-
-
-ATTRIBUTE_HELP = "a learned bias per item attribute the data lists (MovieLens: genre, period)"
-RECENT_HELP = (
-    "the share of each user's latest training ratings that fit a second user offset, applied "
-    "to every prediction (0 = off)"
-)
-
-
-class MFConfig(StrictModel):
-    embedding_dim: int = Field(64, ge=1, le=4096)
-    dropout: float = Field(0.0, ge=0, lt=1, description="on the embeddings")
-    biases: bool = True
-    popularity_bias: bool = Field(True, description=POPULARITY_HELP)
-    attribute_bias: bool = Field(True, description=ATTRIBUTE_HELP)
-    recent_user_bias: float = Field(0.0, ge=0, lt=1, description=RECENT_HELP)
-    reg: float = Field(0.05, ge=0, description="L2 on the batch's embeddings and biases")
 
 
 class Offsets(nn.Module):
@@ -174,18 +154,6 @@ class MFNet(nn.Module):
         return rating + self.offsets(users, items, position)
 
 
-class NCFConfig(StrictModel):
-    embedding_dim: int = Field(32, ge=1, le=4096, description="per branch")
-    hidden_sizes: list[int] = Field(default=[64, 32, 16], min_length=1)
-    activation: Activation = "relu"
-    dropout: float = Field(0.2, ge=0, lt=1)
-    batch_norm: bool = False
-    popularity_bias: bool = Field(True, description=POPULARITY_HELP)
-    attribute_bias: bool = Field(True, description=ATTRIBUTE_HELP)
-    recent_user_bias: float = Field(0.0, ge=0, lt=1, description=RECENT_HELP)
-    reg: float = Field(0.01, ge=0, description="L2 on the batch's embeddings and recent biases")
-
-
 class NCFNet(nn.Module):
     def __init__(self, task: Task, cfg: NCFConfig):
         super().__init__()
@@ -224,8 +192,6 @@ class NCFNet(nn.Module):
 
 
 class Recommender(AssayModule):
-    OBJECTIVES = {"ratings": "rating"}
-
     def training_step(self, batch, batch_idx):
         # The classic regularised MF objective: L2 on the rows a batch touches, not on all of
         # them (weight decay would shrink every user each step, rated or not).
@@ -236,7 +202,7 @@ class Recommender(AssayModule):
         return loss
 
 
-@register_model("matrix_factorization", tiny={"embedding_dim": 4, "recent_user_bias": 0.2})
+@register_model("matrix_factorization")
 class MatrixFactorization(Recommender):
     Config = MFConfig
 
@@ -244,7 +210,7 @@ class MatrixFactorization(Recommender):
         return MFNet(self.task, self.config)
 
 
-@register_model("ncf", tiny={"embedding_dim": 4, "hidden_sizes": [8], "recent_user_bias": 0.2})
+@register_model("ncf")
 class NCF(Recommender):
     Config = NCFConfig
 

@@ -1,7 +1,10 @@
 """One registry of architectures (after timm's `_registry.py`).
 
-`@register_model("cnn", tiny={...})` on a LightningModule class registers two presets: `cnn` (the
-class's config defaults) and `cnn_tiny` (defaults updated with `tiny`, for tests and smoke runs).
+An architecture is declared, torch-free, in `assay.config.architectures`: its typed settings, its
+presets (`cnn` and `cnn_tiny`) and the data it trains on. `@register_model("cnn")` on a
+LightningModule class binds the class to that declaration and to each of its presets: the class's
+`Config` must be the declared settings class, and `OBJECTIVES` is set from the declaration (one
+fact, one place). A class for an undeclared name, or a declaration bound twice, is refused.
 `create_model(name, **cfg)` builds one; an unknown name is an error that lists the known ones.
 """
 
@@ -12,10 +15,13 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from assay.config.architectures import (
+    UnknownArchitectureError,
+    get_architecture,
+    list_architectures,
+)
 
-class UnknownModelError(KeyError):
-    def __str__(self) -> str:  # KeyError would print the message quoted
-        return str(self.args[0])
+UnknownModelError = UnknownArchitectureError  # the name callers have caught since the start
 
 
 @dataclass(frozen=True)
@@ -37,18 +43,22 @@ class ModelEntry:
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
-def register_model(name: str, *, tiny: dict[str, Any] | None = None):
-    """Class decorator: register `name` and, with `tiny`, `name_tiny`. Duplicates are refused."""
+def register_model(name: str):
+    """Class decorator: bind the class to the architecture `name` declared in
+    `assay.config.architectures`, and to its presets (`name_tiny`)."""
 
     def wrap(cls: type) -> type:
-        if not hasattr(cls, "Config"):
-            raise TypeError(f"{cls.__name__} needs a nested pydantic `Config` to be registered")
-        presets = {name: {}}
-        if tiny is not None:
-            presets[f"{name}_tiny"] = tiny
-        for preset_name, preset in presets.items():
+        arch = get_architecture(name)  # UnknownArchitectureError: declare it there first
+        if getattr(cls, "Config", None) is not arch.settings:
+            raise TypeError(
+                f"{cls.__name__}.Config must be {arch.settings.__name__}, the settings "
+                f"assay.config.architectures declares for {name!r}"
+            )
+        cls.OBJECTIVES = dict(arch.trains_on)
+        for preset_name in list_architectures(family=name):
             if preset_name in _REGISTRY:
                 raise ValueError(f"model {preset_name!r} is registered twice")
+            preset = get_architecture(preset_name).preset
             _REGISTRY[preset_name] = ModelEntry(preset_name, name, cls, dict(preset))
         return cls
 
@@ -63,16 +73,21 @@ def get_entry(name: str) -> ModelEntry:
     try:
         return _REGISTRY[name]
     except KeyError:
+        get_architecture(name)  # an unknown name: the error lists the known ones
         raise UnknownModelError(
-            f"unknown architecture {name!r}; known: {', '.join(list_models())}"
+            f"architecture {name!r} is declared in assay.config.architectures but no module in "
+            "models/ registers it (@register_model)"
         ) from None
 
 
-def create_model(name: str, *, task: Any, optim: Any = None, **cfg: Any):
+def create_model(
+    name: str, *, task: Any, optim: Any = None, settings: BaseModel | None = None, **cfg: Any
+):
     """Build the registered LightningModule `name` for a data `task` (shapes, classes).
 
-    `cfg` overrides the preset's architecture config; `optim` is an `OptimConfig` (None:
-    defaults).
+    `settings` are its typed settings (a config's `train.arch_config()`); without them, `cfg`
+    overrides the preset's. `optim` is an `OptimConfig` (None: defaults).
     """
     entry = get_entry(name)
-    return entry.module_cls(config=entry.config(**cfg), task=task, optim=optim)
+    config = settings if settings is not None else entry.config(**cfg)
+    return entry.module_cls(config=config, task=task, optim=optim)

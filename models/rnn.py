@@ -7,18 +7,11 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
-from pydantic import Field
 from torch import nn
 
+from assay.config.architectures import RNNConfig
 from assay.models.registry import register_model
-from assay.models.sequence import SequenceConfig, SequenceModule, SequenceNet
-
-
-class RNNConfig(SequenceConfig):
-    hidden_size: int = Field(128, ge=1, le=8192)
-    num_layers: int = Field(1, ge=1, le=16)
-    bidirectional: bool = False
-    layer_norm: bool = Field(False, description="LayerNorm on the recurrent outputs")
+from assay.models.sequence import SequenceModule, SequenceNet
 
 
 class RecurrentEncoder(nn.Module):
@@ -62,19 +55,16 @@ class RecurrentModel(SequenceModule):
         return SequenceNet(self.task, c, encoder, self.config.embedding_dim, width, self.pool())
 
 
-_TINY = {"hidden_size": 16, "embedding_dim": 16}
-
-
-@register_model("rnn", tiny=_TINY)
+@register_model("rnn")
 class ElmanRNN(RecurrentModel):
     cell = "rnn"
 
 
-@register_model("lstm", tiny=_TINY)
+@register_model("lstm")
 class LSTM(RecurrentModel):
     cell = "lstm"
 
 
-@register_model("gru", tiny=_TINY)
+@register_model("gru")
 class GRU(RecurrentModel):
     cell = "gru"

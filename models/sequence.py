@@ -8,26 +8,12 @@ out) and forecasting (raw feature windows in, the next `horizon` raw values out)
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import Field
 from torch import nn
 
-from assay.models.base import AssayModule, Standardize, StrictModel, Task
-
-Pooling = Literal["auto", "last", "mean", "max"]
-
-
-class SequenceConfig(StrictModel):
-    embedding_dim: int = Field(128, ge=2, le=4096, description="text: token embedding size")
-    pooling: Pooling = Field(
-        "auto", description="auto: text max (RNN) / mean (Transformer), series last"
-    )
-    dropout: float = Field(0.2, ge=0, lt=1)
-    predict_residual: bool = Field(
-        True, description="series: forecast the change from the seasonal-naive forecast"
-    )
+from assay.models.base import AssayModule, Standardize, Task
 
 
 def masked_pool(h: torch.Tensor, mask: torch.Tensor | None, how: str) -> torch.Tensor:
@@ -92,7 +78,6 @@ class SequenceNet(nn.Module):
 class SequenceModule(AssayModule):
     """Text sentiment (classification) and forecasting with one architecture."""
 
-    OBJECTIVES = {"text": "classification", "timeseries": "forecast"}
     default_text_pool = "max"
 
     def pool(self) -> str:

@@ -8,27 +8,11 @@ from __future__ import annotations
 import math
 
 import torch
-from pydantic import Field, model_validator
 from torch import nn
 
-from assay.models.base import Activation
+from assay.config.architectures import TransformerConfig
 from assay.models.registry import register_model
-from assay.models.sequence import SequenceConfig, SequenceModule, SequenceNet
-
-
-class TransformerConfig(SequenceConfig):
-    d_model: int = Field(128, ge=2, le=8192)
-    heads: int = Field(4, ge=1, le=64)
-    num_layers: int = Field(2, ge=1, le=48)
-    ff_dim: int = Field(256, ge=1, description="width of each layer's feed-forward block")
-    activation: Activation = "gelu"
-    pre_norm: bool = Field(True, description="LayerNorm before attention/FF (stabler training)")
-
-    @model_validator(mode="after")
-    def _heads_divide(self) -> TransformerConfig:
-        if self.d_model % self.heads:
-            raise ValueError(f"d_model ({self.d_model}) must be divisible by heads ({self.heads})")
-        return self
+from assay.models.sequence import SequenceModule, SequenceNet
 
 
 class PositionalEncoding(nn.Module):
@@ -91,10 +75,7 @@ class TransformerEncoder(nn.Module):
         return w
 
 
-@register_model(
-    "transformer",
-    tiny={"d_model": 16, "heads": 2, "num_layers": 1, "ff_dim": 32, "embedding_dim": 16},
-)
+@register_model("transformer")
 class Transformer(SequenceModule):
     Config = TransformerConfig
     default_text_pool = "mean"

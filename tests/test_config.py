@@ -27,7 +27,7 @@ def test_params_yaml_is_valid_and_is_the_default(root):
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     assert cfg.train.lr == raw["train"]["lr"]
     assert set(cfg.runs) == set(raw["runs"])
-    assert cfg.train.models["cnn"]["channels"] == raw["train"]["models"]["cnn"]["channels"]
+    assert cfg.train.models.cnn.channels == raw["train"]["models"]["cnn"]["channels"]
 
 
 @pytest.mark.parametrize(
@@ -41,7 +41,7 @@ def test_precedence_params_then_experiment_then_run_then_set(root):
     cfg = load_config("digits-mlp", ["train.lr=0.5", "train.models.mlp.dropout=0.0"], root=root)
     assert cfg.train.optimizer == "sgd"  # from the experiment
     assert cfg.train.lr == 0.5  # --set beats the experiment's 0.05
-    assert cfg.train.models["mlp"]["dropout"] == 0.0
+    assert cfg.train.models.mlp.dropout == 0.0
     run = load_config(root=root).for_run("digits-cnn")
     assert (run.train.dataset, run.train.arch, run.train.max_epochs) == ("digits", "cnn", 40)
     assert run.train.lr == load_config(root=root).train.lr  # shared value kept

@@ -26,18 +26,7 @@ ENTRY = {  # what each `assay` subcommand runs, below the CLI
 # Declared differences from the import graph, each with its reason:
 # Process bookkeeping (signals, owners of runs, closing abandoned ones): never in an output.
 BOOKKEEPING = {"platform/assay/lifecycle.py", "platform/assay/orphans.py"}
-IGNORED = {  # imported, but cannot change what the stage writes
-    # assay.config imports the architecture registry (to validate `train:`) and with it the
-    # objectives the architectures serve, which prepare never runs: with them, an edit to a
-    # model or a scorer would prepare every data set again
-    "prepare": {
-        "models",
-        "platform/assay/objectives",
-        "platform/assay/generation.py",
-        "platform/assay/plots.py",
-        "platform/assay/tracking",
-    },
-}
+IGNORED: dict[str, set[str]] = {}  # imported, but cannot change what the stage writes
 EXTRA: dict[str, set[str]] = {}  # run, but reached through no import
 
 

@@ -87,3 +87,15 @@ def test_the_config_schema_and_the_data_stages_import_no_tracking():
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip() == "[]"
+
+
+def test_the_config_schema_imports_no_torch():
+    """The config schema, architectures' typed settings included, is pydantic only: `assay config`
+    and every command that only reads a config start without torch or Lightning (~5 s)."""
+    loaded = "sorted({'torch', 'lightning'} & set(sys.modules))"
+    probe = f"import sys, assay.config; assay.config.load_config; print({loaded})"
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "[]"

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import assay.models as models
+from assay.config.architectures import get_architecture, list_architectures
 from assay.models import Task, create_model, get_entry, list_models
 from assay.models.base import OptimConfig
 from assay.models.registry import UnknownModelError, register_model
@@ -171,6 +172,24 @@ def test_registry_refuses_duplicates_and_has_tiny_presets():
     for name in list_models():
         if not name.endswith("_tiny"):
             assert f"{name}_tiny" in list_models(), f"{name} has no tiny preset"
+
+
+def test_every_declared_architecture_has_its_module_and_nothing_else_registers():
+    """The torch-free declarations (assay.config.architectures) and the modules of models/ are
+    one set: a declaration without a module, or a module without a declaration, fails here."""
+    assert list_models() == list_architectures()
+    for name in list_models():
+        entry, arch = get_entry(name), get_architecture(name)
+        assert entry.module_cls.Config is arch.settings
+        assert entry.module_cls.OBJECTIVES == arch.trains_on
+        assert entry.preset == arch.preset
+
+
+def test_a_module_for_an_undeclared_architecture_or_other_settings_is_refused():
+    with pytest.raises(UnknownModelError, match="unknown architecture 'resnet'"):
+        register_model("resnet")(models.cnn.CNNClassifier)
+    with pytest.raises(TypeError, match="must be MLPConfig"):
+        register_model("mlp")(models.cnn.CNNClassifier)
 
 
 def test_checkpoint_hparams_rebuild_the_same_model(tmp_path):

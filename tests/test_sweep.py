@@ -97,6 +97,14 @@ class Lines:
             {"space": {"train.lr_typo": {"type": "float", "low": 0.1, "high": 1}}},
             "space.train.lr_typo: no such setting",
         ),
+        (  # an architecture's settings are typed: a key in a section the base leaves unset too
+            {"space": {"train.models.gru_tiny.dropuot": {"type": "float", "low": 0, "high": 1}}},
+            "space.train.models.gru_tiny.dropuot: no such setting",
+        ),
+        (
+            {"space": {"train.models.vgg.depth": {"type": "int", "low": 1, "high": 3}}},
+            "space.train.models.vgg.depth: no such setting",
+        ),
         (
             {"space": {"train.lr": {"type": "float", "low": 0.0, "high": 1, "log": True}}},
             "log scale needs low > 0",

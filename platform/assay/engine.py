@@ -34,7 +34,7 @@ def build(cfg, root: Path, *, refit: bool = False) -> tuple[ArrayDataModule, pl.
     Seed first (`pl.seed_everything`): the model's initial weights come from it."""
     t = cfg.train
     dm = datamodule(t.dataset, root, batch_size=t.batch_size, seed=t.seed, refit=refit)
-    return dm, create_model(t.arch, task=dm.task, optim=t.optim(), **t.arch_config())
+    return dm, create_model(t.arch, task=dm.task, optim=t.optim(), settings=t.arch_config())
 
 
 class History(Callback):

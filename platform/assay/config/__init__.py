@@ -4,12 +4,14 @@ Everything is merged once and validated into `AssayConfig` before any data is re
 a `ConfigError` whose message names each key path, the value given and what is allowed.
 
 
-  common    ConfigError and how messages quote values
-  schema    the sections (AssayConfig) and `validate`
+  common         StrictModel, ConfigError and how messages quote values
+  architectures  each architecture's typed settings, presets and the data it trains on (no torch)
+  schema         the sections (AssayConfig) and `validate`
+  task           what a prepared data set gives a model (shapes, classes, statistics)
   loading   params.yaml <- experiment file <- overrides, YAML read safely
 """
 
-from assay.config.common import ConfigError, describe_errors
+from assay.config.common import ConfigError, StrictModel, describe_errors, section_model
 from assay.config.loading import (
     MAX_YAML_NODES,
     Override,
@@ -34,12 +36,15 @@ from assay.config.schema import (
     WandbConfig,
     validate,
 )
+from assay.config.task import Task
 
 __all__ = [
     "MAX_YAML_NODES",
     "Override",
     "AssayConfig",
     "ConfigError",
+    "StrictModel",
+    "Task",
     "EvaluateConfig",
     "FetchConfig",
     "PrepareConfig",
@@ -56,6 +61,7 @@ __all__ = [
     "read_yaml",
     "rekey",
     "safe_yaml",
+    "section_model",
     "validate",
     "with_overrides",
 ]

@@ -1,12 +1,18 @@
-"""What the config modules share: the error that lists every bad value, and how a message quotes a
-value (cut short: never a whole, possibly huge, one)."""
+"""What the config modules share: the strict base model, the error that lists every bad value, and
+how a message quotes a value (cut short: never a whole, possibly huge, one)."""
 
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, get_args
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+
+class StrictModel(BaseModel):
+    """Unknown keys are errors, never silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class ConfigError(ValueError):
@@ -44,8 +50,12 @@ def describe_errors(err: ValidationError, model: type, prefix: str = "") -> list
         path = ".".join(([prefix] if prefix else []) + loc)
         given = e.get("input")
         if e["type"] == "extra_forbidden":
-            allowed = allowed_keys(model, e["loc"][:-1])
-            out.append(f"{path}: unknown key (value {short(given)}); allowed keys: {allowed}")
+            parent, allowed = allowed_keys(model, e["loc"][:-1])
+            noun = getattr(parent, "unknown_key", "key")
+            if noun != "key":  # a section keyed by a registry: train.models.<architecture>
+                out.append(f"{path}: unknown {noun} {loc[-1]!r}; known: {allowed}")
+            else:
+                out.append(f"{path}: unknown key (value {short(given)}); allowed keys: {allowed}")
         elif e["type"] == "missing":
             out.append(f"{path}: required, but not given")
         elif isinstance(given, dict):  # a whole-section check: its message names the keys
@@ -56,11 +66,20 @@ def describe_errors(err: ValidationError, model: type, prefix: str = "") -> list
     return out
 
 
-def allowed_keys(model: type, loc: tuple) -> str:
-    """The field names at `loc` inside `model`, for 'unknown key' messages."""
+def allowed_keys(model: type, loc: tuple) -> tuple[type | None, str]:
+    """The model at `loc` inside `model` and its field names, for 'unknown key' messages."""
     for part in loc:
         field = getattr(model, "model_fields", {}).get(part)
-        if field is None or not hasattr(field.annotation, "model_fields"):
-            return "see params.yaml"
-        model = field.annotation
-    return ", ".join(model.model_fields)
+        inner = field and section_model(field.annotation)
+        if inner is None:
+            return None, "see params.yaml"
+        model = inner
+    return model, ", ".join(model.model_fields)
+
+
+def section_model(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model a field holds (`X` or `X | None`), else None."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    models = [a for a in get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
+    return models[0] if len(models) == 1 else None

@@ -1,6 +1,6 @@
 """The schema: every section of params.yaml as a pydantic model (`AssayConfig`), and `validate`,
-which checks a merged raw config whole: each run, each architecture's settings, each pairing of an
-architecture with a kind of data."""
+which checks a merged raw config whole: each run, each architecture's settings (typed by
+`assay.config.architectures`), each pairing of an architecture with a kind of data."""
 
 from __future__ import annotations
 
@@ -12,11 +12,13 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from assay.config.common import ConfigError, deep_merge, describe_errors, short
+from assay.config.architectures import (
+    ArchitectureSettings,
+    UnknownArchitectureError,
+    get_architecture,
+)
+from assay.config.common import ConfigError, StrictModel, deep_merge, describe_errors, short
 from assay.datasets import get_dataset, list_datasets
-from assay.models import get_entry
-from assay.models.base import OptimConfig, StrictModel
-from assay.models.registry import UnknownModelError
 
 _SHA256 = r"^[0-9a-f]{64}$"
 
@@ -117,6 +119,18 @@ class PrepareConfig(StrictModel):
         return names
 
 
+class OptimConfig(StrictModel):
+    optimizer: Literal["sgd", "adam", "adamw", "rmsprop"] = "adam"
+    lr: float = Field(1e-3, gt=0, le=10)
+    momentum: float = Field(0.9, ge=0, lt=1, description="sgd and rmsprop only")
+    weight_decay: float = Field(0.0, ge=0, le=1, description="L2 (decoupled for adamw)")
+    l1: float = Field(0.0, ge=0, le=1, description="L1 penalty on weights, added to the loss")
+    scheduler: Literal["none", "cosine", "step", "onecycle"] = "none"
+    step_size: int = Field(5, ge=1, description="epochs between decays, scheduler=step")
+    gamma: float = Field(0.1, gt=0, le=1, description="decay factor, scheduler=step")
+    grad_clip: float = Field(0.0, ge=0, description="clip gradient norm to this; 0 = off")
+
+
 # A run's key names a folder (outputs/<key>/) and a registered model: plain characters only.
 KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 
@@ -157,8 +171,8 @@ class TrainConfig(OptimConfig):
     max_failures: int = Field(
         2, ge=-1, le=1000, description="worker failures to recover from (-1: unlimited)"
     )
-    # Architecture hyperparameters per registered name: {cnn: {channels: [32, 64]}, ...}
-    models: dict[str, dict[str, Any]] = {}
+    # Architecture settings per declared name, typed: {cnn: {channels: [32, 64]}, ...}
+    models: ArchitectureSettings = ArchitectureSettings()
 
     @field_validator("dataset")
     @classmethod
@@ -169,8 +183,8 @@ class TrainConfig(OptimConfig):
     @classmethod
     def _arch(cls, name: str) -> str:
         try:
-            get_entry(name)
-        except UnknownModelError as e:
+            get_architecture(name)
+        except UnknownArchitectureError as e:
             raise ValueError(str(e)) from None
         return name
 
@@ -211,8 +225,9 @@ class TrainConfig(OptimConfig):
     def optim(self) -> OptimConfig:
         return OptimConfig(**self.model_dump(include=set(OptimConfig.model_fields)))
 
-    def arch_config(self) -> dict[str, Any]:
-        return self.models.get(self.arch, {})
+    def arch_config(self) -> StrictModel:
+        """The typed settings of this run's architecture (its section, else its preset)."""
+        return self.models.get(self.arch)
 
     @property
     def key(self) -> str:
@@ -300,7 +315,6 @@ def validate(raw: dict) -> AssayConfig:
     except ValidationError as e:
         raise ConfigError(describe_errors(e, AssayConfig)) from None
     problems: list[str] = []
-    problems += check_arch_configs(cfg.train.models, "train.models")
     problems += check_pairing(cfg.train, "train")
     train_raw = cfg.train.model_dump()
     for name, override in cfg.runs.items():
@@ -319,7 +333,6 @@ def validate(raw: dict) -> AssayConfig:
         except ValidationError as e:
             problems += describe_errors(e, TrainConfig, prefix=where)
             continue
-        problems += check_arch_configs(override.get("models", {}), f"{where}.models")
         problems += check_pairing(run, where)
     if problems:
         raise ConfigError(problems)
@@ -328,7 +341,7 @@ def validate(raw: dict) -> AssayConfig:
 
 def check_pairing(train: TrainConfig, where: str) -> list[str]:
     """The architecture must train on the dataset's kind of data (an LSTM on images: no)."""
-    objectives = get_entry(train.arch).module_cls.OBJECTIVES
+    objectives = get_architecture(train.arch).trains_on
     kind = get_dataset(train.dataset).kind
     if kind in objectives:
         return []
@@ -337,20 +350,3 @@ def check_pairing(train: TrainConfig, where: str) -> list[str]:
         f"{where}.arch: {train.arch!r} cannot train on {train.dataset!r} ({kind} data); it trains "
         f"on {', '.join(sorted(objectives))} data: datasets {', '.join(fits)}"
     ]
-
-
-def check_arch_configs(models: dict[str, Any], prefix: str) -> list[str]:
-    problems = []
-    for name, arch_cfg in models.items():
-        try:
-            entry = get_entry(name)
-        except UnknownModelError as e:
-            problems.append(f"{prefix}.{name}: {e}")
-            continue
-        try:
-            entry.config(**(arch_cfg or {}))
-        except ValidationError as e:
-            problems += describe_errors(e, entry.config_cls, prefix=f"{prefix}.{name}")
-        except TypeError:
-            problems.append(f"{prefix}.{name}: expected a mapping, got {short(arch_cfg)}")
-    return problems

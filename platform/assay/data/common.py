@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, TensorDataset
 
-from assay.models.base import Task
+from assay.config.task import Task
 from assay.paths import DataError, atomic_write_bytes
 
 SPLITS = ("train", "val", "test")

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from assay.config.task import Task
 from assay.data.common import (
     SPLITS,
     ArrayDataModule,
@@ -21,7 +22,6 @@ from assay.data.common import (
     stratified_split,
     write_source,
 )
-from assay.models.base import Task
 
 # Prepared pixels are uint8; dividing by this gives the [0, 1] floats the models see.
 PIXEL_SCALE = {"digits": 16.0, "mnist": 256.0, "fashion_mnist": 255.0}

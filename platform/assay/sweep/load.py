@@ -17,6 +17,7 @@ from assay.config import (
     load_config,
     read_yaml,
     rekey,
+    section_model,
     validate,
 )
 from assay.paths import find_root
@@ -105,7 +106,7 @@ def check_space(cfg: SweepConfig, base: AssayConfig) -> list[str]:
     problems = []
     raw = base.model_dump()
     for key, p in cfg.space.items():
-        if not exists(raw, key.split(".")):
+        if not has_setting(AssayConfig, raw, key.split(".")):
             problems.append(f"space.{key}: no such setting (a key path such as train.lr)")
             continue
         values = p.choices if isinstance(p, CategoricalParam) else [p.low, p.high]
@@ -116,20 +117,27 @@ def check_space(cfg: SweepConfig, base: AssayConfig) -> list[str]:
                 problems += [f"space.{key}: value {value!r} gives: {q}" for q in e.problems]
                 break
         for when in p.when or {}:
-            if when not in cfg.space and not exists(raw, when.split(".")):
+            if when not in cfg.space and not has_setting(AssayConfig, raw, when.split(".")):
                 problems.append(f"space.{key}.when: {when} is neither in the space nor a setting")
     return problems
 
 
-def exists(raw: dict, path: list[str]) -> bool:
-    node: Any = raw
+def has_setting(model: Any, raw: Any, path: list[str]) -> bool:
+    """Whether `path` names a setting: the schema's fields, typed all the way down (so
+    train.models.<arch>.<key> is checked like any other key, whether or not the base sets that
+    architecture's section), then, inside a free-form mapping (`runs`), the base's own keys."""
     for i, part in enumerate(path):
-        if not isinstance(node, dict):
+        if model is not None:
+            field = model.model_fields.get(part)
+            if field is None:
+                return False
+            model = section_model(field.annotation)
+        else:
+            if not isinstance(raw, dict) or part not in raw:
+                return False
+        raw = raw.get(part) if isinstance(raw, dict) else None
+        if model is None and i < len(path) - 1 and not isinstance(raw, dict):
             return False
-        if part not in node:
-            # train.models.<arch>.<field>: the arch section may be absent from the base
-            return i >= 2 and path[:2] == ["train", "models"]
-        node = node[part]
     return True
 
 

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
-from assay.models.base import StrictModel
+from assay.config.common import StrictModel
 
 
 class _Param(StrictModel):

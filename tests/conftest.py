@@ -3,10 +3,14 @@ files inside the test's tmp_path, never the developer's own."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import tempfile
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 # What the `assay` command sets for itself (assay.cli.common.TELEMETRY_OFF), before MLflow
@@ -14,10 +18,49 @@ import pytest
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
+# Under pytest-xdist (the README's `pytest` runs two workers) each worker has a temp folder of its
+# own, and so a Ray of its own there (Ray keeps /tmp/ray/ray_current_cluster and its sessions
+# under TMPDIR): one worker's `assay cluster up` is never found by the other's drivers. Its
+# processes, Ray's included, inherit PYTEST_XDIST_WORKER, which tells the tests' process checks
+# whose processes they are (`same_test_worker`).
+WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if WORKER:
+    _tmp = Path(tempfile.gettempdir()) / f"assay-tests-{WORKER}"
+    _tmp.mkdir(exist_ok=True)
+    os.environ["TMPDIR"] = str(_tmp)
+    tempfile.tempdir = None  # gettempdir() caches its first answer
+
 from assay.config import load_config, validate  # noqa: E402
 from assay.data import fetch, prepare  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def same_test_worker(process) -> bool:
+    """Whether a process (psutil) was started by this pytest worker, or by this plain pytest."""
+    try:
+        return process.environ().get("PYTEST_XDIST_WORKER") == WORKER
+    except Exception:  # gone, or not ours to read
+        return False
+
+
+# The modules that run longest go first, so that no worker ends on one long module alone
+# (pytest-xdist hands out whole modules, `--dist loadfile`, in the order they are collected).
+LONGEST_FIRST = [
+    "test_sweep.py",
+    "test_sweep_recovery.py",
+    "test_families.py",
+    "test_pipeline.py",
+    "test_ray_jobs.py",
+    "test_ray.py",
+    "test_lifecycle.py",
+    "test_cluster_security.py",
+]
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: keeps the rest
 
 
 @pytest.fixture(autouse=True)
@@ -104,3 +147,31 @@ def family_cfg(root, dataset, arch, **train):
     )
     raw["tracking"]["wandb"]["mode"] = "offline"
     return validate(raw)
+
+
+def ray_processes() -> list[psutil.Process]:
+    """This test process's Ray processes (under pytest-xdist, never another worker's: each
+    worker's processes carry its PYTEST_XDIST_WORKER in their environment)."""
+    names = ("raylet", "gcs_server", "RayTrainWorker", "ray::", "dashboard.py")
+    found = []
+    for p in psutil.process_iter(["name", "cmdline", "username", "status"]):
+        if p.info["status"] == psutil.STATUS_ZOMBIE:  # exited; its parent has yet to reap it
+            continue
+        cmd = " ".join(p.info["cmdline"] or [])
+        if p.info["username"] == psutil.Process().username() and any(n in cmd for n in names):
+            if same_test_worker(p):
+                found.append(p)
+    return found
+
+
+@pytest.fixture
+def no_ray_left():
+    yield
+    deadline = time.time() + 30
+    while ray_processes() and time.time() < deadline:
+        time.sleep(0.5)
+    left = ray_processes()
+    for p in left:  # never leak into the next test, even when this one fails
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    assert not left, [" ".join(p.info["cmdline"] or [])[:120] for p in left]

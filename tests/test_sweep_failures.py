@@ -20,9 +20,8 @@ from optuna.trial import TrialState
 from typer.testing import CliRunner
 
 from assay.cli import app
-from tests.conftest import REPO
-from tests.test_ray import _ray_processes, no_ray_left  # noqa: F401  (fixture)
-from tests.test_sweep import BASE, _write
+from tests.conftest import REPO, ray_processes
+from tests.sweeps_support import BASE, write_sweep
 
 
 def _runs(root: Path) -> list:
@@ -45,7 +44,7 @@ def _refused_before_anything(root: Path, study: str, r, seconds: float) -> None:
     assert not (root / "outputs").exists()
     # (other Ray processes of this user may belong to other tests: only ours count)
     ours = {p.pid for p in psutil.Process().children(recursive=True)}
-    assert not ray.is_initialized() and not [p for p in _ray_processes() if p.pid in ours]
+    assert not ray.is_initialized() and not [p for p in ray_processes() if p.pid in ours]
     assert seconds < 60  # no trial was tried: today's sweeps took longer just to start Ray
 
 
@@ -61,13 +60,13 @@ def _refused_sweep(root: Path, path: Path, study: str, monkeypatch) -> str:
 
 def test_a_sweep_on_data_not_prepared_is_refused_before_ray_starts(tmp_path, monkeypatch):
     shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")  # a project without data/digits
-    path = _write(tmp_path, "nodata")
+    path = write_sweep(tmp_path, "nodata")
     said = _refused_sweep(tmp_path, path, "nodata", monkeypatch)
     assert "data/digits is not prepared: run `dvc repro prepare@digits`" in said
 
 
 def test_a_gan_sweep_without_its_judge_is_refused_before_ray_starts(project, monkeypatch):
-    path = _write(
+    path = write_sweep(
         project,
         "gan",
         set=[*BASE[2:], "train.dataset=digits", "train.arch=gan_tiny", "train.max_epochs=1"],
@@ -81,9 +80,9 @@ def test_a_gan_sweep_without_its_judge_is_refused_before_ray_starts(project, mon
 
 # --------------------------------------------------------------------- every trial failed
 @pytest.mark.slow
-def test_a_sweep_whose_every_trial_fails_exits_1_and_claims_no_best(project, no_ray_left):  # noqa: F811
+def test_a_sweep_whose_every_trial_fails_exits_1_and_claims_no_best(project, no_ray_left):
     # The model logs no val/nope: each trial's monitor check fails after its sanity check.
-    path = _write(project, "nope", trials=2, objective={"metric": "val/nope"})
+    path = write_sweep(project, "nope", trials=2, objective={"metric": "val/nope"})
     out = project / "outputs/sweeps/nope"
     out.mkdir(parents=True)
     for name in ("best_params.yaml", "metrics.json"):  # an earlier run's, now stale

@@ -5,6 +5,7 @@ the importing process's environment; the `assay` command sets its own defaults w
 
 from __future__ import annotations
 
+import ast
 import shutil
 import subprocess
 import sys
@@ -77,25 +78,23 @@ def test_importing_assay_changes_no_environment_variable():
     assert done.stdout.strip().splitlines()[-1] == "[]"
 
 
-def test_the_config_schema_and_the_data_stages_import_no_tracking():
-    """`assay fetch`, `prepare` and `config` (the config schema and the data stages) load neither
-    MLflow nor W&B: `dvc repro` starts dozens of such processes, and each would pay ~2 s."""
-    loaded = "sorted({'mlflow', 'wandb'} & set(sys.modules))"
-    probe = f"import sys, assay.config, assay.data; print({loaded})"
+def _loaded_after(imports: str, heavy: set[str]) -> list[str]:
+    """Which of `heavy` a fresh interpreter holds after `import <imports>`."""
+    probe = f"import sys, {imports}; print(sorted({heavy!r} & set(sys.modules)))"
     done = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.strip() == "[]"
+    return ast.literal_eval(done.stdout.strip())
+
+
+def test_the_config_schema_and_the_data_stages_import_no_tracking():
+    """`assay fetch`, `prepare` and `config` (the config schema and the data stages) load neither
+    MLflow nor W&B: `dvc repro` starts dozens of such processes, and each would pay ~2 s."""
+    assert _loaded_after("assay.config, assay.data", {"mlflow", "wandb"}) == []
 
 
 def test_the_config_schema_imports_no_torch():
     """The config schema, architectures' typed settings included, is pydantic only: `assay config`
     and every command that only reads a config start without torch or Lightning (~5 s)."""
-    loaded = "sorted({'torch', 'lightning'} & set(sys.modules))"
-    probe = f"import sys, assay.config; assay.config.load_config; print({loaded})"
-    done = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.strip() == "[]"
+    assert _loaded_after("assay.config", {"torch", "lightning"}) == []

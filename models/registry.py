@@ -10,12 +10,13 @@ fact, one place). A class for an undeclared name, or a declaration bound twice, 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel
 
 from assay.config.architectures import (
+    Architecture,
     UnknownArchitectureError,
     get_architecture,
     list_architectures,
@@ -26,18 +27,31 @@ UnknownModelError = UnknownArchitectureError  # the name callers have caught sin
 
 @dataclass(frozen=True)
 class ModelEntry:
-    name: str
-    family: str  # the architecture family, shared by a class's presets ("cnn" for cnn_tiny)
+    """A declared architecture (settings, preset, family, data) and the module that builds it:
+    everything but the module is the declaration's, read from it, never copied."""
+
+    architecture: Architecture
     module_cls: type
-    preset: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.architecture.name
+
+    @property
+    def family(self) -> str:  # shared by a declaration's presets ("cnn" for cnn_tiny)
+        return self.architecture.family
+
+    @property
+    def preset(self) -> dict[str, Any]:
+        return self.architecture.preset
 
     @property
     def config_cls(self) -> type[BaseModel]:
-        return self.module_cls.Config
+        return self.architecture.settings
 
     def config(self, **overrides: Any) -> BaseModel:
         """The architecture's validated config: preset values, then `overrides`."""
-        return self.config_cls(**{**self.preset, **overrides})
+        return self.architecture.config(**overrides)
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
@@ -58,8 +72,7 @@ def register_model(name: str):
         for preset_name in list_architectures(family=name):
             if preset_name in _REGISTRY:
                 raise ValueError(f"model {preset_name!r} is registered twice")
-            preset = get_architecture(preset_name).preset
-            _REGISTRY[preset_name] = ModelEntry(preset_name, name, cls, dict(preset))
+            _REGISTRY[preset_name] = ModelEntry(get_architecture(preset_name), cls)
         return cls
 
     return wrap

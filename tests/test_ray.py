@@ -143,3 +143,39 @@ def test_a_crash_that_exhausts_the_retries_ends_failed_with_the_worker_traceback
     text = Path(error).read_text()
     assert "Traceback" in text and "logs no 'val/nope'" in text
     assert not (project / "outputs/digits-cnn_tiny/model").exists()
+
+
+def test_a_ray_task_told_to_stop_ends_its_run_killed(project, no_ray_left):
+    """Ray stops a task's worker with SIGTERM (a dead driver's workers, a cluster going down);
+    Ray's own handler makes that a SystemExit marked as its stop. The run the task was training
+    ends KILLED, saying so, not FAILED like a crash of its own (a sweep's killed trials did)."""
+    import ray
+
+    from assay.distributed import ray_session
+    from assay.training import RunOptions
+
+    cfg = tiny_config(project, max_epochs=300, wandb="disabled")
+    started = project / "started"
+
+    @ray.remote(num_cpus=1, max_retries=0)
+    def trial() -> None:
+        def on_run(run_id: str) -> None:
+            started.write_text(f"{os.getpid()} {run_id}")
+
+        train(cfg, project, RunOptions(on_run=on_run, progress_bar=False))
+
+    with ray_session(cfg, dashboard=False):
+        ref = trial.remote()
+        deadline = time.time() + 120
+        while time.time() < deadline and not started.exists():
+            time.sleep(0.2)
+        assert started.exists(), "the task never opened its run"
+        time.sleep(2)  # into the fit
+        pid, run_id = started.read_text().split()
+        os.kill(int(pid), signal.SIGTERM)
+        with pytest.raises(ray.exceptions.RayError):
+            ray.get(ref, timeout=60)
+    run = _client(project).get_run(run_id)
+    assert run.info.status == "KILLED"
+    assert run.data.tags["error"] == "stopped by Ray: The process receives a SIGTERM."
+    assert not (project / "outputs/digits-cnn_tiny/model").exists()

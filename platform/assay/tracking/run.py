@@ -226,12 +226,12 @@ class TrackedRun:
     def __exit__(self, exc_type, exc, tb) -> None:
         failed = exc_type is not None
         if failed:
-            # A signal during a Lightning fit comes out as its SystemExit(1): still KILLED.
-            sig = lifecycle.stopped_by()
-            stopped = issubclass(exc_type, KeyboardInterrupt) or sig is not None
+            # A signal during a Lightning fit comes out as its SystemExit(1), one in a Ray
+            # worker as Ray's: still KILLED.
+            stopped = lifecycle.stop_reason(exc)
             status = "KILLED" if stopped else "FAILED"
             text = "".join(traceback.format_exception(exc_type, exc, tb))
-            error = f"stopped by {sig.name}" if sig else f"{exc_type.__name__}: {exc}"
+            error = stopped or f"{exc_type.__name__}: {exc}"
             try:
                 self.client.log_text(self.run_id, text, "error.txt")
                 self.client.set_tag(self.run_id, "error", error[:5000])

@@ -94,6 +94,14 @@ def test_the_config_schema_and_the_data_stages_import_no_tracking():
     assert _loaded_after("assay.config, assay.data", {"mlflow", "wandb"}) == []
 
 
+def test_the_cluster_and_jobs_commands_import_no_training_stack():
+    """`assay cluster up/down/status`, `assay jobs` and `assay submit` talk to a head's Jobs API:
+    they load neither torch, Lightning, MLflow nor W&B (13 s a command before), and Ray only when
+    they call the head. The command line's error handling (`guarded`) loads none either."""
+    heavy = {"torch", "lightning", "mlflow", "wandb", "ray"}
+    assert _loaded_after("assay.cluster, assay.cli.common, assay.errors", heavy) == []
+
+
 def test_the_config_schema_imports_no_torch():
     """The config schema, architectures' typed settings included, is pydantic only: `assay config`
     and every command that only reads a config start without torch or Lightning (~5 s)."""

@@ -21,12 +21,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from assay import tracking
+from assay.errors import UserError
 from assay.paths import read_json
 
 RUN_KEY = "assay.mlflow_run_id"  # in checkpoints (under "assay") and PNG text chunks
 
 
-class ArtifactMismatch(ValueError):
+class ArtifactMismatch(UserError, ValueError):
     """Artifacts that do not belong to the same run; the message says what to run."""
 
 

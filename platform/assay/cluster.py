@@ -39,14 +39,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import assay
-from assay import tracking
-from assay.distributed import auth_env
+from assay.errors import UserError
 from assay.lifecycle import group_alive, pid_alive
+from assay.rayenv import auth_env
 
 STATE = Path(".assay") / "cluster.json"
 
 
-class ClusterError(RuntimeError):
+class ClusterError(UserError, RuntimeError):
     """A cluster problem with a clear fix (none running, not reachable, ...)."""
 
 
@@ -295,7 +295,7 @@ def submit(
     is told what was kept out of the job (credentials)."""
     dashboard = dashboard_address(root, address)
     jobs = client(dashboard)
-    uri = tracking.tracking_uri(cfg.tracking, root)
+    uri = cfg.tracking.store_uri(root)
     env = {
         "MLFLOW_TRACKING_URI": uri,
         "MLFLOW_DISABLE_TELEMETRY": "true",

@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from assay.errors import UserError
+
 Kind = Literal["image", "text", "timeseries", "tabular", "ratings"]
 
 
@@ -22,7 +24,7 @@ class DataSet:
     about: str
 
 
-class UnknownDataSetError(KeyError):
+class UnknownDataSetError(UserError, KeyError):
     def __str__(self) -> str:  # KeyError would print the message quoted
         return str(self.args[0])
 

@@ -34,19 +34,10 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 from assay import engine, lifecycle, tracking
 from assay.config import ConfigError, validate
 from assay.engine import Fit
+from assay.rayenv import auth_env, ray_defaults
 
 # Ray (~2 s to import) loads in the functions that start it: `import assay.distributed` (which
 # `assay.training` does) costs a run on one machine nothing.
-
-# What this process's Ray is told unless the user said otherwise: no usage stats, and Ray's
-# Train V2 API (the default in 2.60, pinned so an older Ray behaves the same). Set when a Ray
-# session opens, never at import: importing Assay changes nothing in the caller's process.
-RAY_DEFAULTS = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_TRAIN_V2_ENABLED": "1"}
-
-
-def ray_defaults() -> None:
-    for var, value in RAY_DEFAULTS.items():
-        os.environ.setdefault(var, value)
 
 
 def address(cfg) -> str | None:
@@ -81,13 +72,6 @@ def storage_path(cfg, root: Path) -> str:
     if path and "://" in path:
         return path.rstrip("/")
     return str(Path(path or root / "ray_results").resolve())
-
-
-def auth_env() -> None:
-    """Ray 2.60 clusters want a token by default (`ray start` writes ~/.ray/auth_token); a
-    client that does not say so fails with "Missing authentication token"."""
-    if (Path.home() / ".ray" / "auth_token").exists() or os.environ.get("RAY_AUTH_TOKEN"):
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 
 @contextlib.contextmanager

@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from assay.errors import UserError
+
 
 def find_root(start: Path | None = None) -> Path:
     """The project root: the nearest folder up from `start` (the cwd) holding params.yaml or
@@ -24,7 +26,7 @@ def find_root(start: Path | None = None) -> Path:
     return start
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A prepared or fetched file that is missing, cut short or not what its stage writes. The
     message names the file, what is wrong and the command that rebuilds it. (Here, not in
     `assay.data`, so that the CLI can catch it without importing Lightning.)"""

@@ -26,11 +26,12 @@ import numpy as np
 
 from assay import tracking
 from assay.config import TrackingConfig
+from assay.errors import UserError
 from assay.objectives import Prediction, get_objective
 from assay.tracking.contract import ContractError
 
 
-class PredictError(ValueError):
+class PredictError(UserError, ValueError):
     pass
 
 

@@ -146,16 +146,11 @@ def load(experiment=None, sets=None, run=None, dataset=None, arch=None, *, requi
 def guarded(fn, *args, also: tuple[type[Exception], ...] = ()):
     """Call `fn`; errors that are the user's to fix become a message and exit code 2, no traceback.
     Anything else propagates with its traceback: that is a bug or a crash worth seeing whole."""
-    from assay.artifacts import ArtifactMismatch
-    from assay.config import ConfigError
-    from assay.models.registry import UnknownModelError
-    from assay.paths import DataError
-    from assay.predict import PredictError
+    from assay.errors import UserError  # each module's own errors subclass it: none loads here
 
-    user_errors = (ConfigError, PredictError, UnknownModelError, FileNotFoundError)
     try:
         return fn(*args)
-    except (*user_errors, ArtifactMismatch, DataError, *also) as e:
+    except (UserError, FileNotFoundError, *also) as e:
         fail(str(e))
 
 

@@ -19,6 +19,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, create_model, field_validator, model_serializer, model_validator
 
 from assay.config.common import StrictModel
+from assay.errors import UserError
 
 Activation = Literal["relu", "sigmoid", "tanh", "gelu"]
 Pooling = Literal["auto", "last", "mean", "max"]
@@ -144,7 +145,7 @@ class NCFConfig(StrictModel):
     reg: float = Field(0.01, ge=0, description="L2 on the batch's embeddings and recent biases")
 
 
-class UnknownArchitectureError(KeyError):
+class UnknownArchitectureError(UserError, KeyError):
     def __str__(self) -> str:  # KeyError would print the message quoted
         return str(self.args[0])
 

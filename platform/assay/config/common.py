@@ -8,6 +8,8 @@ from typing import Any, get_args
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from assay.errors import UserError
+
 
 class StrictModel(BaseModel):
     """Unknown keys are errors, never silently ignored."""
@@ -15,7 +17,7 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """One or more bad configuration values; the message lists every one."""
 
     def __init__(self, problems: list[str]):

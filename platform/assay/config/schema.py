@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import warnings
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -246,6 +248,15 @@ class TrackingConfig(StrictModel):
     experiment: str = Field("assay", min_length=1)
     uri: str | None = Field(None, description="MLflow URI; $MLFLOW_TRACKING_URI, else mlflow.db")
     wandb: WandbConfig = WandbConfig()
+
+    def store_uri(self, root: Path) -> str:
+        """The MLflow store a run under `root` uses: $MLFLOW_TRACKING_URI, else `uri`, else
+        the project's own SQLite file (its artifacts in mlruns/ beside it)."""
+        return (
+            os.environ.get("MLFLOW_TRACKING_URI")
+            or self.uri
+            or f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"
+        )
 
 
 class RayConfig(StrictModel):

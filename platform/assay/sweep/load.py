@@ -20,6 +20,7 @@ from assay.config import (
     section_model,
     validate,
 )
+from assay.errors import UserError
 from assay.paths import find_root
 from assay.sweep.spec import CategoricalParam, SweepConfig, SweepFile
 
@@ -171,7 +172,7 @@ def trial_config(sweep: Sweep, params: dict[str, Any], cpus: float) -> AssayConf
     return validate(raw)
 
 
-class SweepError(RuntimeError):
+class SweepError(UserError, RuntimeError):
     pass
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,11 +23,7 @@ TrackingError = MlflowException
 
 # ------------------------------------------------------------------------------------ the store
 def tracking_uri(cfg: TrackingConfig, root: Path) -> str:
-    return (
-        os.environ.get("MLFLOW_TRACKING_URI")
-        or cfg.uri
-        or f"sqlite:///{root.resolve() / 'mlflow.db'}"
-    )
+    return cfg.store_uri(root)  # a fact of the settings: `assay submit` reads it without MLflow
 
 
 def _sqlite_path(uri: str) -> Path | None:

@@ -74,6 +74,7 @@ def _assert_clean_error(result, filename: str, what: str) -> None:
 
 
 @pytest.mark.parametrize("case", DAMAGE)
+@pytest.mark.bare
 def test_train_on_damaged_data_names_the_file_and_leaves_nothing(project, monkeypatch, case):
     filename, damage, what = DAMAGE[case]
     damage(project / "data/digits" / filename)

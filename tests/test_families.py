@@ -419,6 +419,7 @@ def test_refit_trains_a_fresh_model_on_train_and_val_and_it_is_the_runs_model(fp
     assert metrics["test/rmse"] == pytest.approx(rmse, rel=1e-4)
 
 
+@pytest.mark.bare
 def test_refit_where_it_has_no_meaning_fails_before_any_run(fproject, monkeypatch):
     cfg = _cfg(fproject, "digits", "gan_tiny", refit=True)
     with pytest.raises(ConfigError, match="train.refit: true: a GAN's validation split only"):
@@ -456,6 +457,7 @@ def test_refit_data_is_train_plus_val_and_anomalies_stay_out(family_data):
         assert len(refit.val_dataloader().dataset) == n_val  # val itself is unchanged
 
 
+@pytest.mark.bare
 def test_gan_without_its_judge_fails_before_any_run(fproject):
     cfg = _cfg(fproject, "digits", "gan_tiny")
     with pytest.raises(

@@ -162,6 +162,7 @@ def test_submit_without_a_cluster_says_how_to_get_one(project):
     assert "assay cluster up" in result.stderr
 
 
+@pytest.mark.bare
 def test_gpus_this_machine_lacks_are_refused_before_any_run(project, no_ray_left):
     """A local Ray asked for GPUs it has not got would wait for them forever."""
     args = ("--set", "train.dataset=digits", "--set", "train.accelerator=gpu")

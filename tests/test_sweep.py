@@ -69,6 +69,7 @@ from tests.sweeps_support import (
         ),
     ],
 )
+@pytest.mark.bare
 def test_a_bad_sweep_file_is_refused_before_anything_runs(project, change, expected):
     path = write_sweep(project, **change)
     with pytest.raises(ConfigError) as e:
@@ -78,6 +79,7 @@ def test_a_bad_sweep_file_is_refused_before_anything_runs(project, change, expec
     assert not (project / "optuna.db").exists() and not (project / "mlflow.db").exists()
 
 
+@pytest.mark.bare
 def test_damaged_data_is_named_before_the_study_or_any_run(project):
     from assay.data import DataError
 
@@ -234,6 +236,7 @@ def test_pruning_works_when_each_trial_trains_on_two_ray_workers(project, no_ray
 
 
 @pytest.mark.slow
+@pytest.mark.bare
 def test_four_parallel_trials_share_the_default_stores_without_losing_a_metric(
     project,
     no_ray_left,

@@ -12,8 +12,9 @@ from typer.testing import CliRunner
 from assay.cli import app
 from assay.config import load_config
 from assay.data import SPLITS, DataError, ImageDataModule, fetch, prepare
-from assay.data.common import write_splits
-from assay.data.text import TextDataModule, build_tokenizer, encode
+from assay.data.text import TextDataModule
+from assay.preparation.common import write_splits
+from assay.preparation.text import build_tokenizer, encode
 from tests.conftest import REPO
 
 

@@ -17,7 +17,7 @@ from tests.conftest import REPO
 
 PACKAGES = {"assay": REPO / "platform/assay", "assay.models": REPO / "models"}
 ENTRY = {  # what each `assay` subcommand runs, below the CLI
-    "prepare": "assay.data",
+    "prepare": "assay.preparation",
     "train": "assay.training",
     "evaluate": "assay.evaluation",
     "register": "assay.registry",

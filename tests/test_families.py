@@ -500,7 +500,7 @@ def test_series_splits_are_by_time_and_targets_stay_inside(family_data):
 def test_text_vocabulary_comes_from_the_training_split_only(family_data, tmp_path):
     from tokenizers import Tokenizer
 
-    from assay.data.text import read_corpus
+    from assay.preparation.text import read_corpus
 
     meta = json.loads((family_data / "rotten_tomatoes/meta.json").read_text())
     assert meta["counts"]["train"] + meta["counts"]["val"] + meta["counts"]["test"] == 12808
@@ -510,7 +510,7 @@ def test_text_vocabulary_comes_from_the_training_split_only(family_data, tmp_pat
     # the training split, so no word seen only in val/test can have leaked into the vocabulary.
     # (WordPiece's choices at the vocabulary cut-off are not deterministic, so a rebuilt
     # tokenizer is not compared token for token; the tokenizer file travels with the ids.)
-    from assay.data.common import stratified_split
+    from assay.preparation.common import stratified_split
 
     cfg = load_config(params=REPO / "params.yaml", root=tmp_path).prepare
     texts, y = read_corpus(family_data / "raw/rotten_tomatoes/rotten_tomatoes_corpus_full.csv.bz2")

@@ -102,6 +102,13 @@ def test_the_cluster_and_jobs_commands_import_no_training_stack():
     assert _loaded_after("assay.cluster, assay.cli.common, assay.errors", heavy) == []
 
 
+def test_the_data_stages_import_no_torch():
+    """`assay fetch` and `assay prepare` (`assay.preparation`, numpy and scikit-learn) load no
+    torch, Lightning, MLflow or W&B: `dvc repro` runs one of each per data set."""
+    heavy = {"torch", "lightning", "mlflow", "wandb"}
+    assert _loaded_after("assay.preparation, assay.cli.pipeline", heavy) == []
+
+
 def test_the_config_schema_imports_no_torch():
     """The config schema, architectures' typed settings included, is pydantic only: `assay config`
     and every command that only reads a config start without torch or Lightning (~5 s)."""

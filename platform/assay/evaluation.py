@@ -15,9 +15,10 @@ import torch
 
 from assay import artifacts, tracking
 from assay.config import AssayConfig
-from assay.data import datamodule, sha256_file
+from assay.data import datamodule
 from assay.models import get_entry
 from assay.paths import atomic_dir, atomic_write_json, find_root, output_dir
+from assay.preparation import sha256_file
 
 
 @dataclass

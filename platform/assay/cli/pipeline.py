@@ -34,8 +34,8 @@ from assay.cli.common import (
 @app.command()
 def fetch(dataset: Annotated[str, typer.Argument(help=f"one of: {DATASET_HELP}")]) -> None:
     """Bring a data set's raw file into data/raw/DATASET (checked against its sha256)."""
-    from assay.data import fetch as do_fetch
     from assay.paths import find_root
+    from assay.preparation import fetch as do_fetch
 
     cfg = load(require=("fetch",))
     path = guarded(do_fetch, dataset, cfg.fetch, find_root(), also=(ValueError,))
@@ -45,8 +45,8 @@ def fetch(dataset: Annotated[str, typer.Argument(help=f"one of: {DATASET_HELP}")
 @app.command()
 def prepare(dataset: Annotated[str, typer.Argument(help=f"one of: {DATASET_HELP}")]) -> None:
     """Write fixed-seed train/val/test splits and meta.json to data/DATASET."""
-    from assay.data import prepare as do_prepare
     from assay.paths import find_root
+    from assay.preparation import prepare as do_prepare
 
     cfg = load(require=("prepare",))
     if dataset not in cfg.prepare.datasets:

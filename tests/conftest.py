@@ -91,13 +91,16 @@ def empty_store(tmp_path_factory) -> Path:
     """A new, empty MLflow SQLite store, made by MLflow once per test process. A project's first
     run spends ~3.5 s (more under load) on MLflow's ~60 schema migrations, and most tests start
     from a new project: they begin with a copy of this one instead. (Its 'Default' experiment
-    points at this folder; Assay never uses 'Default'.) Tests marked `bare` start without a
+    points at mlruns/ beside it; Assay never uses 'Default'.) Tests marked `bare` start without a
     store, as a new user's project does, and see it created (or not created) for real."""
     db = tmp_path_factory.mktemp("empty-store") / "mlflow.db"
     # In a process of its own: MLflow's client sets process-wide state (the tracking URI) that
     # would point this process's later runs at the template. Read-only, so nothing writes there.
     make = f"from mlflow import MlflowClient; MlflowClient('sqlite:///{db}').search_experiments()"
-    subprocess.run([sys.executable, "-c", make], check=True, capture_output=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", make], cwd=db.parent, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
     db.chmod(0o444)
     return db
 

@@ -89,8 +89,8 @@ def _loaded_after(imports: str, heavy: set[str]) -> list[str]:
 
 
 def test_the_config_schema_and_the_data_stages_import_no_tracking():
-    """`assay fetch`, `prepare` and `config` (the config schema and the data stages) load neither
-    MLflow nor W&B: `dvc repro` starts dozens of such processes, and each would pay ~2 s."""
+    """The config schema and the DataModules (`assay.data`) load neither MLflow nor W&B: they sit
+    under tracking (the data stages, `assay.preparation`, load no torch either: below)."""
     assert _loaded_after("assay.config, assay.data", {"mlflow", "wandb"}) == []
 
 

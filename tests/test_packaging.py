@@ -47,7 +47,12 @@ def test_the_wheel_holds_assay_models_and_no_top_level_models(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert tops == {"assay"}, tops
-    for module in ("assay/models/__init__.py", "assay/models/cnn.py", "assay/data/__init__.py"):
+    for module in (
+        "assay/models/__init__.py",
+        "assay/models/cnn.py",
+        "assay/data/__init__.py",
+        "assay/preparation/__init__.py",
+    ):
         assert module in names
 
 

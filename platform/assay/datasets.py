@@ -2,9 +2,9 @@
 `train.dataset`, `prepare.datasets`, which architecture trains on which) and the CLI's help all
 read it. Light on purpose (no torch): the config schema imports it.
 
-A data set is its name, its kind of data (which `assay.data` module fetches and prepares it, and
-which architectures train on it: their `OBJECTIVES`), and a line about it; its pinned source
-(package, version, member, sha256) is `fetch.<name>` in params.yaml.
+A data set is its name, its kind of data (which `assay.preparation` module fetches and prepares
+it, and which architectures train on it: their `OBJECTIVES`), and a line about it; its pinned
+source (package, version, member, sha256) is `fetch.<name>` in params.yaml.
 """
 
 from __future__ import annotations

@@ -101,12 +101,12 @@ def stop_reason(exc: BaseException | None) -> str | None:
     """Why `exc` ended the work, if it means "this process was told to stop" (the run ends
     KILLED, not FAILED): a signal `install` caught; Ctrl-C; a Ray worker's SIGTERM, which Ray's
     own handler turns into `SystemExit` marked `ray_terminate_msg` (Ray ends a dead driver's
-    workers so, and `ray.cancel`); Lightning's `SIGTERMException`, raised at the next batch
-    after its handler saw SIGTERM. None: an error of the work's own."""
+    workers so); Lightning's `SIGTERMException`, raised at the next batch after its handler saw
+    SIGTERM. None: an error of the work's own."""
     if _stopped_by is not None:
         return f"stopped by {_stopped_by.name}"
-    if isinstance(exc, KeyboardInterrupt):
-        return "stopped by SIGINT"
+    if isinstance(exc, KeyboardInterrupt):  # Ctrl-C where no handler was installed, or raised
+        return f"KeyboardInterrupt: {exc}"
     ray_msg = getattr(exc, "ray_terminate_msg", None)
     if isinstance(exc, SystemExit) and ray_msg:
         return f"stopped by Ray: {ray_msg}"

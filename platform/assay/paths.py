@@ -28,8 +28,8 @@ def find_root(start: Path | None = None) -> Path:
 
 class DataError(UserError, ValueError):
     """A prepared or fetched file that is missing, cut short or not what its stage writes. The
-    message names the file, what is wrong and the command that rebuilds it. (Here, not in
-    `assay.data`, so that the CLI can catch it without importing Lightning.)"""
+    message names the file, what is wrong and the command that rebuilds it. (Here, below both
+    `assay.preparation`, which raises it without torch, and `assay.data`.)"""
 
 
 def make_parents(folder: Path) -> list[Path]:

@@ -1,5 +1,11 @@
 """The ratings DataModule, `RatingsDataModule`: the splits `assay.preparation.ratings` wrote, held
-as tensors."""
+as tensors.
+
+Batches are (user, item, position, rating). `position` is a training rating's place in its
+user's training history, k/n for the k-th of n by time (recomputed over train + val for a
+refit); a val or test rating, which comes after all of them, is at 1 ("now"), as is every rating
+`assay predict` is asked for. The recommenders' recent-user bias reads it.
+"""
 
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ from assay.paths import DataError, atomic_dir
 from assay.preparation import images, ratings, series, tabular, text
 from assay.preparation.common import SPLITS, sha256_file, write_splits
 
-__all__ = ["SPLITS", "DataError", "fetch", "prepare", "read_source", "sha256_file"]
+__all__ = ["SPLITS", "DataError", "fetch", "kind_of", "prepare", "read_source", "sha256_file"]
 
 _BY_KIND: dict[str, ModuleType] = {
     "image": images,

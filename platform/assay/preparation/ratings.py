@@ -9,11 +9,6 @@ HR@10, NDCG@10. Each split keeps the ratings' Unix timestamps (`t`).
 Ids are 0-based indices; `meta` maps them back to MovieLens ids. Where the fetch brought the
 films' file (`ml-100k.item`), `meta` also lists each film's attributes: its genres and its release
 period, which the recommenders' attribute bias reads.
-
-Batches are (user, item, position, rating). `position` is a training rating's place in its
-user's training history, k/n for the k-th of n by time (recomputed over train + val for a
-refit); a val or test rating, which comes after all of them, is at 1 ("now"), as is every rating
-`assay predict` is asked for. The recommenders' recent-user bias reads it.
 """
 
 from __future__ import annotations

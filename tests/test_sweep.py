@@ -127,18 +127,46 @@ def test_conditional_space_samples_a_parameter_only_with_its_architecture(projec
 
 
 # ----------------------------------------------------------------------------- real sweeps
+PG = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture
+def pg_study():
+    """A study name on the machine's PostgreSQL (the multi-machine path), deleted afterwards."""
+    import uuid
+
+    import sqlalchemy
+
+    try:
+        with sqlalchemy.create_engine(PG).connect():
+            pass
+    except Exception:
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL is not reachable at {PG}")
+        pytest.skip(f"no PostgreSQL at {PG}")
+    name = f"pg-{uuid.uuid4().hex[:8]}"
+    yield name
+    with contextlib.suppress(KeyError):
+        optuna.delete_study(study_name=name, storage=PG)
+
+
 @pytest.mark.slow
 def test_sweep_tracks_a_parent_and_one_child_per_trial_and_registers_the_best(
-    project,
-    no_ray_left,
+    project, pg_study, no_ray_left
 ):
-    s = load_sweep(write_sweep(project, "lr", trials=3, parallel=2), root=project)
+    """Two trials at a time on a study in the real PostgreSQL server, as on a cluster. (This
+    and test_a_study_on_postgresql_is_shared_by_parallel_trials ran the same sweep, one on
+    SQLite and one on PostgreSQL; the other sweeps here and in test_sweep_recovery.py keep the
+    default SQLite study.)"""
+    name = pg_study
+    s = load_sweep(write_sweep(project, name, trials=3, parallel=2, storage=PG), root=project)
     out = Lines()
     result = run_sweep(s, console=out)
 
-    study = optuna_study(project, "lr")
+    study = optuna.load_study(study_name=name, storage=PG)
     trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    assert result.storage == PG and not (project / "optuna.db").exists()
     client = mlflow_client(project)
     parent = client.get_run(result.parent_run_id)
     assert parent.info.status == "FINISHED"
@@ -153,12 +181,13 @@ def test_sweep_tracks_a_parent_and_one_child_per_trial_and_registers_the_best(
         assert run.info.status == "FINISHED" and run.data.tags["trial.state"] == "complete"
         assert float(run.data.params["train.lr"]) == pytest.approx(t.params["train.lr"])
         assert len(client.get_metric_history(run.info.run_id, "val/acc")) == 3
+        assert sorted(t.intermediate_values) == [0, 1, 2]
         # the trial's value is its best epoch's objective, as logged in MLflow
         assert run.data.metrics["best_val/acc"] == pytest.approx(t.value)
     artifacts = {a.path for a in client.list_artifacts(result.parent_run_id, "plots")}
-    for name in ("optimization_history", "param_importances", "parallel_coordinate"):
-        assert {f"plots/{name}.html", f"plots/{name}.png"} <= artifacts
-    sweep_out = project / "outputs/sweeps/lr"
+    for plot in ("optimization_history", "param_importances", "parallel_coordinate"):
+        assert {f"plots/{plot}.html", f"plots/{plot}.png"} <= artifacts
+    sweep_out = project / "outputs/sweeps" / name
     best = yaml.safe_load((sweep_out / "best_params.yaml").read_text())
     assert best["params"] == study.best_params and best["best_value"] == study.best_value
     # the sweep's outputs name its run and the best trial's (issue 19: artifacts name their run)
@@ -181,12 +210,21 @@ def test_sweep_tracks_a_parent_and_one_child_per_trial_and_registers_the_best(
     }
     wandb_ids = {r.data.tags["wandb.run_id"] for r in children}
     assert wandb_ids < set(files) and len(files) == 4
-    assert all(b"trial" in files[i] and b"lr" in files[i] for i in wandb_ids)
-    assert sum(b"sweep-lr" in data for data in files.values()) == 1
+    assert all(b"trial" in files[i] and name.encode() in files[i] for i in wandb_ids)
+    assert sum(f"sweep-{name}".encode() in data for data in files.values()) == 1
     assert any("complete" in line and "new best" in line for line in out.lines)
+    shown = subprocess.run(
+        [sys.executable, "-m", "assay.cli", "sweep", "status", name, "--storage", PG],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert shown.returncode == 0 and shown.stdout.count("complete") >= 3, shown.stdout
     # running the same study again without --resume is refused
+    again = write_sweep(project, name, storage=PG)
     with pytest.raises(SweepError, match="--resume"):
-        run_sweep(load_sweep(write_sweep(project, "lr"), root=project))
+        run_sweep(load_sweep(again, root=project))
 
 
 @pytest.mark.slow
@@ -241,14 +279,18 @@ def test_four_parallel_trials_share_the_default_stores_without_losing_a_metric(
     project,
     no_ray_left,
 ):
+    """Four trials start at once and write to one SQLite MLflow store and one Optuna file; every
+    epoch of every trial is there. (Four trials of three epochs: it was eight of five, which
+    added two rounds of the same writes and ~60 s to the suite.)"""
+    epochs = 3
     path = write_sweep(
         project,
         "four",
-        epochs=5,
-        trials=8,
+        epochs=epochs,
+        trials=4,
         parallel=4,
         cpus_per_trial=0.5,
-        set=[*BASE, "train.max_epochs=5", "tracking.wandb.mode=disabled"],
+        set=[*BASE, f"train.max_epochs={epochs}", "tracking.wandb.mode=disabled"],
     )
     proc = subprocess.run(
         [sys.executable, "-m", "assay.cli", "sweep", "-e", str(path)],
@@ -261,66 +303,15 @@ def test_four_parallel_trials_share_the_default_stores_without_losing_a_metric(
     assert proc.returncode == 0, text[-3000:]
     assert "database is locked" not in text
     study = optuna_study(project, "four")
-    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 8
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4
     starts = sorted((t.datetime_start, t.datetime_complete) for t in study.trials)
     overlap = max(sum(s <= a < e for s, e in starts) for a, _ in starts)
     assert overlap == 4  # four ran at once
     client = mlflow_client(project)
     for t in study.trials:
         run_id = t.user_attrs["mlflow_run_id"]
-        assert len(client.get_metric_history(run_id, "val/acc")) == 5
-        epochs = sorted({m.value for m in client.get_metric_history(run_id, "epoch")})
-        assert epochs == [0, 1, 2, 3, 4]
-        assert len(client.get_metric_history(run_id, "train/loss")) == 5
-        assert sorted(t.intermediate_values) == [0, 1, 2, 3, 4]
-
-
-PG = "postgresql://postgres@127.0.0.1:5432/test"
-
-
-def _pg_up() -> bool:
-    import sqlalchemy
-
-    try:
-        with sqlalchemy.create_engine(PG).connect():
-            return True
-    except Exception:
-        return False
-
-
-@pytest.mark.slow
-def test_a_study_on_postgresql_is_shared_by_parallel_trials(project, no_ray_left):
-    """The multi-machine path: the study in a real PostgreSQL server (the machine's own)."""
-    if not _pg_up():
-        if os.environ.get("CI"):
-            pytest.fail(f"PostgreSQL is not reachable at {PG}")
-        pytest.skip(f"no PostgreSQL at {PG}")
-    import uuid
-
-    name = f"pg-{uuid.uuid4().hex[:8]}"
-    path = write_sweep(
-        project,
-        name,
-        trials=3,
-        parallel=2,
-        storage=PG,
-        set=[*BASE, "train.max_epochs=2", "tracking.wandb.mode=disabled"],
-    )
-    try:
-        result = run_sweep(load_sweep(path, root=project))
-        study = optuna.load_study(study_name=name, storage=PG)
-        assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
-        assert all(sorted(t.intermediate_values) == [0, 1] for t in study.trials)
-        assert result.storage == PG and not (project / "optuna.db").exists()
-        assert len(child_runs(mlflow_client(project), result.parent_run_id)) == 3
-        shown = subprocess.run(
-            [sys.executable, "-m", "assay.cli", "sweep", "status", name, "--storage", PG],
-            cwd=project,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert shown.returncode == 0 and shown.stdout.count("complete") >= 3, shown.stdout
-    finally:
-        with contextlib.suppress(KeyError):
-            optuna.delete_study(study_name=name, storage=PG)
+        assert len(client.get_metric_history(run_id, "val/acc")) == epochs
+        seen = sorted({m.value for m in client.get_metric_history(run_id, "epoch")})
+        assert seen == list(range(epochs))
+        assert len(client.get_metric_history(run_id, "train/loss")) == epochs
+        assert sorted(t.intermediate_values) == list(range(epochs))

@@ -34,6 +34,12 @@ def test_killed_driver_resumes_the_same_study_without_losing_or_doubling_a_trial
     project,
     no_ray_left,
 ):
+    """A SIGKILLed driver leaves two trials RUNNING; `--resume` fails them by their stopped
+    heartbeats and retries each with its parameters. It also fails and retries a trial left
+    RUNNING without a single beat (killed in the instant after its ask, or left by an Assay
+    without heartbeats), one Optuna alone would never fail: `--resume` gives it a beat, so it
+    goes stale like any other. (That case was test_resume_fails_and_retries_a_running_trial_
+    that_never_beat, which ran two sweeps of its own for it.)"""
     path = write_sweep(project, "kill", epochs=40, trials=5, parallel=2, heartbeat=2)
     cmd = [sys.executable, "-m", "assay.cli", "sweep", "-e", str(path)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -83,6 +89,7 @@ def test_killed_driver_resumes_the_same_study_without_losing_or_doubling_a_trial
     killed = optuna_study(project, "kill")
     running = [t.number for t in killed.get_trials() if t.state == TrialState.RUNNING]
     assert len(running) == 2
+    ghost = killed.ask().number  # RUNNING, never a heartbeat: a plain storage's ask
 
     done = subprocess.run(
         [*cmd, "--resume"], cwd=project, env=env, capture_output=True, text=True, timeout=400
@@ -93,22 +100,27 @@ def test_killed_driver_resumes_the_same_study_without_losing_or_doubling_a_trial
     finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     failed = [t for t in trials if t.state == TrialState.FAIL]
     assert len(finished) == 5  # all requested trials, none counted twice
-    # The trials the kill interrupted stopped beating: Optuna failed them and queued their
-    # parameters again (RetryHeartbeatStaleTrialCallback), each retried once.
-    assert sorted(t.number for t in failed) == running, done.stdout
+    # The trials the kill interrupted stopped beating, and the ghost went stale after the beat
+    # `--resume` gave it: Optuna failed them and queued their parameters again
+    # (RetryHeartbeatStaleTrialCallback), each retried once.
+    assert sorted(t.number for t in failed) == [*running, ghost], done.stdout
     assert "marked failed" in done.stdout, done.stdout
     retried = {retry_of(t): t for t in trials if retry_of(t) is not None}
-    assert sorted(retried) == running  # with the same parameters
+    assert sorted(retried) == [*running, ghost]
     for number, retry in retried.items():
-        assert retry.params == trials[number].params
+        if number != ghost:  # the ghost was never given parameters
+            assert retry.params == trials[number].params
         assert retry.state in (TrialState.COMPLETE, TrialState.PRUNED)
     client = mlflow_client(project)
     parent = killed.user_attrs["mlflow_parent_run_id"]
     children = child_runs(client, parent)
     by_trial = {int(r.data.tags["optuna.trial"]): r for r in children}
-    assert len(children) == len(by_trial) == len(trials)  # one to one, no duplicate runs
+    # one to one, no duplicate runs; the ghost never ran, so it has none
+    assert len(children) == len(by_trial) == len(trials) - 1 and ghost not in by_trial
     status = {"complete": "FINISHED", "pruned": "FINISHED", "fail": "KILLED"}
     for t in trials:
+        if t.number == ghost:
+            continue
         run = by_trial[t.number]
         assert run.info.status == status[t.state.name.lower()], t.number
         assert run.info.run_id == t.user_attrs["mlflow_run_id"]
@@ -158,21 +170,3 @@ def test_a_trial_whose_process_is_killed_is_failed_by_its_heartbeat_and_retried(
     assert sorted(runs) == [t.number for t in trials]
     assert runs[0].info.status == "KILLED" and runs[0].data.tags["trial.state"] == "failed"
     assert all(runs[t.number].info.status == "FINISHED" for t in rest)
-
-
-@pytest.mark.slow
-def test_resume_fails_and_retries_a_running_trial_that_never_beat(project, no_ray_left):
-    """A trial left RUNNING without a single heartbeat (killed in the instant after its ask, or
-    left by an Assay without heartbeats) is one Optuna would never fail: `--resume` gives it a
-    beat, so it goes stale like any other, and retries it."""
-    path = write_sweep(project, "never", epochs=2, trials=1, heartbeat=1)
-    run_sweep(load_sweep(path, root=project), console=Lines())
-    ghost = optuna_study(project, "never").ask()  # RUNNING, no heartbeat: a plain storage
-    sweep = load_sweep(path, [("sweep.trials", 2)], root=project)
-    lines = Lines()
-    result = run_sweep(sweep, resume=True, console=lines)
-    trials = optuna_study(project, "never").get_trials()
-    assert trials[ghost.number].state == TrialState.FAIL, lines.lines
-    (retry,) = [t for t in trials if retry_of(t) == ghost.number]
-    assert retry.state == TrialState.COMPLETE
-    assert result.counts["complete"] == 2 and "marked failed" in "\n".join(lines.lines)

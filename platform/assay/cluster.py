@@ -176,7 +176,9 @@ def _jobs_api_ready(dashboard: str) -> bool:
         return False
 
 
-def down(root: Path, timeout: float = 60) -> Head | None:
+def down(root: Path, timeout: float = 16) -> Head | None:
+    # 16 s: `ray stop`'s own grace period before SIGKILL. (It was 60 s: under the test suite's
+    # load a head once waited all of it for one process that ignored SIGTERM.)
     head = Head.load(root)
     if head is None:
         return None

@@ -38,7 +38,7 @@ def fetch(dataset: Annotated[str, typer.Argument(help=f"one of: {DATASET_HELP}")
     from assay.preparation import fetch as do_fetch
 
     cfg = load(require=("fetch",))
-    path = guarded(do_fetch, dataset, cfg.fetch, find_root(), also=(ValueError,))
+    path = guarded(do_fetch, dataset, cfg.fetch, find_root())
     out.print(f"fetched {dataset} -> {path}")
 
 

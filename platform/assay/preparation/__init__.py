@@ -14,7 +14,7 @@ from pathlib import Path
 from types import ModuleType
 
 from assay.config import FetchConfig, PrepareConfig
-from assay.datasets import get_dataset, list_datasets
+from assay.datasets import get_dataset
 from assay.paths import DataError, atomic_dir
 from assay.preparation import images, ratings, series, tabular, text
 from assay.preparation.common import SPLITS, sha256_file, write_splits
@@ -31,8 +31,7 @@ _BY_KIND: dict[str, ModuleType] = {
 
 
 def kind_of(name: str) -> str:
-    if name not in list_datasets():
-        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(list_datasets())}")
+    """The registry's kind of data for `name` (UnknownDataSetError, naming the known ones)."""
     return get_dataset(name).kind
 
 

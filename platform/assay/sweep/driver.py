@@ -16,7 +16,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from assay import distributed, tracking, training
+from assay import distributed, lifecycle, tracking, training
 from assay.sweep.load import Sweep, SweepError, safe_url
 from assay.sweep.study import build_sampler
 from assay.sweep.summary import SweepResult, error_line, summarise
@@ -109,9 +109,9 @@ def run_sweep(
     try:
         run_workers(sweep, study, storage, spec, log)
     except BaseException as e:
-        status = "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
-        if status == "FAILED":
-            client.set_tag(parent_id, "error", f"{type(e).__name__}: {e}"[:5000])
+        stopped_by = lifecycle.stop_reason(e)  # told to stop (a signal, Ctrl-C, Ray): KILLED
+        status = "KILLED" if stopped_by else "FAILED"
+        client.set_tag(parent_id, "error", (stopped_by or f"{type(e).__name__}: {e}")[:5000])
         stopped(study, uri, say)
         client.set_terminated(parent_id, status)
         raise

@@ -125,12 +125,7 @@ def train(
         run.hold_scratch(model_dir)  # for whoever cleans up should this process be killed
         if opts.on_run:
             opts.on_run(run.run_id)
-        if t.workers > 0:  # the workers build their own objective callbacks; the caller's go along
-            bar = opts.progress_bar
-            fit = distributed.fit(cfg, root, run, monitor, mode, model_dir, opts.callbacks, bar)
-        else:
-            callbacks = [*extra, *opts.callbacks]
-            fit = _fit_local(model, dm, cfg, run, monitor, mode, model_dir, callbacks, opts)
+        fit = _launch(cfg, root, run, (model, dm, extra), (monitor, mode), model_dir, opts)
         outcome = opts.outcome() if opts.outcome else {}
         for k, v in outcome.items():
             run.client.set_tag(run.run_id, k, v)
@@ -150,26 +145,12 @@ def train(
         stamp_png(curve, run.run_id)
         run.log_image("learning_curve", curve)
         curve_png = curve.read_bytes()
-        info = {
-            "key": t.key,
-            "arch": t.arch,
-            "dataset": t.dataset,
-            "objective": model.objective.name,
-            "primary_metric": list(model.primary_metric),
-            "monitor": [monitor, mode],
-            "run_name": run_name,
-            "mlflow_run_id": run.run_id,
-            "mlflow_experiment_id": run.experiment_id,
-            "mlflow_tracking_uri": run.uri,
-            "model_uri": model_uri,
-            "wandb_run_id": run.wandb_id,
-            "best_val": best,
-            "epochs": fit.epochs,
-            "checkpoint": checkpoint.name,  # the run's model, in this folder
+        info = _run_json(cfg, model, (monitor, mode), run, model_uri, fit, checkpoint)
+        info.update(
+            best_val=best,
             **({"refit_epochs": refit_epochs} if refit_epochs else {}),
-            **({"ray": fit.ray} if fit.ray else {}),
             **({"outcome": outcome} if outcome else {}),
-        }
+        )
         atomic_write_json(model_dir / "run.json", info)
     # Only once the run has succeeded: a failure above leaves none of the stage's outputs behind.
     atomic_write_bytes(out / "history.csv", history_csv(fit.rows))
@@ -177,6 +158,41 @@ def train(
     seconds = time.perf_counter() - started
     path = out / "model" / checkpoint.name
     return TrainResult(t.key, run.run_id, run.wandb_id, path, best, seconds, fit.epochs, outcome)
+
+
+def _launch(cfg, root: Path, run, built, monitored, model_dir: Path, opts: RunOptions):
+    """The fit, on Ray Train workers (they build their own model, data and objective callbacks;
+    the caller's callbacks go along) or in this process. `built`: (model, datamodule, objective
+    callbacks); `monitored`: (metric, mode)."""
+    model, dm, extra = built
+    monitor, mode = monitored
+    if cfg.train.workers > 0:
+        bar = opts.progress_bar
+        return distributed.fit(cfg, root, run, monitor, mode, model_dir, opts.callbacks, bar)
+    callbacks = [*extra, *opts.callbacks]
+    return _fit_local(model, dm, cfg, run, monitor, mode, model_dir, callbacks, opts)
+
+
+def _run_json(cfg: AssayConfig, model, monitored, run, model_uri, fit, checkpoint) -> dict:
+    """What run.json says of a run: its key and objective, where it is tracked, its model."""
+    t = cfg.train
+    return {
+        "key": t.key,
+        "arch": t.arch,
+        "dataset": t.dataset,
+        "objective": model.objective.name,
+        "primary_metric": list(model.primary_metric),
+        "monitor": list(monitored),
+        "run_name": run.run_name,
+        "mlflow_run_id": run.run_id,
+        "mlflow_experiment_id": run.experiment_id,
+        "mlflow_tracking_uri": run.uri,
+        "model_uri": model_uri,
+        "wandb_run_id": run.wandb_id,
+        "epochs": fit.epochs,
+        "checkpoint": checkpoint.name,  # the run's model, in this folder
+        **({"ray": fit.ray} if fit.ray else {}),
+    }
 
 
 def _tags(cfg: AssayConfig, root: Path, model, opts: RunOptions) -> dict[str, str]:

@@ -22,10 +22,15 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 # Under pytest-xdist (the README's `pytest` runs two workers) each worker has a temp folder of its
 # own, and so a Ray of its own there (Ray keeps /tmp/ray/ray_current_cluster and its sessions
-# under TMPDIR): one worker's `assay cluster up` is never found by the other's drivers. Its
-# processes, Ray's included, inherit PYTEST_XDIST_WORKER, which tells the tests' process checks
-# whose processes they are (`same_test_worker`).
+# under TMPDIR): one worker's `assay cluster up` is never found by the other's drivers.
 WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+# Every process a test starts, Ray's included, inherits this mark of the test process that
+# started it, which tells the tests' process checks (`same_test_worker`) whose processes they are.
+# Set, not defaulted: an xdist worker replaces its controller's. (It was PYTEST_XDIST_WORKER
+# alone: a plain `pytest -n 0` took every unmarked Ray process of the user for its own, and its
+# "no Ray left" clean-up killed a benchmark's Ray running beside it.)
+OWNER = "ASSAY_TESTS_OWNER"
+os.environ[OWNER] = f"{WORKER or 'pytest'}-{os.getpid()}"
 if WORKER:
     _tmp = Path(tempfile.gettempdir()) / f"assay-tests-{WORKER}"
     _tmp.mkdir(exist_ok=True)
@@ -41,7 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 def same_test_worker(process) -> bool:
     """Whether a process (psutil) was started by this pytest worker, or by this plain pytest."""
     try:
-        return process.environ().get("PYTEST_XDIST_WORKER") == WORKER
+        return process.environ().get(OWNER) == os.environ[OWNER]
     except Exception:  # gone, or not ours to read
         return False
 
@@ -182,8 +187,8 @@ def family_cfg(root, dataset, arch, **train):
 
 
 def ray_processes() -> list[psutil.Process]:
-    """This test process's Ray processes (under pytest-xdist, never another worker's: each
-    worker's processes carry its PYTEST_XDIST_WORKER in their environment)."""
+    """This test process's Ray processes (never another worker's or anyone else's: they carry
+    the mark of the test process that started them, OWNER, in their environment)."""
     names = ("raylet", "gcs_server", "RayTrainWorker", "ray::", "dashboard.py")
     found = []
     for p in psutil.process_iter(["name", "cmdline", "username", "status"]):

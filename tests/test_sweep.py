@@ -280,9 +280,10 @@ def test_four_parallel_trials_share_the_default_stores_without_losing_a_metric(
     no_ray_left,
 ):
     """Four trials start at once and write to one SQLite MLflow store and one Optuna file; every
-    epoch of every trial is there. (Four trials of three epochs: it was eight of five, which
-    added two rounds of the same writes and ~60 s to the suite.)"""
-    epochs = 3
+    epoch of every trial is there. (One round of four trials: it was two, eight trials, which
+    added a second round of the same writes to the suite. Five epochs each, so that the four
+    overlap although their workers finish importing at different times.)"""
+    epochs = 5
     path = write_sweep(
         project,
         "four",

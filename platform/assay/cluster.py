@@ -176,9 +176,12 @@ def _jobs_api_ready(dashboard: str) -> bool:
         return False
 
 
-def down(root: Path, timeout: float = 16) -> Head | None:
-    # 16 s: `ray stop`'s own grace period before SIGKILL. (It was 60 s: under the test suite's
-    # load a head once waited all of it for one process that ignored SIGTERM.)
+# Seconds a head's processes get after SIGTERM before SIGKILL: `ray stop`'s own grace period.
+# (`down` waited 60 s: under the test suite's load a head once waited all of it for one process.)
+GRACE_S = 16.0
+
+
+def down(root: Path, timeout: float = GRACE_S) -> Head | None:
     head = Head.load(root)
     if head is None:
         return None
@@ -192,7 +195,7 @@ def down(root: Path, timeout: float = 16) -> Head | None:
     return head
 
 
-def _stop_pid(pid: int, timeout: float = 15) -> None:
+def _stop_pid(pid: int, timeout: float = GRACE_S) -> None:
     """Stop the head `ray start --block` (pid) runs, and everything in its process group.
 
     Like `ray stop`, but only for this head: SIGTERM to the GCS, raylet, dashboard and workers

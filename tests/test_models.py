@@ -294,3 +294,18 @@ def test_attribute_bias_adds_each_attribute_an_item_has(name):
     assert create_model(name, task=TASKS["ratings"]).net.offsets.attributes is None
     with pytest.raises(ValueError, match="item_attributes has 3 entries for 4 items"):
         create_model(name, task=task.model_copy(update={"item_attributes": attrs[:3]}))
+
+
+def test_val_acc_is_the_fraction_right_like_test_acc():
+    """train/ and val/acc are what test/acc is, the fraction of samples classified right; not
+    torchmetrics' default (macro: the mean of per-class recalls), which differs on unbalanced
+    classes and made the validation accuracy of a 270-image split no multiple of 1/270."""
+    from assay.objectives import get_objective
+
+    metric = get_objective("classification").step_metric(TASKS["digits"])
+    target = torch.tensor([0, 0, 0, 0, 1, 1, 2, 2])
+    pred = torch.tensor([0, 0, 0, 0, 1, 0, 2, 1])  # 6 of 8 right; recalls 1, 1/2, 1/2
+    logits = torch.nn.functional.one_hot(pred, 10).float()
+    metric.update(logits[:5], target[:5])  # two batches of unequal size, as an epoch's last
+    metric.update(logits[5:], target[5:])
+    assert float(metric.compute()) == pytest.approx(6 / 8)

@@ -113,3 +113,10 @@ def test_the_config_schema_imports_no_torch():
     """The config schema, architectures' typed settings included, is pydantic only: `assay config`
     and every command that only reads a config start without torch or Lightning (~5 s)."""
     assert _loaded_after("assay.config", {"torch", "lightning"}) == []
+
+
+def test_sweep_status_imports_no_training_stack():
+    """`assay sweep status` reads the study: Optuna only, not torch, Lightning, MLflow, W&B or
+    Ray (~8 s a call before); what trains loads when a sweep runs."""
+    heavy = {"torch", "lightning", "mlflow", "wandb", "ray"}
+    assert _loaded_after("assay.sweep, assay.cli.sweeps", heavy) == []

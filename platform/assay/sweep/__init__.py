@@ -28,19 +28,40 @@ GPUs: `training.preflight`) is checked once in the driver before the study, MLfl
 touched. A sweep with no complete trial (all failed or pruned) ends its parent run FAILED, writes
 no `best_params.yaml` or `metrics.json` (removing an earlier run's), and `assay sweep` exits 1.
 
-  spec      the sweep file's schema          load     reading and checking it; a trial's config
-  study     Optuna's storage, sampler, params  trial   one trial: its context and pruning
-  worker    a Ray task running `optimize`     driver  the study, the workers, the log
-  summary   results, plots, the best model, status
+  spec      the sweep file's schema
+  load      reading and checking it; a trial's config
+  study     Optuna's storage, sampler and parameters; the trials table (`assay sweep status`)
+  trial     one trial: its context and pruning
+  worker    a Ray task running `optimize`
+  driver    the study, the workers, the log
+  summary   results, plots, the best model
 """
 
-from assay.sweep.driver import fmt_params, preflight, run_sweep, settle
+import importlib
+
 from assay.sweep.load import Sweep, SweepError, load_sweep, safe_url, storage_url, sweep_path
 from assay.sweep.spec import SweepConfig, SweepFile
-from assay.sweep.study import build_sampler, open_storage, suggest
-from assay.sweep.summary import SweepResult, status, trials_table
-from assay.sweep.trial import TrialContext
-from assay.sweep.worker import run_trial
+from assay.sweep.study import build_sampler, open_storage, status, suggest, trials_table
+
+# What trains (the driver, a trial's worker and context, the results) needs torch and Lightning,
+# ~7 s to import: it loads on first use (PEP 562), so that `assay sweep status` and a sweep
+# file's checks start in about a second.
+_TRAINING = {
+    "fmt_params": "driver",
+    "preflight": "driver",
+    "run_sweep": "driver",
+    "settle": "driver",
+    "SweepResult": "summary",
+    "TrialContext": "trial",
+    "run_trial": "worker",
+}
+
+
+def __getattr__(name: str):
+    if name in _TRAINING:
+        return getattr(importlib.import_module(f"assay.sweep.{_TRAINING[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "Sweep",

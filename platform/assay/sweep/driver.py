@@ -18,8 +18,8 @@ from optuna.trial import TrialState
 
 from assay import distributed, lifecycle, tracking, training
 from assay.sweep.load import Sweep, SweepError, safe_url
-from assay.sweep.study import build_sampler
-from assay.sweep.summary import SweepResult, error_line, summarise
+from assay.sweep.study import build_sampler, error_line
+from assay.sweep.summary import SweepResult, summarise
 from assay.sweep.trial import build_pruner
 from assay.sweep.worker import MAX_RETRY, MISSED_BEATS, counted, run_trial, storage_for
 

@@ -1,4 +1,5 @@
-"""The Optuna side of a sweep: its storage, its sampler, and a trial's parameters."""
+"""The Optuna side of a sweep: its storage, its sampler, a trial's parameters, and the table of a
+study's trials (`assay sweep status`). Optuna and pydantic only: no torch, Lightning or MLflow."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ from typing import Any
 import numpy as np
 import optuna
 import yaml
+from optuna.trial import TrialState
 
 from assay.config import ConfigError
-from assay.sweep.load import get_key
+from assay.sweep.load import SweepError, get_key
 from assay.sweep.spec import CategoricalParam, FloatParam, IntParam, Param, SamplerConfig
 
 
@@ -103,3 +105,54 @@ def suggest(trial, space: dict[str, Param], base: dict) -> dict[str, Any]:
 
 def plain(value: Any) -> bool:
     return value is None or isinstance(value, bool | int | float | str)
+
+
+def trials_table(study) -> list[dict[str, Any]]:
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        seconds = (
+            (t.datetime_complete - t.datetime_start).total_seconds()
+            if t.datetime_complete and t.datetime_start
+            else None
+        )
+        rows.append(
+            {
+                "number": t.number,
+                "state": t.state.name.lower(),
+                "value": t.value,
+                "epochs": len(t.intermediate_values),
+                "pruned_at_epoch": t.user_attrs.get("pruned_at_epoch"),
+                "seconds": None if seconds is None else round(seconds, 1),
+                "overhead_s": t.user_attrs.get("overhead_s"),
+                "mlflow_run_id": t.user_attrs.get("mlflow_run_id"),
+                "error": error_line(t.user_attrs["error"]) if "error" in t.user_attrs else None,
+                **{f"params.{k}": v for k, v in t.params.items()},
+            }
+        )
+    return rows
+
+
+def status(study_name: str, storage: str) -> list[dict[str, Any]]:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    st = open_storage(storage)
+    names = [s.study_name for s in optuna.get_all_study_summaries(st)]
+    if study_name not in names:
+        raise SweepError(
+            f"no study {study_name!r} in {storage}; studies there: {', '.join(names) or 'none'}"
+        )
+    return trials_table(optuna.load_study(study_name=study_name, storage=st))
+
+
+def study_state(study) -> dict[str, int]:
+    counts = {s.name.lower(): 0 for s in TrialState}
+    for t in study.get_trials(deepcopy=False):
+        counts[t.state.name.lower()] += 1
+    return counts
+
+
+def error_line(text: str | None) -> str:
+    """A trial's error in one line: the last exception's message from its traceback."""
+    lines = (text or "").strip().splitlines()
+    # the last exception starts at the last unindented line (frames and code are indented)
+    start = max((i for i, line in enumerate(lines) if line and not line[0].isspace()), default=0)
+    return " ".join(line.strip() for line in lines[start:]) or "?"

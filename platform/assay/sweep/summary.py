@@ -1,5 +1,5 @@
 """A sweep's results: the trials table, Optuna's plots, best_params.yaml and metrics.json, the
-parent MLflow run's summary, the best trial's model through the champion gate, and `status`."""
+parent MLflow run's summary, the best trial's model through the champion gate."""
 
 from __future__ import annotations
 
@@ -8,39 +8,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import optuna
 import yaml
 from optuna.trial import TrialState
 
 from assay import artifacts, evaluation, registry, tracking, training
 from assay.paths import atomic_dir, atomic_write_bytes, atomic_write_json, csv_bytes
-from assay.sweep.load import Sweep, SweepError, safe_url, trial_config
-from assay.sweep.study import open_storage
-
-
-def trials_table(study) -> list[dict[str, Any]]:
-    rows = []
-    for t in study.get_trials(deepcopy=False):
-        seconds = (
-            (t.datetime_complete - t.datetime_start).total_seconds()
-            if t.datetime_complete and t.datetime_start
-            else None
-        )
-        rows.append(
-            {
-                "number": t.number,
-                "state": t.state.name.lower(),
-                "value": t.value,
-                "epochs": len(t.intermediate_values),
-                "pruned_at_epoch": t.user_attrs.get("pruned_at_epoch"),
-                "seconds": None if seconds is None else round(seconds, 1),
-                "overhead_s": t.user_attrs.get("overhead_s"),
-                "mlflow_run_id": t.user_attrs.get("mlflow_run_id"),
-                "error": error_line(t.user_attrs["error"]) if "error" in t.user_attrs else None,
-                **{f"params.{k}": v for k, v in t.params.items()},
-            }
-        )
-    return rows
+from assay.sweep.load import Sweep, safe_url, trial_config
+from assay.sweep.study import error_line, study_state, trials_table
 
 
 def summarise(
@@ -225,17 +199,6 @@ def register_best(sweep: Sweep, best, client, say, force: bool = False) -> dict[
     return {**decision.__dict__, "test": scores}
 
 
-def status(study_name: str, storage: str) -> list[dict[str, Any]]:
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    st = open_storage(storage)
-    names = [s.study_name for s in optuna.get_all_study_summaries(st)]
-    if study_name not in names:
-        raise SweepError(
-            f"no study {study_name!r} in {storage}; studies there: {', '.join(names) or 'none'}"
-        )
-    return trials_table(optuna.load_study(study_name=study_name, storage=st))
-
-
 @dataclass
 class SweepResult:
     study: str
@@ -254,18 +217,3 @@ class SweepResult:
     # checking and dispatching the next): what the study's size must not make grow
     # (bench/sweep_driver.py)
     driver_seconds: dict[int, float] = field(default_factory=dict)
-
-
-def study_state(study) -> dict[str, int]:
-    counts = {s.name.lower(): 0 for s in TrialState}
-    for t in study.get_trials(deepcopy=False):
-        counts[t.state.name.lower()] += 1
-    return counts
-
-
-def error_line(text: str | None) -> str:
-    """A trial's error in one line: the last exception's message from its traceback."""
-    lines = (text or "").strip().splitlines()
-    # the last exception starts at the last unindented line (frames and code are indented)
-    start = max((i for i, line in enumerate(lines) if line and not line[0].isspace()), default=0)
-    return " ".join(line.strip() for line in lines[start:]) or "?"

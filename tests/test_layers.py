@@ -120,3 +120,11 @@ def test_sweep_status_imports_no_training_stack():
     Ray (~8 s a call before); what trains loads when a sweep runs."""
     heavy = {"torch", "lightning", "mlflow", "wandb", "ray"}
     assert _loaded_after("assay.sweep, assay.cli.sweeps", heavy) == []
+
+
+def test_register_and_runs_gc_import_no_torch():
+    """`assay register` (the champion gate: run after every evaluate by `dvc repro`) and `assay
+    runs gc` talk to MLflow alone: no torch, Lightning or W&B (~6 s a call before); logging or
+    loading a model loads torch when it happens."""
+    heavy = {"torch", "lightning", "wandb"}
+    assert _loaded_after("assay.registry, assay.orphans, assay.tracking", heavy) == []

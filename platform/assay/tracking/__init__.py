@@ -4,23 +4,17 @@ Every training run is one MLflow run and one W&B run with the same name, each ho
 id. W&B runs offline (files under `<root>/wandb/`) unless the user chose otherwise; MLflow defaults
 to `sqlite:///<root>/mlflow.db` with artifacts in `<root>/mlruns/`.
 
-  store      the MLflow store, its experiments, params, and the tags every run carries
+  store      the MLflow store, its experiments, params, the tags every run carries, and the
+             registry's names and versions
   run        a tracked run (`TrackedRun`): MLflow + W&B, and the Lightning loggers into both
   mirror     W&B's settings, and results written to W&B outside a fit
-  models     logged models (an MLflow pyfunc with its input contract) and the registry
+  models     logged models (an MLflow pyfunc with its input contract), loaded on first use
   contract   the logged model's input contract: what `predict` and `mlflow models serve` run
 """
 
+import importlib
+
 from assay.tracking.mirror import log_wandb_summary, wandb_dir, wandb_mode
-from assay.tracking.models import (
-    card_of,
-    load_model,
-    load_net,
-    log_model,
-    logged_model_source,
-    register_version,
-    registered_names,
-)
 from assay.tracking.run import TrackedRun, log_image, run_loggers
 from assay.tracking.store import (
     SCORED_ON,
@@ -34,10 +28,24 @@ from assay.tracking.store import (
     git_info,
     last_step,
     log_params,
+    logged_model_source,
     open_store,
     provenance,
+    register_version,
+    registered_names,
     tracking_uri,
 )
+
+# Logging and loading a model needs torch (~3 s to import): `models` loads on first use
+# (PEP 562), so that `assay register` and `assay runs gc` start on MLflow alone.
+_MODELS = ("card_of", "load_model", "load_net", "log_model")
+
+
+def __getattr__(name: str):
+    if name in _MODELS:
+        return getattr(importlib.import_module("assay.tracking.models"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "SCORED_ON",

@@ -1,5 +1,5 @@
-"""Logged models and the registry: logging a trained network as an MLflow pyfunc that carries its
-input contract (`assay.tracking.contract`), loading one back, registering versions."""
+"""Logged models: logging a trained network as an MLflow pyfunc that carries its input contract
+(`assay.tracking.contract`), and loading one back. (Registering versions needs no torch: store.)"""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import mlflow
 import torch
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature, infer_signature
-from mlflow.tracking import MlflowClient
 from tokenizers import Tokenizer
 
 from assay.tracking import contract
@@ -77,18 +76,3 @@ def card_of(model) -> dict | None:
 def load_net(model_uri: str, uri: str) -> torch.nn.Module:
     """The torch network an Assay pyfunc applies (the GAN's judge is a registered classifier)."""
     return load_model(model_uri, uri).unwrap_python_model().net
-
-
-def logged_model_source(model_uri: str | None) -> str | None:
-    """The run that logged the model `models:/<model id>` (None without a URI)."""
-    model_id = (model_uri or "").removeprefix("models:/")
-    return mlflow.get_logged_model(model_id).source_run_id if model_id else None
-
-
-def register_version(model_uri: str, name: str):
-    """A new version of the registered model `name` (created first if needed)."""
-    return mlflow.register_model(model_uri, name)
-
-
-def registered_names(uri: str) -> list[str]:
-    return [m.name for m in MlflowClient(uri, registry_uri=uri).search_registered_models()]

@@ -1,4 +1,5 @@
-"""The MLflow store and what every run is tagged with (git commit, data hash)."""
+"""The MLflow store, what every run is tagged with (git commit, data hash), and the model
+registry's names and versions."""
 
 from __future__ import annotations
 
@@ -140,3 +141,18 @@ def end_run(uri: str, run_id: str, status: str, tags: dict[str, str] | None = No
     for key, value in (tags or {}).items():
         client.set_tag(run_id, key, value)
     client.set_terminated(run_id, status)
+
+
+def logged_model_source(model_uri: str | None) -> str | None:
+    """The run that logged the model `models:/<model id>` (None without a URI)."""
+    model_id = (model_uri or "").removeprefix("models:/")
+    return mlflow.get_logged_model(model_id).source_run_id if model_id else None
+
+
+def register_version(model_uri: str, name: str):
+    """A new version of the registered model `name` (created first if needed)."""
+    return mlflow.register_model(model_uri, name)
+
+
+def registered_names(uri: str) -> list[str]:
+    return [m.name for m in MlflowClient(uri, registry_uri=uri).search_registered_models()]

@@ -34,6 +34,17 @@ def test_digits_splits_are_complete_disjoint_and_seeded(digits_data, tmp_path):
     assert not np.array_equal(a, np.load(tmp_path / "data/digits/test.npz")["x"])
 
 
+def test_digits_are_scikit_learns_own(tmp_path):
+    """`assay fetch digits` reads the file `load_digits` reads, without importing scikit-learn:
+    the same images and labels, to the pixel."""
+    from sklearn.datasets import load_digits
+
+    fetch("digits", load_config(params=REPO / "params.yaml", root=tmp_path).fetch, tmp_path)
+    got, ref = np.load(tmp_path / "data/raw/digits/digits.npz"), load_digits()
+    assert got["x"].dtype == np.uint8 and got["y"].dtype == np.int64
+    assert np.array_equal(got["x"], ref.images) and np.array_equal(got["y"], ref.target)
+
+
 def test_datamodule_reads_prepared_splits(digits_data):
     dm = ImageDataModule("digits", digits_data.parent, batch_size=32)
     x, y = next(iter(dm.train_dataloader()))

@@ -45,6 +45,34 @@ def test_digits_are_scikit_learns_own(tmp_path):
     assert np.array_equal(got["x"], ref.images) and np.array_equal(got["y"], ref.target)
 
 
+@pytest.mark.parametrize("seed", [0, 1, 42])
+def test_the_stratified_split_is_scikit_learns(seed):
+    """`holdout` makes, index for index, the split scikit-learn's `train_test_split(...,
+    stratify=y)` makes, which Assay used before (its import was most of `assay prepare`'s time):
+    on balanced, unbalanced and two-class labels, and on those of a split of a split."""
+    from sklearn.model_selection import train_test_split
+
+    from assay.preparation.common import holdout, stratified_split
+
+    rng = np.random.default_rng(seed)
+    for y in (
+        np.repeat(np.arange(10), 180),
+        rng.choice(7, size=1013, p=[0.4, 0.2, 0.15, 0.1, 0.08, 0.05, 0.02]),
+        (rng.random(577) < 0.13).astype(np.int64),
+    ):
+        for fraction in (0.1, 0.15, 0.2, 1 / 3):
+            idx = np.arange(len(y))
+            ref = train_test_split(idx, test_size=fraction, stratify=y, random_state=seed)
+            got = holdout(idx, y, fraction, seed)
+            assert all(np.array_equal(a, b) for a, b in zip(got, ref, strict=True))
+        rest, test = train_test_split(idx, test_size=0.2, stratify=y, random_state=seed)
+        train, val = train_test_split(
+            rest, test_size=0.15 / 0.8, stratify=y[rest], random_state=seed
+        )
+        ours, theirs = stratified_split(y, 0.15, 0.2, seed), (train, val, test)
+        assert all(np.array_equal(a, np.sort(b)) for a, b in zip(ours, theirs, strict=True))
+
+
 def test_datamodule_reads_prepared_splits(digits_data):
     dm = ImageDataModule("digits", digits_data.parent, batch_size=32)
     x, y = next(iter(dm.train_dataloader()))

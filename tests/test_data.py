@@ -73,6 +73,18 @@ def test_the_stratified_split_is_scikit_learns(seed):
         assert all(np.array_equal(a, np.sort(b)) for a, b in zip(ours, theirs, strict=True))
 
 
+def test_the_tokenizer_of_a_corpus_is_always_the_same():
+    """Preparing text twice gives the same token ids, so the same bytes and DVC data hash (the
+    WordPiece trainer numbered tokens of equal frequency differently run to run)."""
+    rng = np.random.default_rng(0)
+    words = ["".join(rng.choice(list("abcdefghij"), size=rng.integers(2, 8))) for _ in range(400)]
+    texts = [" ".join(rng.choice(words, size=12)) for _ in range(2000)]
+    first, second = build_tokenizer(texts, 300), build_tokenizer(texts, 300)
+    assert first.to_str() == second.to_str()
+    assert first.token_to_id("[PAD]") == 0 and first.get_vocab_size() == 300
+    assert encode(first, texts[:50], 16).tolist() == encode(second, texts[:50], 16).tolist()
+
+
 def test_datamodule_reads_prepared_splits(digits_data):
     dm = ImageDataModule("digits", digits_data.parent, batch_size=32)
     x, y = next(iter(dm.train_dataloader()))

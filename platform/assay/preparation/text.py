@@ -46,6 +46,13 @@ def build_tokenizer(texts: list[str], vocab_size: int):
     tok.decoder = decoders.WordPiece()
     trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=[PAD, UNK])
     tok.train_from_iterator(texts, trainer)
+    # The trainer numbers tokens of equal frequency in an order that changes from run to run
+    # (the same vocabulary, ~5 % of ids swapped), so one corpus gave other token ids, other
+    # prepared bytes and another DVC data hash each time. Numbered in a fixed order instead: the
+    # special tokens first, then the rest sorted (WordPiece looks tokens up by string, not id).
+    vocab = tok.get_vocab()
+    order = [PAD, UNK, *sorted(set(vocab) - {PAD, UNK})]
+    tok.model = models.WordPiece({t: i for i, t in enumerate(order)}, unk_token=UNK)
     assert tok.token_to_id(PAD) == 0  # padding id 0 is what the models mask
     return tok
 

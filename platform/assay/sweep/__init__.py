@@ -37,30 +37,27 @@ no `best_params.yaml` or `metrics.json` (removing an earlier run's), and `assay 
   summary   results, plots, the best model
 """
 
-import importlib
-
 from assay.sweep.load import Sweep, SweepError, load_sweep, safe_url, storage_url, sweep_path
 from assay.sweep.spec import SweepConfig, SweepFile
 from assay.sweep.study import build_sampler, open_storage, status, suggest, trials_table
 
+
 # What trains (the driver, a trial's worker and context, the results) needs torch and Lightning,
 # ~7 s to import: it loads on first use (PEP 562), so that `assay sweep status` and a sweep
-# file's checks start in about a second.
-_TRAINING = {
-    "fmt_params": "driver",
-    "preflight": "driver",
-    "run_sweep": "driver",
-    "settle": "driver",
-    "SweepResult": "summary",
-    "TrialContext": "trial",
-    "run_trial": "worker",
-}
-
-
+# file's checks start in about a second. (Plain import statements, so that readers of the
+# source, tests/test_dvc_graph.py among them, see what the package runs.)
 def __getattr__(name: str):
-    if name in _TRAINING:
-        return getattr(importlib.import_module(f"assay.sweep.{_TRAINING[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if name in ("fmt_params", "preflight", "run_sweep", "settle"):
+        from assay.sweep import driver as module
+    elif name == "SweepResult":
+        from assay.sweep import summary as module
+    elif name == "TrialContext":
+        from assay.sweep import trial as module
+    elif name == "run_trial":
+        from assay.sweep import worker as module
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(module, name)
 
 
 __all__ = [

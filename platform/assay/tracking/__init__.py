@@ -12,8 +12,6 @@ to `sqlite:///<root>/mlflow.db` with artifacts in `<root>/mlruns/`.
   contract   the logged model's input contract: what `predict` and `mlflow models serve` run
 """
 
-import importlib
-
 from assay.tracking.mirror import log_wandb_summary, wandb_dir, wandb_mode
 from assay.tracking.run import TrackedRun, log_image, run_loggers
 from assay.tracking.store import (
@@ -36,14 +34,14 @@ from assay.tracking.store import (
     tracking_uri,
 )
 
+
 # Logging and loading a model needs torch (~3 s to import): `models` loads on first use
 # (PEP 562), so that `assay register` and `assay runs gc` start on MLflow alone.
-_MODELS = ("card_of", "load_model", "load_net", "log_model")
-
-
 def __getattr__(name: str):
-    if name in _MODELS:
-        return getattr(importlib.import_module("assay.tracking.models"), name)
+    if name in ("card_of", "load_model", "load_net", "log_model"):
+        from assay.tracking import models
+
+        return getattr(models, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

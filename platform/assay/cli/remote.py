@@ -280,15 +280,17 @@ def mlflow_server(
     sys.stdout.flush()
     from assay import lifecycle
 
-    # Its own process group, so that stopping it reaches uvicorn and the job consumers too;
-    # it gets SIGTERM should we be killed outright.
     # MLflow 3's server also starts a job runner and seven huey consumers (GenAI scorers, trace
-    # roll-ups: nothing Assay logs), ~30 s of CPU at start and polling after; a user who wants
-    # them sets MLFLOW_SERVER_ENABLE_JOB_EXECUTION=true.
-    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
+    # roll-ups: nothing Assay logs), ~30 s of CPU at start and polling after: off unless the user
+    # sets MLFLOW_SERVER_ENABLE_JOB_EXECUTION=true. Its own process group, so that stopping it
+    # reaches uvicorn and any job consumers too; it gets SIGTERM should we be killed outright.
     proc = subprocess.Popen(
         cmd,
-        env={**env, "MLFLOW_DISABLE_TELEMETRY": "true"},
+        env={
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+            **os.environ,
+            "MLFLOW_DISABLE_TELEMETRY": "true",
+        },
         start_new_session=True,
         preexec_fn=lifecycle.die_with_parent,
     )

@@ -74,6 +74,41 @@ def test_an_assay_process_stops_when_whatever_started_it_is_killed(via, tmp_path
             os.killpg(parent.pid, signal.SIGKILL)
 
 
+CLOCK_STEP = """
+import os, sys, time
+import psutil._pslinux as linux
+from assay import lifecycle
+lifecycle.install()
+print("ready", os.getpid(), flush=True)
+boot = linux.boot_time()
+linux.boot_time = lambda: boot + 5.0  # the wall clock steps 5 s (as a paused VM's does)
+try:
+    time.sleep(3)  # the starter watch looks every second
+    print("survived", flush=True)
+except KeyboardInterrupt as stop:
+    print("stopped by", stop, flush=True)
+"""
+
+
+def test_a_step_of_the_wall_clock_is_no_death_of_the_starter(tmp_path):
+    """Regression: in CI a Ray job's `assay train` stopped with "process N, which started it,
+    has ended" while N, Ray's JobSupervisor, was alive: the watch compared N's start as wall
+    time, which moves with the clock. Here the child sees psutil's boot time (and so every
+    process's create_time) jump 5 s while its starter lives, behind an `sh -c` (the watched
+    case; `; true` keeps dash from exec'ing the command), and must go on."""
+    (tmp_path / "child.py").write_text(CLOCK_STEP)
+    done = subprocess.run(
+        [sys.executable, "-c", PARENT, "/bin/sh", "-c", f"{sys.executable} child.py; true"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    lines = done.stdout.splitlines()
+    assert lines[:1] and lines[0].startswith("ready"), done.stderr[-2000:]
+    assert lines[1:] == ["survived"], done.stdout + done.stderr[-2000:]
+
+
 @pytest.mark.parametrize(
     "cmd, wrapper",
     [

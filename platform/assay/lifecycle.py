@@ -179,16 +179,25 @@ def watch_starter(every: float = 1.0) -> None:
     if boss is None or boss.pid in (1, os.getppid()):  # none, or the kernel's signal covers it
         return
     _watching = True
-    pid = boss.pid
-    try:
-        started = boss.create_time()
-    except psutil.Error:  # it died since: as good as seen dead
-        started = None
+
+    def alive() -> bool:
+        # psutil's identity of a process on Linux is its start in ticks since boot, which a
+        # change of the wall clock leaves alone; create_time() is wall time, and comparing it
+        # once took a starter for dead when this VM's clock stepped by a second (a Ray job's
+        # JobSupervisor, alive, in CI)
+        try:
+            return boss.is_running() and boss.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:  # gone since, or no longer ours to read
+            return False
 
     def watch() -> None:
-        while started is not None and pid_alive(pid, started):
+        while alive():
             time.sleep(every)
-        print(f"\nassay: process {pid}, which started it, has ended", file=sys.stderr, flush=True)
+        print(
+            f"\nassay: process {boss.pid}, which started it, has ended",
+            file=sys.stderr,
+            flush=True,
+        )
         os.kill(os.getpid(), signal.SIGHUP)
 
     threading.Thread(target=watch, name="assay-watch-starter", daemon=True).start()

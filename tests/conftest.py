@@ -52,9 +52,10 @@ def same_test_worker(process) -> bool:
 
 
 # The modules that run longest go first, so that no worker ends on one long module alone
-# (pytest-xdist hands out whole modules, `--dist loadfile`, in the order they are collected).
-# Module times (s) in a whole-suite run on 2 workers, 2026-12-03: 373, 271, 264, 233, 229, 178,
-# 119, 94, 54; every other module under 40.
+# (pytest-xdist hands out whole modules, `--dist loadfile`, in the order they are collected, as
+# long as pyproject's addopts say --no-loadscope-reorder: by default xdist re-sorts the modules by
+# their number of tests, and this order was ignored). Module times (s) in a whole-suite run on 2
+# workers, 2026-12-04: 252, 217, 176, 155, 120, 105, 71, 69, 41, 31, 23; every other under 20.
 LONGEST_FIRST = [
     "test_sweep.py",
     "test_ray.py",
@@ -65,6 +66,8 @@ LONGEST_FIRST = [
     "test_lifecycle.py",
     "test_cluster_security.py",
     "test_sweep_failures.py",
+    "test_objectives.py",
+    "test_contract.py",
 ]
 
 

@@ -133,7 +133,9 @@ def main() -> None:
     ap.add_argument("--random-trials", type=int, default=20)
     ap.add_argument("--tpe-trials", type=int, default=40, help="TPE's budget (it may need fewer)")
     ap.add_argument("--root", type=Path, default=None, help="a project folder to reuse (data)")
-    ap.add_argument("--min-resource", type=int, default=1, help="Hyperband's first rung (epochs)")
+    ap.add_argument(
+        "--min-resource", type=int, default=1, help="Hyperband's first rung (epoch, from 0)"
+    )
     ap.add_argument("--startup", type=int, default=5, help="TPE's random trials first")
     ap.add_argument("--tag", default="", help="suffix for the study names (re-runs)")
     args = ap.parse_args()

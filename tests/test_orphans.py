@@ -15,7 +15,9 @@ from assay import lifecycle, orphans
 def test_an_owner_is_alive_only_if_its_pid_runs_and_started_when_recorded():
     me = lifecycle.owner_tags()
     assert lifecycle.owner_state(me) == "alive"
-    reused = {**me, lifecycle.OWNER_STARTED: str(float(me[lifecycle.OWNER_STARTED]) - 3600)}
+    # a run tagged before start marks were (test below): its wall-clock start decides
+    legacy = {k: v for k, v in me.items() if k != lifecycle.OWNER_START}
+    reused = {**legacy, lifecycle.OWNER_STARTED: str(float(me[lifecycle.OWNER_STARTED]) - 3600)}
     assert lifecycle.owner_state(reused) == "dead"  # same pid, another process
     gone = {**me, lifecycle.OWNER_PID: "4194305"}  # above Linux's largest pid_max
     assert lifecycle.owner_state(gone) == "dead"
@@ -23,6 +25,23 @@ def test_an_owner_is_alive_only_if_its_pid_runs_and_started_when_recorded():
         "elsewhere"
     )
     assert lifecycle.owner_state({}) == "unknown"
+
+
+def test_a_step_of_the_wall_clock_leaves_a_live_owner_alive():
+    """The owner is told by its boot and its start in ticks since boot, not by wall time: a
+    clock that stepped since the run began (a live owner's create_time then reads seconds off)
+    does not make `runs gc` close a running run. Another boot, or another start, is dead."""
+    me = lifecycle.owner_tags()
+    assert lifecycle.OWNER_START in me  # Linux, as this project's machines
+    stepped = {**me, lifecycle.OWNER_STARTED: str(float(me[lifecycle.OWNER_STARTED]) - 5)}
+    assert lifecycle.owner_state(stepped) == "alive"
+    boot, ticks = me[lifecycle.OWNER_START].rsplit(":", 1)
+    other = {**me, lifecycle.OWNER_START: f"{boot}:{int(ticks) + 1}"}
+    assert lifecycle.owner_state(other) == "dead"  # the same pid, started a tick later
+    rebooted = {**me, lifecycle.OWNER_START: f"another-boot:{ticks}"}
+    assert lifecycle.owner_state(rebooted) == "dead"
+    old = {k: v for k, v in me.items() if k != lifecycle.OWNER_START}  # a run from before
+    assert lifecycle.owner_state(old) == "alive"
 
 
 @pytest.mark.parametrize(

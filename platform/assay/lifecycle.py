@@ -26,6 +26,7 @@ import time
 import psutil
 
 OWNER_HOST, OWNER_PID, OWNER_STARTED = "assay.owner.host", "assay.owner.pid", "assay.owner.started"
+OWNER_START = "assay.owner.start"  # Linux: "<boot id>:<start in clock ticks since boot>"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 GRACE_S = 30.0  # seconds a stop's clean-up runs undisturbed by repeated signals
@@ -40,14 +41,35 @@ def _started(pid: int) -> float:
     return psutil.Process(pid).create_time()
 
 
+def start_mark(pid: int) -> str | None:
+    """Linux: which boot, and when in it (clock ticks since boot, from /proc/PID/stat), `pid`
+    started: the same for the same process whatever the wall clock does, and exact. psutil's
+    create_time() is that start plus the boot's wall time, which moves when the clock steps
+    (as on this project's VMs, where it took a live owner for dead). None elsewhere, or gone."""
+    try:
+        boot = open("/proc/sys/kernel/random/boot_id").read().strip()
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(b")") + 2 :].split()  # the name, in (), may hold spaces
+    if fields[0] == b"Z":  # a zombie: killed, not yet reaped
+        return None
+    return f"{boot}:{int(fields[19])}"  # field 22 of stat(5), `starttime`
+
+
 def owner_tags() -> dict[str, str]:
     """Tags naming this process as the holder of a run (or of a scratch folder)."""
     pid = os.getpid()
-    return {
+    tags = {
         OWNER_HOST: socket.gethostname(),
         OWNER_PID: str(pid),
-        OWNER_STARTED: f"{_started(pid):.2f}",
+        OWNER_STARTED: f"{_started(pid):.2f}",  # for people; `start_mark` for the check
     }
+    mark = start_mark(pid)
+    if mark:
+        tags[OWNER_START] = mark
+    return tags
 
 
 def owner_state(tags: dict[str, str]) -> str:
@@ -57,7 +79,10 @@ def owner_state(tags: dict[str, str]) -> str:
         return "unknown"
     if tags.get(OWNER_HOST) != socket.gethostname():
         return "elsewhere"
-    return "alive" if pid_alive(int(tags[OWNER_PID]), float(tags[OWNER_STARTED])) else "dead"
+    pid = int(tags[OWNER_PID])
+    if OWNER_START in tags and start_mark(os.getpid()):  # exact, whatever the clock did
+        return "alive" if start_mark(pid) == tags[OWNER_START] else "dead"
+    return "alive" if pid_alive(pid, float(tags[OWNER_STARTED])) else "dead"
 
 
 def pid_alive(pid: int, started: float | None = None) -> bool:

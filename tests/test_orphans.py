@@ -6,7 +6,11 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
+import sys
+import time
 
+import psutil
 import pytest
 
 from assay import lifecycle, orphans
@@ -16,8 +20,11 @@ def test_an_owner_is_alive_only_if_its_pid_runs_and_started_when_recorded():
     me = lifecycle.owner_tags()
     assert lifecycle.owner_state(me) == "alive"
     # a run tagged before start marks were (test below): its wall-clock start decides
-    legacy = {k: v for k, v in me.items() if k != lifecycle.OWNER_START}
-    reused = {**legacy, lifecycle.OWNER_STARTED: str(float(me[lifecycle.OWNER_STARTED]) - 3600)}
+    legacy = {k: v for k, v in me.items() if k != lifecycle.OWNER_BOOT_START}
+    reused = {
+        **legacy,
+        lifecycle.OWNER_STARTED: str(float(me[lifecycle.OWNER_STARTED]) - 3600),
+    }
     assert lifecycle.owner_state(reused) == "dead"  # same pid, another process
     gone = {**me, lifecycle.OWNER_PID: "4194305"}  # above Linux's largest pid_max
     assert lifecycle.owner_state(gone) == "dead"
@@ -27,21 +34,47 @@ def test_an_owner_is_alive_only_if_its_pid_runs_and_started_when_recorded():
     assert lifecycle.owner_state({}) == "unknown"
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="start marks read /proc")
 def test_a_step_of_the_wall_clock_leaves_a_live_owner_alive():
     """The owner is told by its boot and its start in ticks since boot, not by wall time: a
-    clock that stepped since the run began (a live owner's create_time then reads seconds off)
+    clock that moved since the run began (a live owner's create_time then reads seconds off)
     does not make `runs gc` close a running run. Another boot, or another start, is dead."""
     me = lifecycle.owner_tags()
-    assert lifecycle.OWNER_START in me  # Linux, as this project's machines
+    boot, ticks = me[lifecycle.OWNER_BOOT_START].rsplit(":", 1)
+    # the mark is stat(5)'s starttime: psutil's start, less its boot time, to the clock's second
+    since_boot = psutil.Process().create_time() - psutil.boot_time()
+    assert abs(int(ticks) / os.sysconf("SC_CLK_TCK") - since_boot) < 2
     stepped = {**me, lifecycle.OWNER_STARTED: str(float(me[lifecycle.OWNER_STARTED]) - 5)}
     assert lifecycle.owner_state(stepped) == "alive"
-    boot, ticks = me[lifecycle.OWNER_START].rsplit(":", 1)
-    other = {**me, lifecycle.OWNER_START: f"{boot}:{int(ticks) + 1}"}
+    other = {**me, lifecycle.OWNER_BOOT_START: f"{boot}:{int(ticks) + 1}"}
     assert lifecycle.owner_state(other) == "dead"  # the same pid, started a tick later
-    rebooted = {**me, lifecycle.OWNER_START: f"another-boot:{ticks}"}
+    rebooted = {**me, lifecycle.OWNER_BOOT_START: f"another-boot:{ticks}"}
     assert lifecycle.owner_state(rebooted) == "dead"
-    old = {k: v for k, v in me.items() if k != lifecycle.OWNER_START}  # a run from before
+    old = {k: v for k, v in me.items() if k != lifecycle.OWNER_BOOT_START}  # a run from before
     assert lifecycle.owner_state(old) == "alive"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="start marks read /proc")
+def test_a_killed_owner_not_yet_reaped_is_dead():
+    """A zombie (killed, its parent yet to reap it) still has its pid and its start: dead."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        tags = {
+            lifecycle.OWNER_HOST: socket.gethostname(),
+            lifecycle.OWNER_PID: str(child.pid),
+            lifecycle.OWNER_STARTED: f"{psutil.Process(child.pid).create_time():.2f}",
+            lifecycle.OWNER_BOOT_START: lifecycle.start_mark(child.pid),
+        }
+        assert lifecycle.owner_state(tags) == "alive"
+        child.kill()
+        deadline = time.time() + 10
+        while psutil.Process(child.pid).status() != psutil.STATUS_ZOMBIE:
+            assert time.time() < deadline, "never a zombie"
+            time.sleep(0.05)
+        assert lifecycle.owner_state(tags) == "dead"
+    finally:
+        child.kill()
+        child.wait()
 
 
 @pytest.mark.parametrize(

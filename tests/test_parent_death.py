@@ -80,8 +80,11 @@ import psutil._pslinux as linux
 from assay import lifecycle
 lifecycle.install()
 print("ready", os.getpid(), flush=True)
+import threading
+watched = any(t.name == "assay-watch-starter" for t in threading.enumerate())
+print("watched" if watched else "not watched", flush=True)
 boot = linux.boot_time()
-linux.boot_time = lambda: boot + 5.0  # the wall clock steps 5 s (as a paused VM's does)
+linux.boot_time = lambda: boot + 5.0  # btime, so every create_time, moves 5 s
 try:
     time.sleep(3)  # the starter watch looks every second
     print("survived", flush=True)
@@ -93,20 +96,26 @@ except KeyboardInterrupt as stop:
 def test_a_step_of_the_wall_clock_is_no_death_of_the_starter(tmp_path):
     """Regression: in CI a Ray job's `assay train` stopped with "process N, which started it,
     has ended" while N, Ray's JobSupervisor, was alive: the watch compared N's start as wall
-    time, which moves with the clock. Here the child sees psutil's boot time (and so every
-    process's create_time) jump 5 s while its starter lives, behind an `sh -c` (the watched
-    case; `; true` keeps dash from exec'ing the command), and must go on."""
+    time, which moves with the clock (/proc/stat's btime). Here the child sees psutil's boot
+    time (and so every process's create_time) move 5 s while its starter lives, behind an
+    `sh -c` (the watched case; `; true` keeps dash from exec'ing the command), and must go on."""
     (tmp_path / "child.py").write_text(CLOCK_STEP)
+
+    def default_hup():  # not whatever pytest's is: ignored, the watch would never start
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
     done = subprocess.run(
         [sys.executable, "-c", PARENT, "/bin/sh", "-c", f"{sys.executable} child.py; true"],
         cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=60,
+        preexec_fn=default_hup,
+        start_new_session=True,
     )
     lines = done.stdout.splitlines()
     assert lines[:1] and lines[0].startswith("ready"), done.stderr[-2000:]
-    assert lines[1:] == ["survived"], done.stdout + done.stderr[-2000:]
+    assert lines[1:] == ["watched", "survived"], done.stdout + done.stderr[-2000:]
 
 
 @pytest.mark.parametrize(

@@ -26,7 +26,7 @@ import time
 import psutil
 
 OWNER_HOST, OWNER_PID, OWNER_STARTED = "assay.owner.host", "assay.owner.pid", "assay.owner.started"
-OWNER_START = "assay.owner.start"  # Linux: "<boot id>:<start in clock ticks since boot>"
+OWNER_BOOT_START = "assay.owner.boot_start"  # Linux: "<boot id>:<start, clock ticks since boot>"
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 GRACE_S = 30.0  # seconds a stop's clean-up runs undisturbed by repeated signals
@@ -44,10 +44,13 @@ def _started(pid: int) -> float:
 def start_mark(pid: int) -> str | None:
     """Linux: which boot, and when in it (clock ticks since boot, from /proc/PID/stat), `pid`
     started: the same for the same process whatever the wall clock does, and exact. psutil's
-    create_time() is that start plus the boot's wall time, which moves when the clock steps
-    (as on this project's VMs, where it took a live owner for dead). None elsewhere, or gone."""
+    create_time() adds the boot's wall time, /proc/stat's btime, which the kernel recomputes in
+    whole seconds from the clock on every read: a step or a slew of the clock moves it (in CI
+    a live starter was taken for dead so). None where there is no /proc, or for a process gone
+    or a zombie."""
     try:
-        boot = open("/proc/sys/kernel/random/boot_id").read().strip()
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
     except OSError:
@@ -64,11 +67,12 @@ def owner_tags() -> dict[str, str]:
     tags = {
         OWNER_HOST: socket.gethostname(),
         OWNER_PID: str(pid),
-        OWNER_STARTED: f"{_started(pid):.2f}",  # for people; `start_mark` for the check
+        # wall time: what people read, and the check where there is no start mark
+        OWNER_STARTED: f"{_started(pid):.2f}",
     }
     mark = start_mark(pid)
     if mark:
-        tags[OWNER_START] = mark
+        tags[OWNER_BOOT_START] = mark
     return tags
 
 
@@ -80,8 +84,8 @@ def owner_state(tags: dict[str, str]) -> str:
     if tags.get(OWNER_HOST) != socket.gethostname():
         return "elsewhere"
     pid = int(tags[OWNER_PID])
-    if OWNER_START in tags and start_mark(os.getpid()):  # exact, whatever the clock did
-        return "alive" if start_mark(pid) == tags[OWNER_START] else "dead"
+    if OWNER_BOOT_START in tags and start_mark(os.getpid()):  # exact, whatever the clock did
+        return "alive" if start_mark(pid) == tags[OWNER_BOOT_START] else "dead"
     return "alive" if pid_alive(pid, float(tags[OWNER_STARTED])) else "dead"
 
 
@@ -92,8 +96,9 @@ def pid_alive(pid: int, started: float | None = None) -> bool:
         p = psutil.Process(pid)
         if p.status() == psutil.STATUS_ZOMBIE:
             return False
-        # create_time is rounded differently across calls; a reused pid starts much later
-        return started is None or abs(p.create_time() - started) < 1.0
+        # create_time moves with btime (`start_mark`), by a second as the clock is slewed; a
+        # reused pid starts much later
+        return started is None or abs(p.create_time() - started) < 2.0
     except psutil.NoSuchProcess:
         return False
 
@@ -205,15 +210,20 @@ def watch_starter(every: float = 1.0) -> None:
         return
     _watching = True
 
+    # By its start in ticks since boot (`start_mark`), which the wall clock leaves alone:
+    # comparing wall-clock create_time took a live starter (a Ray job's JobSupervisor) for dead
+    # in CI. Without /proc, psutil's own identity check.
+    mark = start_mark(boss.pid)
+
     def alive() -> bool:
-        # psutil's identity of a process on Linux is its start in ticks since boot, which a
-        # change of the wall clock leaves alone; create_time() is wall time, and comparing it
-        # once took a starter for dead when this VM's clock stepped by a second (a Ray job's
-        # JobSupervisor, alive, in CI)
+        if mark is not None:
+            return start_mark(boss.pid) == mark
         try:
             return boss.is_running() and boss.status() != psutil.STATUS_ZOMBIE
-        except psutil.Error:  # gone since, or no longer ours to read
+        except psutil.NoSuchProcess:
             return False
+        except psutil.AccessDenied:  # not ours to read: no sign that it died
+            return True
 
     def watch() -> None:
         while alive():

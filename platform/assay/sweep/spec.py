@@ -77,13 +77,16 @@ class SamplerConfig(StrictModel):
 class PrunerConfig(StrictModel):
     name: Literal["hyperband", "asha", "median", "threshold", "none"] = "hyperband"
     # Steps are epochs numbered from 0, as Lightning's (and Optuna's own Lightning callback's)
-    # are: the pruner's resource at step s is s + 1 epochs, so min_resource 1 cuts after two.
+    # are: the pruner's resource at step s is s + 1 epochs, so min_resource 1 cuts after two
+    # (in Hyperband's most eager bracket; the others first cut at min_resource * factor^k).
     min_resource: int = Field(
         1, ge=1, description="hyperband, asha: the first cut's epoch (from 0: 1 = after two)"
     )
     reduction_factor: int = Field(3, ge=2, description="hyperband, asha: keep 1 in this many")
     n_startup_trials: int = Field(5, ge=0, description="median: trials before it prunes")
-    n_warmup_steps: int = Field(1, ge=0, description="median: epochs before it prunes a trial")
+    n_warmup_steps: int = Field(
+        1, ge=0, description="median: the first epoch it may prune at (from 0: 1 = after two)"
+    )
     lower: float | None = Field(None, description="threshold: prune below this value")
     upper: float | None = Field(None, description="threshold: prune above this value")
 

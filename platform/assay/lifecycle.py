@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import signal
 import socket
@@ -41,6 +42,16 @@ def _started(pid: int) -> float:
     return psutil.Process(pid).create_time()
 
 
+@functools.cache
+def _boot_id() -> str | None:
+    """This boot's id (Linux), read once: it changes only with the machine's next boot."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
 def start_mark(pid: int) -> str | None:
     """Linux: which boot, and when in it (clock ticks since boot, from /proc/PID/stat), `pid`
     started: the same for the same process whatever the wall clock does, and exact. psutil's
@@ -48,9 +59,10 @@ def start_mark(pid: int) -> str | None:
     whole seconds from the clock on every read: a step or a slew of the clock moves it (in CI
     a live starter was taken for dead so). None where there is no /proc, or for a process gone
     or a zombie."""
+    boot = _boot_id()
+    if boot is None:
+        return None
     try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            boot = f.read().strip()
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
     except OSError:
@@ -84,7 +96,7 @@ def owner_state(tags: dict[str, str]) -> str:
     if tags.get(OWNER_HOST) != socket.gethostname():
         return "elsewhere"
     pid = int(tags[OWNER_PID])
-    if OWNER_BOOT_START in tags and start_mark(os.getpid()):  # exact, whatever the clock did
+    if OWNER_BOOT_START in tags and _boot_id():  # exact, whatever the clock did
         return "alive" if start_mark(pid) == tags[OWNER_BOOT_START] else "dead"
     return "alive" if pid_alive(pid, float(tags[OWNER_STARTED])) else "dead"
 

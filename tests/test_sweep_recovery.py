@@ -40,7 +40,9 @@ def test_killed_driver_resumes_the_same_study_without_losing_or_doubling_a_trial
     without heartbeats), one Optuna alone would never fail: `--resume` gives it a beat, so it
     goes stale like any other. (That case was test_resume_fails_and_retries_a_running_trial_
     that_never_beat, which ran two sweeps of its own for it.)"""
-    path = write_sweep(project, "kill", epochs=40, trials=5, parallel=2, heartbeat=2)
+    # 20 epochs: a trial of ~10-20 s, so the kill below has seconds to find two training; every
+    # epoch more is paid again by the five trials and the three retries (it was 40: 221 s here).
+    path = write_sweep(project, "kill", epochs=20, trials=5, parallel=2, heartbeat=2)
     cmd = [sys.executable, "-m", "assay.cli", "sweep", "-e", str(path)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     log = open(project / "driver.log", "wb")  # noqa: SIM115

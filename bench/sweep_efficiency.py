@@ -1,10 +1,11 @@
-"""Does TPE with Hyperband pruning find what random search finds, for less training?
+"""Does TPE with pruning (Hyperband by default) find what random search finds, for less training?
 
     python bench/sweep_efficiency.py                      # digits CNN, seeds 0 1 2
     python bench/sweep_efficiency.py --seeds 0 --tpe-trials 30
+    python bench/sweep_efficiency.py --pruner asha        # one successive-halving ladder
 
 For each seed: random search without pruning, RANDOM_TRIALS trials of EPOCHS epochs each (its
-best validation accuracy is the target); then TPE + Hyperband with the same space, seed and
+best validation accuracy is the target); then TPE + the pruner with the same space, seed and
 epochs, trial after trial (parallel 1, so the order is the order of the trials). Reported: the
 epochs and the wall time TPE+pruning spent until a completed trial reached the target, against
 random search's total. Both are real `assay sweep`s (MLflow children, W&B offline), on digits
@@ -137,6 +138,13 @@ def main() -> None:
         "--min-resource", type=int, default=1, help="Hyperband's first rung (epoch, from 0)"
     )
     ap.add_argument("--startup", type=int, default=5, help="TPE's random trials first")
+    ap.add_argument(
+        "--pruner",
+        choices=["hyperband", "asha", "median"],
+        default="hyperband",
+        help="the pruner beside TPE (hyperband splits the trials into brackets, and TPE then "
+        "learns from one bracket's trials only; asha is one successive-halving ladder)",
+    )
     ap.add_argument("--tag", default="", help="suffix for the study names (re-runs)")
     args = ap.parse_args()
 
@@ -144,18 +152,19 @@ def main() -> None:
     from rich.table import Table
 
     root = project(args.root)
+    label = {"hyperband": "TPE+HB", "asha": "TPE+ASHA", "median": "TPE+median"}[args.pruner]
     console = Console(width=130)
     table = Table(
         "seed",
         "random: best val/acc",
         "random: epochs",
         "random: s",
-        "TPE+HB: reached at trial",
-        "TPE+HB: epochs",
-        "TPE+HB: s",
+        f"{label}: reached at trial",
+        f"{label}: epochs",
+        f"{label}: s",
         "epochs ratio",
-        "TPE+HB best (all trials)",
-        title=f"digits CNN, {args.epochs} epochs a trial: TPE + Hyperband vs random search "
+        f"{label} best (all trials)",
+        title=f"digits CNN, {args.epochs} epochs a trial: {label} vs random search "
         f"({args.random_trials} trials, no pruning)",
     )
     ratios = []
@@ -173,12 +182,15 @@ def main() -> None:
         target = rnd.best_value
         r_epochs = sum(len(t.intermediate_values) for t in rnd.trials)
         r_secs = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in rnd.trials)
-        tpe_name = f"tpe-hb-{seed}-e{args.epochs}-m{args.min_resource}-s{args.startup}{args.tag}"
+        short = {"hyperband": "hb", "asha": "asha", "median": "med"}[args.pruner]
+        tpe_name = (
+            f"tpe-{short}-{seed}-e{args.epochs}-m{args.min_resource}-s{args.startup}{args.tag}"
+        )
         tpe_file = sweep_file(
             root,
             tpe_name,
             "tpe",
-            "hyperband",
+            args.pruner,
             seed,
             args.tpe_trials,
             args.epochs,
@@ -201,7 +213,7 @@ def main() -> None:
             f"{tpe.best_value:.4f}",
         )
         console.print(
-            f"seed {seed}: random best {target:.4f} in {r_epochs} epochs; TPE+HB "
+            f"seed {seed}: random best {target:.4f} in {r_epochs} epochs; {label} "
             f"reached it after {t_epochs} epochs (trial {at})"
         )
     console.print(table)

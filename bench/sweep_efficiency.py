@@ -26,6 +26,10 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+# The pruners to set beside TPE, each with the short name its tables and study names use
+# ("tpe-hb-..." studies of earlier runs are reused by name).
+PRUNERS = {"hyperband": "HB", "asha": "ASHA", "median": "median"}
+
 SPACE = {
     "train.lr": {"type": "float", "low": 1.0e-4, "high": 1.0e-1, "log": True},
     "train.optimizer": {"type": "categorical", "choices": ["adam", "sgd", "rmsprop"]},
@@ -140,7 +144,7 @@ def main() -> None:
     ap.add_argument("--startup", type=int, default=5, help="TPE's random trials first")
     ap.add_argument(
         "--pruner",
-        choices=["hyperband", "asha", "median"],
+        choices=list(PRUNERS),
         default="hyperband",
         help="the pruner beside TPE (hyperband splits the trials into brackets, and TPE then "
         "learns from one bracket's trials only; asha is one successive-halving ladder)",
@@ -152,7 +156,7 @@ def main() -> None:
     from rich.table import Table
 
     root = project(args.root)
-    label = {"hyperband": "TPE+HB", "asha": "TPE+ASHA", "median": "TPE+median"}[args.pruner]
+    label = f"TPE+{PRUNERS[args.pruner]}"
     console = Console(width=130)
     table = Table(
         "seed",
@@ -182,7 +186,7 @@ def main() -> None:
         target = rnd.best_value
         r_epochs = sum(len(t.intermediate_values) for t in rnd.trials)
         r_secs = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in rnd.trials)
-        short = {"hyperband": "hb", "asha": "asha", "median": "med"}[args.pruner]
+        short = PRUNERS[args.pruner].lower()
         tpe_name = (
             f"tpe-{short}-{seed}-e{args.epochs}-m{args.min_resource}-s{args.startup}{args.tag}"
         )

@@ -42,17 +42,21 @@ def test_killed_driver_resumes_the_same_study_without_losing_or_doubling_a_trial
     that_never_beat, which ran two sweeps of its own for it.)"""
     # 20 epochs: a trial of ~10-20 s, so the kill below has seconds to find two training; every
     # epoch more is paid again by the five trials and the three retries (it was 40: 221 s here).
-    path = write_sweep(project, "kill", epochs=20, trials=5, parallel=2, heartbeat=2)
+    epochs = 20
+    path = write_sweep(project, "kill", epochs=epochs, trials=5, parallel=2, heartbeat=2)
     cmd = [sys.executable, "-m", "assay.cli", "sweep", "-e", str(path)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     log = open(project / "driver.log", "wb")  # noqa: SIM115
     driver = subprocess.Popen(cmd, cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.time() + 240
-        # One trial done and two training (their MLflow runs open): kill the driver now. (A
-        # trial killed before it opened its run has no run to check; on a loaded machine that
-        # window is seconds long.) Read with sqlite3, read-only: opening the study with Optuna
-        # while the driver creates its tables races the driver's schema migration.
+        # One trial done and two training (their MLflow runs open), each with at least half
+        # its epochs still ahead: kill the driver now. (A trial killed before it opened its
+        # run has no run to check; on a loaded machine that window is seconds long. A trial in
+        # its last epochs can finish in the second before its watchdog sees the driver gone,
+        # and did on a fast machine: 1 RUNNING, not 2.) Read with sqlite3, read-only: opening
+        # the study with Optuna while the driver creates its tables races the driver's schema
+        # migration.
         db = project / "optuna.db"
         while time.time() < deadline:
             time.sleep(0.5)
@@ -64,7 +68,9 @@ def test_killed_driver_resumes_the_same_study_without_losing_or_doubling_a_trial
                     training = con.execute(
                         "SELECT COUNT(*) FROM trials t JOIN trial_user_attributes a "
                         "ON a.trial_id = t.trial_id WHERE t.state = 'RUNNING' "
-                        "AND a.key = 'mlflow_run_id'"
+                        "AND a.key = 'mlflow_run_id' AND (SELECT COUNT(*) FROM "
+                        "trial_intermediate_values v WHERE v.trial_id = t.trial_id) <= ?",
+                        (epochs // 2,),
                     ).fetchone()[0]
             except sqlite3.Error:  # the tables are being created
                 continue

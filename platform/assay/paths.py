@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import io
 import json
 import os
@@ -24,6 +25,14 @@ def find_root(start: Path | None = None) -> Path:
         if (d / "params.yaml").exists() or (d / "dvc.yaml").exists():
             return d
     return start
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 class DataError(UserError, ValueError):

@@ -106,6 +106,8 @@ def gate(
     mv = tracking.register_version(model_uri, name)
     version = mv.version
     client.set_model_version_tag(name, version, metric, str(value))
+    if mv.run_id:  # what it was made from: data hash, commit, params digest, sweep, Ray, W&B
+        tracking.tag_version(client, name, version, mv.run_id)
     client.set_registered_model_alias(name, aliases.candidate_alias, version)
     try:
         champ = client.get_model_version_by_alias(name, aliases.champion_alias)

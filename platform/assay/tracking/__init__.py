@@ -10,8 +10,16 @@ to `sqlite:///<root>/mlflow.db` with artifacts in `<root>/mlruns/`.
   mirror     W&B's settings, and results written to W&B outside a fit
   models     logged models (an MLflow pyfunc with its input contract), loaded on first use
   contract   the logged model's input contract: what `predict` and `mlflow models serve` run
+  lineage    what a run was trained on (dataset inputs, config) and a version made from, read back
 """
 
+from assay.tracking.lineage import (
+    log_lineage,
+    read_run,
+    resolve_uri,
+    tag_version,
+    trained_on,
+)
 from assay.tracking.mirror import log_wandb_summary, wandb_dir, wandb_mode
 from assay.tracking.run import TrackedRun, log_image, run_loggers
 from assay.tracking.store import (
@@ -61,16 +69,21 @@ __all__ = [
     "load_model",
     "load_net",
     "log_image",
+    "log_lineage",
     "log_model",
     "log_params",
     "log_wandb_summary",
     "logged_model_source",
     "open_store",
     "provenance",
+    "read_run",
     "register_version",
     "registered_names",
+    "resolve_uri",
     "run_loggers",
+    "tag_version",
     "tracking_uri",
+    "trained_on",
     "wandb_dir",
     "wandb_mode",
 ]

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from assay import lifecycle, orphans
+from assay.tracking.lineage import log_lineage
 from assay.tracking.mirror import wandb_dir, wandb_mode
 from assay.tracking.store import ensure_store, experiment_id, log_params, tracking_uri
 
@@ -165,6 +166,8 @@ class TrackedRun:
         try:
             self._close_predecessors()
             self._log_params()
+            config = self.cfg.model_dump(mode="json")
+            log_lineage(self.client, self.run_id, self.root, self.tags, config)
             wb = self.cfg.tracking.wandb
             if wb.mode != "disabled" and wandb_mode(wb.mode, self.root) != "disabled":
                 from wandb.sdk.lib import runid  # W&B loads only for a run that uses it

@@ -62,6 +62,7 @@ LONGEST_FIRST = [
     "test_pipeline.py",
     "test_families.py",
     "test_sweep_recovery.py",
+    "test_reproduce.py",
     "test_ray_jobs.py",
     "test_lifecycle.py",
     "test_cluster_security.py",

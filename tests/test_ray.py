@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from assay.lineage import trace
 from assay.training import train
 from tests.conftest import ray_processes, tiny_config
 
@@ -52,6 +53,15 @@ def test_two_workers_train_into_one_mlflow_and_one_wandb_run(project, no_ray_lef
     records = b"".join((d / f"run-{result.wandb_id}.wandb").read_bytes() for d in dirs)
     assert b"val/acc" in records and result.run_id.encode() in records
     assert str(storage).encode() in records  # the Ray run's storage path, in the W&B config
+    # its lineage names the Ray run and finds its folder (tests/test_lineage.py: the rest)
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    ray = trace(f"runs:/{result.run_id}", project, uri)["ray"]
+    assert ray == {
+        "run_name": run.info.run_name,
+        "storage_path": str(storage),
+        "workers": "2",
+        "exists": True,
+    }
 
 
 def test_killing_a_worker_resumes_from_its_checkpoint_in_the_same_run(project, no_ray_left):

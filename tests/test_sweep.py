@@ -17,6 +17,7 @@ import yaml
 from optuna.trial import TrialState
 
 from assay.config import ConfigError
+from assay.lineage import trace
 from assay.sweep import SweepError, load_sweep, run_sweep
 from tests.sweeps_support import (
     BASE,
@@ -202,6 +203,16 @@ def test_sweep_tracks_a_parent_and_one_child_per_trial_and_registers_the_best(
     version = client.get_model_version_by_alias("digits-cnn_tiny", "champion")
     assert version.run_id == study.best_trial.user_attrs["mlflow_run_id"]
     assert result.registration["promoted"] is True
+    # its lineage names the study and trial it came from (tests/test_lineage.py: the rest)
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    chain = trace("models:/digits-cnn_tiny@champion", project, uri)
+    assert chain["sweep"] == {
+        "study": name,
+        "trial": str(study.best_trial.number),
+        "parent_run": result.parent_run_id,
+    }
+    assert version.tags["lineage.sweep_study"] == name
+    assert version.tags["lineage.sweep_trial"] == str(study.best_trial.number)
     # W&B: one offline run per trial (job type "trial") plus the sweep's ("sweep"); W&B 0.31
     # reads its run files only in Go, so the group is checked as the bytes it wrote
     files = {

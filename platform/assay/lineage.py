@@ -64,7 +64,7 @@ def trained_on(data: str, root: Path, uri: str) -> dict[str, Any]:
     path = Path(data) if Path(data).is_absolute() else root / data
     hashes = [data]
     if path.is_dir():
-        hashes = [h for h in (_lock_hash(root, path.name), tracking.files_md5(path)) if h]
+        hashes = [h for h in (lock_hash(root, path.name), tracking.files_md5(path)) if h]
     client = tracking.open_store(uri)
     runs: list[dict] = []
     versions: list[dict] = []
@@ -110,7 +110,14 @@ def _run(run: dict, problems: list[str]) -> dict:
         problems.append(f"run {run['id']} is {run['status']}, not FINISHED")
     metrics = {k: v for k, v in sorted(run["metrics"].items()) if k.startswith(("test/", "best_"))}
     keep = ("id", "name", "status", "deleted", "experiment_id")
-    return {**{k: run[k] for k in keep}, "key": run["tags"].get("assay.key"), "metrics": metrics}
+    tags = run["tags"]
+    return {
+        **{k: run[k] for k in keep},
+        "key": tags.get("assay.key"),
+        "objective": tags.get("objective"),
+        "scored_on": tags.get(tracking.SCORED_ON),  # the sha256 of the test split it was scored on
+        "metrics": metrics,
+    }
 
 
 def _wandb(tags: dict, problems: list[str]) -> dict | None:
@@ -165,14 +172,14 @@ def _data(tags: dict, inputs: list[dict], root: Path, problems: list[str]) -> di
     if not folder.is_dir():
         problems.append(f"data/{dataset} is not in this workspace: `dvc repro prepare@{dataset}`")
     elif how == "dvc.lock":
-        now = _lock_hash(root, dataset)
+        now = lock_hash(root, dataset)
         if now != recorded:
             problems.append(
                 f"dvc.lock now records {now} for data/{dataset}; the run trained on {recorded}: "
                 "the data was prepared again since"
             )
         else:
-            changed = _dvc_changed(root, f"prepare@{dataset}")
+            changed = dvc_changed(root, f"prepare@{dataset}")
             if isinstance(changed, str):
                 problems.append(f"`dvc status prepare@{dataset}` could not check: {changed}")
                 now = None
@@ -249,7 +256,7 @@ def _git_ok(root: Path, *args: str) -> bool:
     return done.returncode == 0
 
 
-def _lock_hash(root: Path, dataset: str) -> str | None:
+def lock_hash(root: Path, dataset: str) -> str | None:
     lock = root / "dvc.lock"
     if not lock.is_file():
         return None
@@ -260,7 +267,7 @@ def _lock_hash(root: Path, dataset: str) -> str | None:
     return None
 
 
-def _dvc_changed(root: Path, stage: str) -> bool | str:
+def dvc_changed(root: Path, stage: str) -> bool | str:
     """Whether DVC sees the stage's outputs changed since dvc.lock (`dvc status STAGE`; its code
     or raw input changing is not the data changing); DVC's error when it cannot tell. A process
     of its own: DVC resolves a stage's paths from the working directory."""

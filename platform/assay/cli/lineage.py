@@ -1,4 +1,5 @@
-"""`assay lineage`: a model's chain back to its data, code and params, as a tree or JSON."""
+"""`assay lineage` (a model's chain back to its data, code and params, as a tree or JSON) and
+`assay reproduce` (that chain re-run, and whether its result holds)."""
 
 from __future__ import annotations
 
@@ -149,3 +150,49 @@ def _print_trained_on(found: dict[str, Any]) -> None:
         table.add_row(r["id"], (r["name"] or "") + trial, r["status"], r["key"] or "")
     out.print(table)
     out.print(f"{len(found['runs'])} run(s), {len(found['versions'])} registered version(s)")
+
+
+@app.command()
+def reproduce(
+    target: Annotated[
+        str,
+        typer.Argument(
+            help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID or an outputs/KEY folder",
+            show_default=False,
+        ),
+    ],
+    tolerance: Annotated[
+        float | None,
+        typer.Option(
+            help="how far the primary metric may move (absolute); default: the objective's, "
+            "from the seed-to-seed spread bench/seed_spread.py measured",
+            min=0,
+        ),
+    ] = None,
+) -> None:
+    """Re-run a model's chain and say whether its result holds.
+
+    The code at the recorded commit (a temporary git worktree), the recorded config, the data
+    the run trained on (the workspace's when its hash matches, else prepared again from the
+    pinned source and checked): trained and scored on the same test split, logged as its own
+    MLflow run tagged reproduces=<run id>. Exit 0 when the primary metric lands within the
+    tolerance of the original's, 1 when it does not, 2 when the chain can't be rebuilt (a dirty
+    tree at training, a missing commit, config or source), each with the reason.
+    """
+    from assay import reproduce as rep
+    from assay import tracking
+    from assay.paths import find_root
+
+    cfg = load()
+    root = find_root()
+    uri = tracking.tracking_uri(cfg.tracking, root)
+    r = guarded(rep.reproduce, target, root, uri, tolerance)
+    verdict = "[green]holds[/]" if r.holds else "[red]does not hold[/]"
+    out.print(
+        f"reproduced run {r.original_run} as run {r.reproduced_run} at commit {r.commit[:12]} "
+        f"with {r.data}, in {r.seconds:.0f} s:\n"
+        f"  {r.metric} {r.original:.4f} -> {r.reproduced:.4f} (difference "
+        f"{abs(r.reproduced - r.original):.4f}, tolerance {r.tolerance:.4f}): {verdict}",
+        highlight=False,
+    )
+    raise typer.Exit(0 if r.holds else 1)

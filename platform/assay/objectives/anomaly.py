@@ -32,6 +32,9 @@ class Anomaly(Objective):
     name = "anomaly"
     primary = ("test/roc_auc", "max")
     step_metric_name = "roc_auc"
+    # the range of test/roc_auc over seeds 0, 1, 2 of the run shuttle-autoencoder:
+    # 0.9994, 0.9991, 0.9994 (bench/seed_spread.py)
+    reproduce_tolerance = 0.0003
     smoke = {"dataset": "shuttle", "arch": "autoencoder_tiny"}
 
     def step_metric(self, task):

@@ -57,6 +57,9 @@ class Objective:
     # objectives whose smoke runs it needs registered first (the GAN's judge: a classifier).
     smoke: ClassVar[dict[str, Any]]
     smoke_after: ClassVar[tuple[str, ...]] = ()
+    # How far `assay reproduce` lets the primary metric move (absolute): the seed-to-seed range
+    # of a default run, measured by bench/seed_spread.py (a same-seed rerun lands far closer).
+    reproduce_tolerance: ClassVar[float]
 
     def step_metric(self, task) -> Any:
         """A fresh torchmetrics metric logged as <stage>/<step_metric_name>, or None."""

@@ -37,6 +37,9 @@ class Classification(Objective):
     name = "classification"
     primary = ("test/acc", "max")
     step_metric_name = "acc"
+    # the range of test/acc over seeds 0, 1, 2 of the run digits-mlp:
+    # 0.9750, 0.9694, 0.9694 (bench/seed_spread.py)
+    reproduce_tolerance = 0.0056
     smoke = {"dataset": "digits", "arch": "cnn_tiny"}
 
     def step_metric(self, task):

@@ -22,6 +22,9 @@ class Forecast(Objective):
     name = "forecast"
     primary = ("test/rmse", "min")
     step_metric_name = "mae"
+    # the range of test/rmse over seeds 0, 1, 2 of the run elecdemand-lstm:
+    # 0.4022, 0.4026, 0.3949 (bench/seed_spread.py)
+    reproduce_tolerance = 0.0077
     smoke = {"dataset": "elecdemand", "arch": "lstm_tiny"}
 
     def step_metric(self, task):

@@ -22,6 +22,9 @@ class Generation(Objective):
         "a GAN's validation split only feeds its judge (the Fréchet distance of generated "
         "samples), so there is nothing to refit on"
     )
+    # the range of test/fd over seeds 0, 1, 2 of a digits gan_tiny, 20 epochs, judged by a
+    # digits cnn_tiny: 8.9525, 15.0648, 6.2790 (bench/seed_spread.py): a GAN's seed matters
+    reproduce_tolerance = 8.79
     smoke = {  # judged by the classification smoke run, registered as digits-cnn_tiny
         "dataset": "digits",
         "arch": "gan_tiny",

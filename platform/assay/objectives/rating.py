@@ -33,6 +33,9 @@ class Rating(Objective):
     name = "rating"
     primary = ("test/rmse", "min")
     step_metric_name = "rmse"
+    # the range of test/rmse over seeds 0, 1, 2 of the run movielens-matrix_factorization:
+    # 0.9489, 0.9477, 0.9479 (bench/seed_spread.py)
+    reproduce_tolerance = 0.0012
     smoke = {"dataset": "movielens", "arch": "matrix_factorization_tiny"}
 
     def step_metric(self, task):

@@ -18,6 +18,9 @@ from assay.objectives.figures import latent_png
 class Reconstruction(Objective):
     name = "reconstruction"
     primary = ("test/mse", "min")
+    # the range of test/mse over seeds 0, 1, 2 of the run mnist-autoencoder:
+    # 0.0097, 0.0095, 0.0097 (bench/seed_spread.py)
+    reproduce_tolerance = 0.0002
     smoke = {"dataset": "digits", "arch": "autoencoder_tiny"}
 
     def score(self, model, dm, out: Path, title: str, cfg, root: Path):

@@ -14,7 +14,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from assay.evaluation import evaluate
+from assay.lineage import trace
 from assay.registry import register
+from assay.reproduce import rebuildable
 from assay.training import train
 from tests.conftest import REPO, tiny_config
 
@@ -94,13 +96,27 @@ def test_reproduce_prepares_changed_data_again_and_refuses_a_dirty_or_unscored_c
     assert meta.read_bytes() == kept + b"\n"  # the workspace's own data is left as it was
     meta.write_bytes(kept)
 
+    # uncommitted changes to params.yaml alone (as `dvc exp run -S` makes): the run's config.json
+    # records them, so the chain can still be rebuilt
+    params = project / "params.yaml"
+    params.write_text(params.read_text().replace("lr: ", "lr: 0.02 #", 1))
+    cfg = tiny_config(project, arch="cnn_tiny", wandb="disabled", name="params_edited")
+    edited = train(cfg, project).run_id
+    chain = trace(f"runs:/{edited}", project, f"sqlite:///{project / 'mlflow.db'}")
+    assert chain["git"]["dirty"] and chain["git"]["dirty_files"] == ["params.yaml"]
+    assert chain["params"]["config"]["train"]["lr"] == 0.02
+    assert rebuildable(chain)["id"] == edited  # not refused
+    _git(project, "checkout", "--", "params.yaml")
+
     # a model trained from a dirty tree: refused before anything runs
     with open(project / "platform/assay/__init__.py", "a") as f:
         f.write("\n# uncommitted\n")
     cfg = tiny_config(project, arch="cnn_tiny", wandb="disabled", name="dirty")
     dirty = train(cfg, project).run_id
     done = _assay(project, "reproduce", f"runs:/{dirty}")
-    assert done.returncode == 2 and "dirty tree" in " ".join(done.stderr.split()), done.stderr
+    text = " ".join(done.stderr.split())
+    assert done.returncode == 2 and "dirty tree" in text, text
+    assert "files: platform/assay/__init__.py" in text, text
     # a clean one never scored: nothing to compare with
     _git(project, "checkout", "--", "platform")
     train(tiny_config(project, arch="cnn_tiny", wandb="disabled", name="unscored"), project)

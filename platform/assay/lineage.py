@@ -23,6 +23,10 @@ from assay import tracking
 from assay.errors import UserError
 
 FORMS = "models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID or an outputs/KEY folder"
+# Tracked files whose uncommitted changes a run records anyway: params.yaml through the merged
+# config (config.json), dvc.lock through the data hash. `dvc exp run -S` and a re-prepared data
+# stage change them before `assay train` runs, and they leave a run reproducible.
+RECORDED_ELSEWHERE = {"params.yaml", "dvc.lock"}
 
 
 class LineageError(UserError):
@@ -138,17 +142,24 @@ def _wandb(tags: dict, problems: list[str]) -> dict | None:
 def _git(tags: dict, root: Path, problems: list[str]) -> dict:
     commit = tags.get("mlflow.source.git.commit", "none")
     dirty = tags.get("git.dirty") == "true"
+    files = tags["git.dirty_files"].split(",") if tags.get("git.dirty_files") else None
     known = commit != "none" and _git_ok(root, "cat-file", "-e", f"{commit}^{{commit}}")
     if commit == "none":
         problems.append("trained outside a git repository: no commit to rebuild from")
     elif not known:
         problems.append(f"commit {commit} is not in the repository at {root}")
-    if dirty:
+    if dirty and files and set(files) <= RECORDED_ELSEWHERE:
         problems.append(
-            f"trained from a dirty tree: commit {commit[:12]} plus uncommitted changes, which "
-            "nothing recorded; the commit alone may not rebuild it"
+            f"trained from a dirty tree: commit {commit[:12]} with uncommitted changes to "
+            f"{', '.join(files)} only, which the run's config.json and data hash record"
         )
-    return {"commit": commit, "dirty": dirty, "in_repository": known}
+    elif dirty:
+        which = f" ({', '.join(files)})" if files else ""
+        problems.append(
+            f"trained from a dirty tree: commit {commit[:12]} plus uncommitted changes{which}, "
+            "which nothing recorded; the commit alone may not rebuild it"
+        )
+    return {"commit": commit, "dirty": dirty, "dirty_files": files, "in_repository": known}
 
 
 def _params(tags: dict, config: dict | None, problems: list[str]) -> dict:

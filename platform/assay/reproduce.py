@@ -54,7 +54,7 @@ class Reproduction:
 def reproduce(target: str, root: Path, uri: str, tolerance: float | None = None) -> Reproduction:
     started = time.perf_counter()
     chain = lineage.trace(target, root, uri)
-    run = _checked(chain)
+    run = rebuildable(chain)
     objective = get_objective(run["objective"])
     metric = objective.primary[0]
     original = run["metrics"].get(metric)
@@ -96,18 +96,19 @@ def reproduce(target: str, root: Path, uri: str, tolerance: float | None = None)
     )
 
 
-def _checked(chain: dict) -> dict:
+def rebuildable(chain: dict) -> dict:
     """The original run, once everything needed to rebuild it is known to be there."""
     run, git, params = chain["run"], chain["git"], chain["params"]
     if run.get("missing"):
         raise CannotRebuild(f"run {run['id']} is not in the store: nothing to rebuild it from")
     if git["commit"] == "none":
         raise CannotRebuild(f"run {run['id']} was trained outside a git repository: no code")
-    if git["dirty"]:
+    if git["dirty"] and not set(git["dirty_files"] or ["?"]) <= lineage.RECORDED_ELSEWHERE:
+        files = ", ".join(git["dirty_files"] or ["not recorded"])
         raise CannotRebuild(
             f"run {run['id']} was trained from a dirty tree (commit {git['commit'][:12]} plus "
-            "uncommitted changes nothing recorded), so its code can't be rebuilt; commit before "
-            "training to make a model reproducible"
+            f"uncommitted changes nothing recorded; files: {files}), so its code can't be "
+            "rebuilt; commit before training to make a model reproducible"
         )
     if not git["in_repository"]:
         raise CannotRebuild(f"commit {git['commit']} is not in this repository: `git fetch` it")

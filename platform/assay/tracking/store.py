@@ -73,8 +73,12 @@ def git_info(root: Path) -> dict[str, str]:
         return done.stdout.strip() if done.returncode == 0 else ""
 
     commit = git("rev-parse", "HEAD")
-    dirty = bool(git("status", "--porcelain", "--untracked-files=no")) if commit else False
-    return {"mlflow.source.git.commit": commit or "none", "git.dirty": str(dirty).lower()}
+    changed = git("diff", "HEAD", "--name-only") if commit else ""
+    files = changed.splitlines()
+    tags = {"mlflow.source.git.commit": commit or "none", "git.dirty": str(bool(files)).lower()}
+    if files:  # which tracked files differ from the commit (what `assay reproduce` weighs)
+        tags["git.dirty_files"] = ",".join(files)[:5000]
+    return tags
 
 
 def data_hash(root: Path, dataset: str) -> dict[str, str]:

@@ -69,8 +69,13 @@ def test_lineage_walks_every_link_and_its_json_round_trips(registered, monkeypat
     assert chain["run"]["metrics"]["test/acc"] == run.data.metrics["test/acc"]
     assert chain["wandb"]["run_id"] == run.data.tags["wandb.run_id"]
     assert chain["wandb"]["dir_exists"] and Path(chain["wandb"]["dir"]).is_dir()
-    assert chain["git"] == {"commit": _git(project, "rev-parse", "HEAD"), "dirty": False,
-                            "in_repository": True}  # fmt: skip
+    head = _git(project, "rev-parse", "HEAD")
+    assert chain["git"] == {
+        "commit": head,
+        "dirty": False,
+        "dirty_files": None,
+        "in_repository": True,
+    }
     assert chain["params"]["digest"] == cfg.digest() == chain["params"]["config_digest"]
     assert chain["params"]["config"] == cfg.model_dump(mode="json")
     meta = json.loads((project / "data/digits/meta.json").read_text())

@@ -96,6 +96,8 @@ def test_lineage_walks_every_link_and_its_json_round_trips(registered, monkeypat
     assert tags["lineage.git_commit"] == chain["git"]["commit"]
     assert tags["lineage.params_digest"] == cfg.digest()
     assert tags["lineage.wandb_run"] == chain["wandb"]["run_id"]
+    assert tags["lineage.parent_model"] == ""  # trained from scratch; the field is in place
+    assert "lineage.sweep_study" not in tags and "lineage.ray_run" not in tags
 
     # the same chain from the run and from its outputs folder; and the tree
     assert trace(f"runs:/{run_id}", project, uri)["data"] == data
@@ -112,6 +114,10 @@ def test_lineage_keeps_the_trained_params_and_says_what_changed_since(registered
     done = _lineage(project, monkeypatch, "--json", "--data", "data/digits")
     found = json.loads(done.output)
     assert [r["id"] for r in found["runs"]] == [run_id]
+    by_hash = json.loads(
+        _lineage(project, monkeypatch, "--json", "--data", found["hashes"][0]).output
+    )
+    assert [r["id"] for r in by_hash["runs"]] == [run_id]
     assert [(v["name"], v["version"], v["aliases"]) for v in found["versions"]] == [
         ("digits-cnn_tiny", "1", ["candidate", "champion"])
     ]

@@ -113,7 +113,6 @@ VERSION_TAGS = {
     "lineage.sweep_trial": "optuna.trial",
     "lineage.ray_run": "ray.run_name",
     "lineage.wandb_run": "wandb.run_id",
-    "lineage.parent_model": "assay.parent_model",  # a model this one started from, when any
 }
 
 
@@ -123,6 +122,11 @@ def tag_version(client: MlflowClient, name: str, version: str, run_id: str) -> N
     for key, source in VERSION_TAGS.items():
         if source in tags:
             client.set_model_version_tag(name, version, key, tags[source])
+    # always there, empty for a model trained from scratch: a later run that starts from a
+    # registered model (transfer learning) fills it
+    client.set_model_version_tag(
+        name, version, "lineage.parent_model", tags.get("assay.parent_model", "")
+    )
 
 
 # ------------------------------------------------------------------------------ reading it back

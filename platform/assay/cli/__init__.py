@@ -12,7 +12,10 @@ heavy import of a command is inside it, so `assay --help` and the light commands
 from assay.cli import lineage, pipeline, remote, runs, sweeps  # noqa: F401  (each registers its commands)
 from assay.cli.common import TELEMETRY_OFF, app
 
-# the command groups, in the order `assay --help` lists them
+# after the pipeline's commands and before the groups, in the order `assay --help` lists them
+app.command()(lineage.lineage)
+app.command()(lineage.reproduce)
+# the command groups, in that order too
 app.add_typer(sweeps.sweep_app, name="sweep")
 app.add_typer(remote.cluster_app, name="cluster")
 app.add_typer(remote.jobs_app, name="jobs")

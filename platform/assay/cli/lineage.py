@@ -11,13 +11,12 @@ from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
 
-from assay.cli.common import app, fail, guarded, load, out
+from assay.cli.common import fail, guarded, load, out
 
 # the settings a reader looks for first; the whole config is in --json
 SHOWN = ("dataset", "arch", "lr", "batch_size", "max_epochs", "seed", "optimizer", "workers")
 
 
-@app.command()
 def lineage(
     target: Annotated[
         str | None,
@@ -152,7 +151,6 @@ def _print_trained_on(found: dict[str, Any]) -> None:
     out.print(f"{len(found['runs'])} run(s), {len(found['versions'])} registered version(s)")
 
 
-@app.command()
 def reproduce(
     target: Annotated[
         str,

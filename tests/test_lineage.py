@@ -129,6 +129,7 @@ def test_lineage_keeps_the_trained_params_and_says_what_changed_since(registered
     assert chain["params"]["config"]["train"]["lr"] == cfg.train.lr != 0.123
     assert chain["problems"] == []  # the model's own tree was clean; today's edit is not it
 
+    kept = (project / "data/digits/meta.json").read_bytes()
     with open(project / "data/digits/meta.json", "a") as f:
         f.write("\n")
     chain = trace("models:/digits-cnn_tiny@champion", project, uri)
@@ -137,6 +138,19 @@ def test_lineage_keeps_the_trained_params_and_says_what_changed_since(registered
     done = _lineage(project, monkeypatch, "models:/digits-cnn_tiny@champion")
     text = " ".join(done.output.split())  # the tree wraps at the console's width
     assert done.exit_code == 0 and "does not match" in text and "1 problem" in text
+
+    # a split file that is not the one the run read, though the folder was not prepared again
+    # (the folder hash here is computed, so it moves too; under DVC it would not: dvc.lock keeps
+    # the hash DVC recorded, and only the split's own sha256 tells)
+    (project / "data/digits/meta.json").write_bytes(kept)
+    train_npz = project / "data/digits/train.npz"
+    train_npz.write_bytes(train_npz.read_bytes() + b"\0")
+    chain = trace("models:/digits-cnn_tiny@champion", project, uri)
+    assert any("data/digits/train.npz has sha256" in p for p in chain["problems"]), chain
+    assert not chain["data"]["matches"]
+
+    done = _lineage(project, monkeypatch, "--data", "data/nothing")
+    assert done.exit_code == 2 and "neither a folder here nor a data hash" in done.output
 
     MlflowClient(uri).delete_run(run_id)
     chain = trace(f"runs:/{run_id}", project, uri)

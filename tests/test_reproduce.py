@@ -30,6 +30,7 @@ def _git(root: Path, *args: str) -> str:
 
 def _assay(root: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env["ASSAY_TEST_MARK"] = str(root / "mark.txt")
     return subprocess.run(
         ["assay", *args], cwd=root, env=env, capture_output=True, text=True, timeout=600
     )
@@ -42,7 +43,14 @@ def committed(project):
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     for folder in ("platform", "models"):
         shutil.copytree(REPO / folder, project / folder, ignore=ignore)
-    (project / ".gitignore").write_text("data/\nmlflow.db*\nmlruns/\noutputs/\nwandb/\n")
+    # a mark only the committed copy makes: it shows that the worktree's code ran, not the
+    # installed Assay
+    with open(project / "platform/assay/__init__.py", "a") as f:
+        f.write(
+            "\nimport os as _os\nif _os.environ.get('ASSAY_TEST_MARK'):\n"
+            "    open(_os.environ['ASSAY_TEST_MARK'], 'a').write('committed code ran\\n')\n"
+        )
+    (project / ".gitignore").write_text("data/\nmlflow.db*\nmlruns/\noutputs/\nwandb/\nmark.txt\n")
     _git(project, "init", "-q")
     _git(project, "add", "-A")
     _git(project, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "code")
@@ -73,6 +81,7 @@ def test_reproduce_reruns_the_chain_and_the_result_holds(committed):
     assert new.data.tags["eval.data_hash"] == client.get_run(run_id).data.tags["eval.data_hash"]
     assert new.data.tags["mlflow.source.git.commit"] == _git(project, "rev-parse", "HEAD")
     assert len(_git(project, "worktree", "list").splitlines()) == 1  # its worktree is gone
+    assert "committed code ran" in (project / "mark.txt").read_text()  # the commit's, not ours
     assert _git(project, "status", "--porcelain") == ""  # nothing left in the project
 
     # a claim that does not reproduce: the original's test/acc, as MLflow holds it, put 0.2 off

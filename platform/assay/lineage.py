@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,7 @@ import yaml
 
 from assay import tracking
 from assay.errors import UserError
+from assay.paths import sha256_file
 
 FORMS = "models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID or an outputs/KEY folder"
 # Tracked files whose uncommitted changes a run records anyway: params.yaml through the merged
@@ -69,14 +71,17 @@ def trained_on(data: str, root: Path, uri: str) -> dict[str, Any]:
     hashes = [data]
     if path.is_dir():
         hashes = [h for h in (lock_hash(root, path.name), tracking.files_md5(path)) if h]
+    elif not re.fullmatch(r"[0-9a-f]{32}(\.dir)?", data):
+        raise LineageError(f"--data {data}: neither a folder here nor a data hash (32 hex digits)")
     client = tracking.open_store(uri)
+    if client is None:
+        raise LineageError(f"no MLflow store at {uri}: nothing has been tracked in this project")
     runs: list[dict] = []
     versions: list[dict] = []
     for h in dict.fromkeys(hashes):
-        if client is not None:
-            found = tracking.trained_on(client, h)
-            runs += found[0]
-            versions += found[1]
+        found = tracking.trained_on(client, h)
+        runs += found[0]
+        versions += found[1]
     return {"data": data, "hashes": hashes, "runs": runs, "versions": versions}
 
 
@@ -208,17 +213,36 @@ def _data(tags: dict, inputs: list[dict], root: Path, problems: list[str]) -> di
     if source is None and (folder / "meta.json").is_file():
         source = json.loads((folder / "meta.json").read_text()).get("source")
     splits = [{"name": i["name"], "context": i["context"], **(i["profile"] or {})} for i in inputs]
+    # each split file against the sha256 the run logged for it: the folder's hash (from
+    # dvc.lock) says what DVC last recorded, this what the run itself read
+    differ = split_mismatches(folder, splits) if folder.is_dir() else []
+    problems += [f"data/{dataset}/{d}" for d in differ]
     return {
         "dataset": dataset,
         "stage": f"prepare@{dataset}",
         "hash": recorded,
         "hash_source": how,
         "workspace_hash": now,
-        "matches": now == recorded,
+        "matches": recorded is not None and now == recorded and not differ,
         "source": source,
         "source_recorded": source_recorded,
         "splits": splits,
     }
+
+
+def split_mismatches(folder: Path, splits: list[dict]) -> list[str]:
+    """The split files in `folder` whose sha256 is not the one the run recorded for them."""
+    out = []
+    for split in splits:
+        name, recorded = split.get("file"), split.get("sha256")
+        if not (name and recorded):
+            continue
+        f = folder / name
+        if not f.is_file():
+            out.append(f"{name} is missing (the run read sha256 {recorded[:12]}...)")
+        elif (now := sha256_file(f)) != recorded:
+            out.append(f"{name} has sha256 {now[:12]}..., not the {recorded[:12]}... the run read")
+    return out
 
 
 def _sweep(tags: dict) -> dict | None:

@@ -63,11 +63,15 @@ def reproduce(target: str, root: Path, uri: str, tolerance: float | None = None)
             f"run {run['id']} has no {metric}: it was never scored; `assay evaluate` it first"
         )
     tol = objective.reproduce_tolerance if tolerance is None else tolerance
-    commit = chain["git"]["commit"]
+    commit, uri = chain["git"]["commit"], chain["tracking_uri"]  # the original's own store
+    prefix = _git(root, "rev-parse", "--show-prefix")  # the project's folder in its repository
     with tempfile.TemporaryDirectory(prefix="assay-reproduce-") as tmp:
-        src = Path(tmp) / "src"
-        _git(root, "worktree", "add", "--detach", "--quiet", str(src), commit)
+        tree = Path(tmp) / "src"
+        src = tree / prefix
         try:
+            # no hooks: a post-checkout hook (`dvc install`'s) would check data out into it
+            _git(root, "-c", "core.hooksPath=/dev/null", "worktree", "add", "--detach",
+                 "--quiet", str(tree), commit)  # fmt: skip
             env = _env(Path(tmp), src, uri)
             data = _data(chain["data"], root, src, env)
             # the recorded config as an experiment file named by the run's key (a file that
@@ -75,24 +79,28 @@ def reproduce(target: str, root: Path, uri: str, tolerance: float | None = None)
             key = run["key"]
             exp = Path(tmp) / f"{key}.yaml"
             exp.write_text(yaml.safe_dump(chain["params"]["config"], sort_keys=False))
-            for step in ("train", "evaluate"):
-                _assay(src, env, step, "-e", str(exp), "--set", "tracking.wandb.mode=disabled")
-            new = _new_run(src / "outputs" / key, uri, run)
-        finally:
-            _git(root, "worktree", "remove", "--force", str(src))
-    value = new["metrics"].get(metric, float("nan"))
+            args = ("-e", str(exp), "--set", "tracking.wandb.mode=disabled")
+            _assay(src, env, "train", *args)
+            new_id = _tag_new_run(src / "outputs" / key, uri, run["id"])  # before anything fails
+            _assay(src, env, "evaluate", *args)
+            new = _new_run(new_id, uri, run)
+        finally:  # never hide what failed above, nor leave the worktree registered
+            for cleanup in (("worktree", "remove", "--force", str(tree)), ("worktree", "prune")):
+                subprocess.run(["git", *cleanup], cwd=root, capture_output=True)
+    value = new["metrics"].get(metric)
+    if value is None:
+        raise CannotRebuild(f"the reproduction (run {new_id}) logged no {metric}")
     holds = abs(value - original) <= tol
     client = tracking.ensure_store(uri)
     for tag, text in {
-        "reproduces": run["id"],
         "reproduce.metric": metric,
         "reproduce.original": repr(original),
         "reproduce.holds": str(holds).lower(),
     }.items():
-        client.set_tag(new["id"], tag, text)
+        client.set_tag(new_id, tag, text)
     seconds = time.perf_counter() - started
     return Reproduction(
-        target, run["id"], new["id"], commit, metric, original, value, tol, holds, data, seconds
+        target, run["id"], new_id, commit, metric, original, value, tol, holds, data, seconds
     )
 
 
@@ -126,7 +134,7 @@ def _data(data: dict, root: Path, src: Path, env: dict) -> str:
     recorded hash, else prepared again from the pinned source at that commit and checked."""
     name, recorded = data["dataset"], data["hash"]
     target = src / "data" / name
-    if data["matches"]:
+    if data["matches"]:  # the folder's hash and every split file's sha256 (lineage checks)
         shutil.copytree(root / "data" / name, target)
         return f"the workspace's data/{name} (hash {recorded} matches)"
     for step in ("fetch", "prepare"):
@@ -150,13 +158,26 @@ def _data(data: dict, root: Path, src: Path, env: dict) -> str:
                 f"data/{name} prepared again from its pinned source hashes to {again}, not the "
                 f"{recorded} the run trained on: no comparison on other data"
             )
+    differ = lineage.split_mismatches(target, data["splits"])
+    if differ:
+        raise CannotRebuild(
+            f"data/{name} prepared again from its pinned source is not what the run read: "
+            + "; ".join(differ)
+        )
     return f"data/{name} prepared again from its pinned source (hash {recorded} matches)"
 
 
-def _new_run(out: Path, uri: str, original: dict) -> dict:
+def _tag_new_run(out: Path, uri: str, original_id: str) -> str:
+    """The reproduction's run id, tagged `reproduces` at once: a later failure leaves a run
+    that says what it was."""
     info = yaml.safe_load((out / "model" / "run.json").read_text())  # JSON is YAML
+    tracking.ensure_store(uri).set_tag(info["mlflow_run_id"], "reproduces", original_id)
+    return info["mlflow_run_id"]
+
+
+def _new_run(run_id: str, uri: str, original: dict) -> dict:
     client = tracking.ensure_store(uri)
-    new = tracking.read_run(client, info["mlflow_run_id"])
+    new = tracking.read_run(client, run_id)
     ours = new["tags"].get(tracking.SCORED_ON)
     theirs = original["scored_on"]
     if not ours or ours != theirs:
@@ -170,6 +191,11 @@ def _new_run(out: Path, uri: str, original: dict) -> dict:
 def _env(tmp: Path, src: Path, uri: str) -> dict:
     """The commit's own `assay` as it installs (assay.models inside it), the original store."""
     pkg = tmp / "pkg"
+    if not (src / "platform" / "assay").is_dir():
+        raise CannotRebuild(
+            f"the recorded commit has no platform/assay beside {src.name or 'its'} params.yaml: "
+            "`assay reproduce` rebuilds a project that carries Assay's code in its repository"
+        )
     shutil.copytree(src / "platform" / "assay", pkg / "assay")
     if (src / "models").is_dir():
         shutil.copytree(src / "models", pkg / "assay" / "models")
@@ -185,7 +211,8 @@ def _assay(src: Path, env: dict, *args: str) -> None:
         )
 
 
-def _git(root: Path, *args: str) -> None:
+def _git(root: Path, *args: str) -> str:
     done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
     if done.returncode != 0:
-        raise CannotRebuild(f"git {' '.join(args[:2])}: {done.stderr.strip()}")
+        raise CannotRebuild(f"git {' '.join(args[:4])}: {done.stderr.strip()}")
+    return done.stdout.strip()

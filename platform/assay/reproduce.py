@@ -139,18 +139,25 @@ def _data(data: dict, root: Path, src: Path, env: dict) -> str:
         return f"the workspace's data/{name} (hash {recorded} matches)"
     for step in ("fetch", "prepare"):
         _assay(src, env, step, name)
+    logged = bool(data["splits"]) and all(sp.get("sha256") for sp in data["splits"])
+    how = f"the sha256 the run logged for each split file ({len(data['splits'])})"
     if data["hash_source"] == "dvc.lock":
         lock = lineage.lock_hash(src, name)
-        if lock != recorded:
+        if lock is None and logged:  # dvc.lock not committed: the split files tell (below)
+            pass
+        elif lock != recorded:
             raise CannotRebuild(
-                f"data/{name}: the commit's dvc.lock records {lock}, not the {recorded} the run "
-                f"trained on; `dvc checkout data/{name}` the recorded data and run again"
+                f"data/{name}: the commit's dvc.lock records {lock or 'nothing (not committed)'},"
+                f" not the {recorded} the run trained on; `dvc checkout data/{name}` the "
+                "recorded data and run again"
             )
-        if lineage.dvc_changed(src, f"prepare@{name}") is not False:
+        elif lineage.dvc_changed(src, f"prepare@{name}") is not False:
             raise CannotRebuild(
                 f"data/{name} prepared again from its pinned source does not match the {recorded} "
                 f"the run trained on; `dvc checkout data/{name}` the recorded data and run again"
             )
+        else:
+            how = f"dvc.lock's {recorded}, by `dvc status`"
     else:
         again = tracking.files_md5(target)
         if again != recorded:
@@ -158,13 +165,14 @@ def _data(data: dict, root: Path, src: Path, env: dict) -> str:
                 f"data/{name} prepared again from its pinned source hashes to {again}, not the "
                 f"{recorded} the run trained on: no comparison on other data"
             )
+        how = f"hash {recorded}"
     differ = lineage.split_mismatches(target, data["splits"])
     if differ:
         raise CannotRebuild(
             f"data/{name} prepared again from its pinned source is not what the run read: "
             + "; ".join(differ)
         )
-    return f"data/{name} prepared again from its pinned source (hash {recorded} matches)"
+    return f"data/{name} prepared again from its pinned source ({how} matches)"
 
 
 def _tag_new_run(out: Path, uri: str, original_id: str) -> str:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -216,3 +218,23 @@ def no_ray_left():
         with contextlib.suppress(psutil.Error):
             p.kill()
     assert not left, [" ".join(p.info["cmdline"] or [])[:120] for p in left]
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on now (a server bound there takes it next)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop_group(proc: subprocess.Popen, grace: float = 20) -> None:
+    """SIGTERM a server's process group (started with start_new_session=True), then SIGKILL
+    what is left after `grace` seconds."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

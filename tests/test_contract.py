@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,7 +23,7 @@ from assay.cli import app
 from assay.evaluation import evaluate
 from assay.tracking.contract import ContractError
 from assay.training import train
-from tests.conftest import tiny_config
+from tests.conftest import free_port, stop_group, tiny_config
 
 
 def _trained(project):
@@ -97,12 +95,6 @@ def test_nan_and_inf_rows_are_refused_by_name(project, monkeypatch):
     assert not (project / "p.csv").exists()  # nothing written for refused input
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _post(port: int, payload: dict) -> tuple[int, dict]:
     req = urllib.request.Request(
         f"http://127.0.0.1:{port}/invocations",
@@ -124,7 +116,7 @@ def test_mlflow_models_serve_answers_as_assay_predict(project, monkeypatch, tmp_
     x = np.load(project / "data/digits/test.npz")["x"][:40]
     code, pred, _ = _cli(project, monkeypatch, model_uri, x)
     assert code == 0
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}",
@@ -161,10 +153,5 @@ def test_mlflow_models_serve_answers_as_assay_predict(project, monkeypatch, tmp_
         assert status == 400 and expected in " ".join(body["message"].split()), body
         assert body["error_code"] == "INVALID_PARAMETER_VALUE"
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        stop_group(server)
         log.close()

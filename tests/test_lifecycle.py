@@ -19,7 +19,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from assay.training import train
-from tests.conftest import tiny_config
+from tests.conftest import free_port, tiny_config
 from tests.test_pipeline import _run, repo  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.slow
@@ -243,19 +243,13 @@ def test_a_killed_dvc_repro_takes_its_assay_train_with_it(repo):  # noqa: F811
     assert not (repo / "outputs").exists()  # no scratch, no output, no empty folder
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _listening(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def test_sigterm_stops_mlflow_server_and_everything_it_started(project):
-    port = _free_port()
+    port = free_port()
     log = project / "server.log"
     proc = _assay(["mlflow-server", "--port", str(port)], project, log)
     family: list[psutil.Process] = []

@@ -4,11 +4,8 @@ With real DVC (the hash from dvc.lock): tests/test_pipeline.py's end-to-end test
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,7 +23,7 @@ from assay.lineage import trace
 from assay.registry import register
 from assay.tracking import files_md5
 from assay.training import train
-from tests.conftest import tiny_config
+from tests.conftest import free_port, stop_group, tiny_config
 
 
 def _git(root: Path, *args: str) -> str:
@@ -164,18 +161,12 @@ def test_lineage_refuses_what_names_nothing(project, monkeypatch):
     assert done.exit_code == 2 and "--data" in done.output
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_mlflow_server_shows_the_runs_dataset_inputs(registered):
     """What the MLflow UI shows of the run, through the REST API the UI reads: its three data
     inputs, with the data hash as digest and the pinned raw file as source."""
     project, _, run_id = registered
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     log = open(project / "server.log", "wb")  # noqa: SIM115
     server = subprocess.Popen(
@@ -199,13 +190,7 @@ def test_mlflow_server_shows_the_runs_dataset_inputs(registered):
                     pytest.fail((project / "server.log").read_text()[-3000:])
                 time.sleep(0.5)
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        stop_group(server)
         log.close()
     inputs = body["run"]["inputs"]["dataset_inputs"]
     contexts = {i["tags"][0]["value"]: i["dataset"] for i in inputs}

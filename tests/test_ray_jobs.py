@@ -16,20 +16,14 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from tests.conftest import free_port
+
 pytestmark = pytest.mark.slow
 
 
 def _client(root: Path) -> MlflowClient:
     uri = f"sqlite:///{root / 'mlflow.db'}"
     return MlflowClient(uri, registry_uri=uri)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_http(url: str, timeout: float = 60) -> None:
@@ -62,7 +56,7 @@ def test_submit_a_job_to_a_local_head_that_logs_to_an_mlflow_server(project, no_
     """`assay cluster up`, `assay mlflow-server`, `assay submit --follow` (2 Ray Train workers
     inside the job), then the run is found through MlflowClient on the server; `assay cluster
     down` stops the head by its process id, and the server is stopped by its own."""
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "assay.cli", "mlflow-server", "--port", str(port)],
         cwd=project,

@@ -56,12 +56,14 @@ def test_two_workers_train_into_one_mlflow_and_one_wandb_run(project, no_ray_lef
     # its lineage names the Ray run and finds its folder (tests/test_lineage.py: the rest)
     uri = f"sqlite:///{project / 'mlflow.db'}"
     ray = trace(f"runs:/{result.run_id}", project, uri)["ray"]
+    checkpoint = Path(ray.pop("checkpoint"))
     assert ray == {
         "run_name": run.info.run_name,
         "storage_path": str(storage),
         "workers": "2",
         "exists": True,
     }
+    assert checkpoint.parent == storage and (checkpoint / "checkpoint.ckpt").is_file()
 
 
 def test_killing_a_worker_resumes_from_its_checkpoint_in_the_same_run(project, no_ray_left):

@@ -219,6 +219,8 @@ def fit(
         "seconds": round(seconds, 1),
     }
     run.client.set_tag(run.run_id, "ray.seconds", f"{seconds:.1f}")
+    # the checkpoint the run's model came from, as Ray keeps it (`assay lineage` shows it)
+    run.client.set_tag(run.run_id, "ray.best_checkpoint", best.path)
     run.params = {**run.params, "ray": info}  # the W&B run's config, when the driver starts it
     return Fit(best_path, rows, int(state.get("epoch", -1)) + 1, info)  # epoch is 0-based
 

@@ -259,13 +259,17 @@ def _ray(tags: dict, problems: list[str]) -> dict | None:
     if "ray.run_name" not in tags:
         return None
     storage = tags.get("ray.storage_path", "")
+    checkpoint = tags.get("ray.best_checkpoint")
     local = "://" not in storage
     exists = Path(storage).is_dir() if local and storage else None
     if exists is False:
         problems.append(f"Ray run {tags['ray.run_name']}'s folder {storage} is gone")
+    elif exists and checkpoint and not Path(checkpoint).is_dir():
+        problems.append(f"Ray run {tags['ray.run_name']}'s best checkpoint {checkpoint} is gone")
     return {
         "run_name": tags["ray.run_name"],
         "storage_path": storage,
+        "checkpoint": checkpoint,
         "workers": tags.get("ray.workers"),
         "exists": exists,
     }

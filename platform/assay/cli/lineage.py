@@ -108,9 +108,11 @@ def tree(chain: dict[str, Any]) -> Tree:
         )
     ray = chain["ray"]
     if ray:
-        top.add(
+        node = top.add(
             f"[cyan]Ray run[/]  {ray['run_name']}  {ray['workers']} workers  {ray['storage_path']}"
         )
+        if ray["checkpoint"]:
+            node.add(f"best checkpoint  {escape(ray['checkpoint'])}")
     return top
 
 

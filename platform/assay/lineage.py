@@ -10,7 +10,6 @@ the run trained on, a run deleted or never finished, a W&B or Ray folder gone. E
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import subprocess
@@ -18,9 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from assay import tracking
+from assay.config import config_digest
 from assay.errors import UserError
 from assay.paths import sha256_file
 
@@ -70,7 +68,7 @@ def trained_on(data: str, root: Path, uri: str) -> dict[str, Any]:
     path = Path(data) if Path(data).is_absolute() else root / data
     hashes = [data]
     if path.is_dir():
-        hashes = [h for h in (lock_hash(root, path.name), tracking.files_md5(path)) if h]
+        hashes = [h for h in (tracking.lock_hash(root, path.name), tracking.files_md5(path)) if h]
     elif not re.fullmatch(r"[0-9a-f]{32}(\.dir)?", data):
         raise LineageError(f"--data {data}: neither a folder here nor a data hash (32 hex digits)")
     client = tracking.open_store(uri)
@@ -104,7 +102,7 @@ def _locate(target: str, root: Path, uri: str) -> tuple[dict | None, str, str]:
 
 def _version(client, target: str) -> tuple[dict, str]:
     try:
-        return tracking.resolve_uri(client, target)
+        return tracking.resolve_model(client, target)
     except ValueError:
         raise LineageError(f"{target}: not {FORMS}") from None
     except tracking.TrackingError as e:
@@ -172,9 +170,8 @@ def _params(tags: dict, config: dict | None, problems: list[str]) -> dict:
     recomputed = None
     if config is None:
         problems.append("no config.json on the run (made before Assay recorded it)")
-    else:  # AssayConfig.digest(): sha256 of the validated config's JSON, sorted keys
-        blob = json.dumps(config, sort_keys=True).encode()
-        recomputed = hashlib.sha256(blob).hexdigest()[:16]
+    else:
+        recomputed = config_digest(config)
         if digest and recomputed != digest:
             problems.append(f"config.json hashes to {recomputed}, not params.digest {digest}")
     return {"digest": digest, "config_digest": recomputed, "config": config}
@@ -188,7 +185,7 @@ def _data(tags: dict, inputs: list[dict], root: Path, problems: list[str]) -> di
     if not folder.is_dir():
         problems.append(f"data/{dataset} is not in this workspace: `dvc repro prepare@{dataset}`")
     elif how == "dvc.lock":
-        now = lock_hash(root, dataset)
+        now = tracking.lock_hash(root, dataset)
         if now != recorded:
             problems.append(
                 f"dvc.lock now records {now} for data/{dataset}; the run trained on {recorded}: "
@@ -293,17 +290,6 @@ def _check_version(version: dict, run_id: str, tags: dict, problems: list[str]) 
 def _git_ok(root: Path, *args: str) -> bool:
     done = subprocess.run(["git", *args], cwd=root, capture_output=True)
     return done.returncode == 0
-
-
-def lock_hash(root: Path, dataset: str) -> str | None:
-    lock = root / "dvc.lock"
-    if not lock.is_file():
-        return None
-    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
-    for out in stages.get(f"prepare@{dataset}", {}).get("outs", []):
-        if out.get("path") == f"data/{dataset}":
-            return out.get("md5")
-    return None
 
 
 def dvc_changed(root: Path, stage: str) -> bool | str:

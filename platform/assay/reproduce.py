@@ -142,7 +142,7 @@ def _data(data: dict, root: Path, src: Path, env: dict) -> str:
     logged = bool(data["splits"]) and all(sp.get("sha256") for sp in data["splits"])
     how = f"the sha256 the run logged for each split file ({len(data['splits'])})"
     if data["hash_source"] == "dvc.lock":
-        lock = lineage.lock_hash(src, name)
+        lock = tracking.lock_hash(src, name)
         if lock is None and logged:  # dvc.lock not committed: the split files tell (below)
             pass
         elif lock != recorded:

@@ -34,6 +34,7 @@ from assay.config.schema import (
     TrackingConfig,
     TrainConfig,
     WandbConfig,
+    config_digest,
     validate,
 )
 from assay.config.task import Task
@@ -54,6 +55,7 @@ __all__ = [
     "TrainConfig",
     "WandbConfig",
     "apply_overrides",
+    "config_digest",
     "describe_errors",
     "experiment_path",
     "load_config",

@@ -309,8 +309,13 @@ class AssayConfig(StrictModel):
 
     def digest(self) -> str:
         """A short, stable hash of the validated config: equal digests, equal settings."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return config_digest(self.model_dump(mode="json"))
+
+
+def config_digest(dumped: dict) -> str:
+    """`AssayConfig.digest()` of a config dumped as JSON data (a run's config.json, say)."""
+    blob = json.dumps(dumped, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def _check_dataset(name: str) -> str:

@@ -16,7 +16,7 @@ to `sqlite:///<root>/mlflow.db` with artifacts in `<root>/mlruns/`.
 from assay.tracking.lineage import (
     log_lineage,
     read_run,
-    resolve_uri,
+    resolve_model,
     tag_version,
     trained_on,
 )
@@ -33,6 +33,7 @@ from assay.tracking.store import (
     flatten,
     git_info,
     last_step,
+    lock_hash,
     log_params,
     logged_model_source,
     open_store,
@@ -68,6 +69,7 @@ __all__ = [
     "last_step",
     "load_model",
     "load_net",
+    "lock_hash",
     "log_image",
     "log_lineage",
     "log_model",
@@ -79,7 +81,7 @@ __all__ = [
     "read_run",
     "register_version",
     "registered_names",
-    "resolve_uri",
+    "resolve_model",
     "run_loggers",
     "tag_version",
     "tracking_uri",

@@ -130,11 +130,9 @@ def tag_version(client: MlflowClient, name: str, version: str, run_id: str) -> N
 
 
 # ------------------------------------------------------------------------------ reading it back
-def resolve_uri(client: MlflowClient, uri: str) -> tuple[dict | None, str]:
-    """(the registered version as plain data, or None; the run id) for models:/NAME@ALIAS,
-    models:/NAME/VERSION or runs:/ID[/path]. Raises ValueError for any other form."""
-    if uri.startswith("runs:/"):
-        return None, uri.removeprefix("runs:/").split("/")[0]
+def resolve_model(client: MlflowClient, uri: str) -> tuple[dict, str]:
+    """(the registered version as plain data, its run id) for models:/NAME@ALIAS or
+    models:/NAME/VERSION. Raises ValueError for any other form."""
     if not uri.startswith("models:/"):
         raise ValueError(uri)
     ref = uri.removeprefix("models:/")

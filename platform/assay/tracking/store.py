@@ -81,14 +81,23 @@ def git_info(root: Path) -> dict[str, str]:
     return tags
 
 
+def lock_hash(root: Path, dataset: str) -> str | None:
+    """The md5 dvc.lock records for `data/<dataset>` (stage prepare@<dataset>); None if none."""
+    lock = root / "dvc.lock"
+    if not lock.is_file():
+        return None
+    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+    for out in stages.get(f"prepare@{dataset}", {}).get("outs", []):
+        if out.get("path") == f"data/{dataset}" and out.get("md5"):
+            return out["md5"]
+    return None
+
+
 def data_hash(root: Path, dataset: str) -> dict[str, str]:
     """The prepared data's DVC hash from dvc.lock, else an md5 of the files we computed here."""
-    lock = root / "dvc.lock"
-    if lock.exists():
-        stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
-        for out in stages.get(f"prepare@{dataset}", {}).get("outs", []):
-            if out.get("path") == f"data/{dataset}" and out.get("md5"):
-                return {"dvc.data_hash": out["md5"], "dvc.data_hash_source": "dvc.lock"}
+    md5 = lock_hash(root, dataset)
+    if md5:
+        return {"dvc.data_hash": md5, "dvc.data_hash_source": "dvc.lock"}
     return {"dvc.data_hash": files_md5(root / "data" / dataset), "dvc.data_hash_source": "computed"}
 
 

@@ -64,6 +64,7 @@ def reproduce(target: str, root: Path, uri: str, tolerance: float | None = None)
         )
     tol = objective.reproduce_tolerance if tolerance is None else tolerance
     commit, uri = chain["git"]["commit"], chain["tracking_uri"]  # the original's own store
+    client = tracking.ensure_store(uri)
     prefix = _git(root, "rev-parse", "--show-prefix")  # the project's folder in its repository
     with tempfile.TemporaryDirectory(prefix="assay-reproduce-") as tmp:
         tree = Path(tmp) / "src"
@@ -81,9 +82,9 @@ def reproduce(target: str, root: Path, uri: str, tolerance: float | None = None)
             exp.write_text(yaml.safe_dump(chain["params"]["config"], sort_keys=False))
             args = ("-e", str(exp), "--set", "tracking.wandb.mode=disabled")
             _assay(src, env, "train", *args)
-            new_id = _tag_new_run(src / "outputs" / key, uri, run["id"])  # before anything fails
+            new_id = _tag_new_run(src / "outputs" / key, client, run["id"])  # before anything fails
             _assay(src, env, "evaluate", *args)
-            new = _new_run(new_id, uri, run)
+            new = _new_run(new_id, client, run)
         finally:  # never hide what failed above, nor leave the worktree registered
             for cleanup in (("worktree", "remove", "--force", str(tree)), ("worktree", "prune")):
                 subprocess.run(["git", *cleanup], cwd=root, capture_output=True)
@@ -91,7 +92,6 @@ def reproduce(target: str, root: Path, uri: str, tolerance: float | None = None)
     if value is None:
         raise CannotRebuild(f"the reproduction (run {new_id}) logged no {metric}")
     holds = abs(value - original) <= tol
-    client = tracking.ensure_store(uri)
     for tag, text in {
         "reproduce.metric": metric,
         "reproduce.original": repr(original),
@@ -175,16 +175,15 @@ def _data(data: dict, root: Path, src: Path, env: dict) -> str:
     return f"data/{name} prepared again from its pinned source ({how} matches)"
 
 
-def _tag_new_run(out: Path, uri: str, original_id: str) -> str:
+def _tag_new_run(out: Path, client, original_id: str) -> str:
     """The reproduction's run id, tagged `reproduces` at once: a later failure leaves a run
     that says what it was."""
     info = yaml.safe_load((out / "model" / "run.json").read_text())  # JSON is YAML
-    tracking.ensure_store(uri).set_tag(info["mlflow_run_id"], "reproduces", original_id)
+    client.set_tag(info["mlflow_run_id"], "reproduces", original_id)
     return info["mlflow_run_id"]
 
 
-def _new_run(run_id: str, uri: str, original: dict) -> dict:
-    client = tracking.ensure_store(uri)
+def _new_run(run_id: str, client, original: dict) -> dict:
     new = tracking.read_run(client, run_id)
     ours = new["tags"].get(tracking.SCORED_ON)
     theirs = original["scored_on"]

@@ -13,18 +13,16 @@ from rich.tree import Tree
 
 from assay.cli.common import fail, guarded, load, out
 
+TARGET = typer.Argument(
+    help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID or an outputs/KEY folder",
+    show_default=False,
+)
 # the settings a reader looks for first; the whole config is in --json
 SHOWN = ("dataset", "arch", "lr", "batch_size", "max_epochs", "seed", "optimizer", "workers")
 
 
 def lineage(
-    target: Annotated[
-        str | None,
-        typer.Argument(
-            help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID or an outputs/KEY folder",
-            show_default=False,
-        ),
-    ] = None,
+    target: Annotated[str | None, TARGET] = None,
     data: Annotated[
         str | None,
         typer.Option(
@@ -45,14 +43,10 @@ def lineage(
     under "problems", never left out.
     """
     from assay import lineage as lin
-    from assay import tracking
-    from assay.paths import find_root
 
     if (target is None) == (data is None):
         fail("give a model, run or outputs/KEY folder to trace, or --data DATA (not both)")
-    cfg = load()
-    root = find_root()
-    uri = tracking.tracking_uri(cfg.tracking, root)
+    root, uri = _project()
     if data is not None:
         found = guarded(lin.trained_on, data, root, uri)
         if as_json:
@@ -60,12 +54,21 @@ def lineage(
         else:
             _print_trained_on(found)
         return
-    chain = guarded(lin.trace, target, root, uri, also=(lin.LineageError,))
+    chain = guarded(lin.trace, target, root, uri)
     if as_json:
         out.print_json(json.dumps(chain))
     else:
         out.print(tree(chain))
         _print_problems(chain["problems"])
+
+
+def _project():
+    """(the project root, its MLflow store's URI)."""
+    from assay import tracking
+    from assay.paths import find_root
+
+    root = find_root()
+    return root, tracking.tracking_uri(load().tracking, root)
 
 
 def tree(chain: dict[str, Any]) -> Tree:
@@ -154,13 +157,7 @@ def _print_trained_on(found: dict[str, Any]) -> None:
 
 
 def reproduce(
-    target: Annotated[
-        str,
-        typer.Argument(
-            help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID or an outputs/KEY folder",
-            show_default=False,
-        ),
-    ],
+    target: Annotated[str, TARGET],
     tolerance: Annotated[
         float | None,
         typer.Option(
@@ -180,12 +177,8 @@ def reproduce(
     tree at training, a missing commit, config or source), each with the reason.
     """
     from assay import reproduce as rep
-    from assay import tracking
-    from assay.paths import find_root
 
-    cfg = load()
-    root = find_root()
-    uri = tracking.tracking_uri(cfg.tracking, root)
+    root, uri = _project()
     r = guarded(rep.reproduce, target, root, uri, tolerance)
     verdict = "[green]holds[/]" if r.holds else "[red]does not hold[/]"
     out.print(

@@ -4,6 +4,7 @@ offline run files on disk."""
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -48,6 +49,13 @@ def test_train_logs_one_run_to_mlflow_and_wandb(project):
     assert "plots/learning_curve.png" in plots
     info = json.loads((project / "outputs/digits-cnn_tiny/model/run.json").read_text())
     assert info["model_uri"].startswith("models:/")
+    # where the run's seconds went (bench/overhead.py reads them): each epoch, and the phases
+    timings = info["timings"]
+    assert len(timings["epochs"]) == 3 and all(s > 0 for s in timings["epochs"])
+    phases = timings["phases"]
+    assert {"data and model", "tracking start", "fit", "model logging"} <= set(phases)
+    assert phases["fit"] >= sum(timings["epochs"])
+    assert timings["started_at"] < timings["ended_at"] <= time.time()
 
     # W&B: a real offline run, naming the MLflow run, and the MLflow run naming it
     assert tags["wandb.run_id"] == result.wandb_id

@@ -6,6 +6,7 @@ folder) comes in as plain arguments: nothing here knows what a trial is.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ class Fit:
     rows: list[dict[str, float]]  # one row of train/ and val/ metrics per epoch
     epochs: int
     ray: dict[str, Any] = field(default_factory=dict)
+    seconds: list[float] = field(default_factory=list)  # each epoch's wall time, val included
 
 
 def build(cfg, root: Path, *, refit: bool = False) -> tuple[ArrayDataModule, pl.LightningModule]:
@@ -73,6 +75,21 @@ def history_csv(rows: list[dict[str, float]]) -> bytes:
     seen = dict.fromkeys(k for r in rows for k in r if k != "epoch")
     keys = sorted(seen, key=lambda k: (not k.startswith("train/"), k))
     return csv_bytes(rows, ["epoch", *keys])
+
+
+class EpochClock(Callback):
+    """Each epoch's wall time, training and validation together (Lightning validates inside
+    the training epoch): what bench/overhead.py sets against a hand-written loop's epochs."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+        self._start = 0.0
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.seconds.append(time.perf_counter() - self._start)
 
 
 class RunStamp(Callback):

@@ -39,6 +39,7 @@ from assay.paths import (
     find_root,
     output_dir,
 )
+from assay.timing import Phases
 from assay.tracking import contract
 
 
@@ -98,11 +99,12 @@ def train(
     or on Ray Train workers with `train.workers > 0`; then, with `train.refit`, the refit; then
     the run's model, learning curve and run.json. `options`: what a caller adds (RunOptions)."""
     root, opts, t = (root or find_root()).resolve(), options or RunOptions(), cfg.train
-    started = time.perf_counter()
-    pl.seed_everything(t.seed, workers=True, verbose=False)
-    if t.num_threads > 0:
-        torch.set_num_threads(t.num_threads)
-    dm, model, extra = preflight(cfg, root)  # after the seed: it builds the model
+    started, clock = time.perf_counter(), Phases()
+    with clock("data and model"):
+        pl.seed_everything(t.seed, workers=True, verbose=False)
+        if t.num_threads > 0:
+            torch.set_num_threads(t.num_threads)
+        dm, model, extra = preflight(cfg, root)  # after the seed: it builds the model
     monitor, mode = t.monitor_for(model.monitor)
     run_name = opts.run_name or f"{t.key}-{time.strftime('%Y%m%d-%H%M%S')}"
     out = Path(opts.out_dir) if opts.out_dir else output_dir(t.key, root)
@@ -117,39 +119,48 @@ def train(
         wandb_group=opts.wandb_group,
         close_predecessors=opts.close_predecessors,
     )
+    opening = time.perf_counter()
     with (
         tracked as run,
         atomic_dir(out / "model") as model_dir,
         tempfile.TemporaryDirectory() as scratch,
     ):
         run.hold_scratch(model_dir)  # for whoever cleans up should this process be killed
+        clock.add("tracking start", opening)
         if opts.on_run:
             opts.on_run(run.run_id)
-        fit = _launch(cfg, root, run, (model, dm, extra), (monitor, mode), model_dir, opts)
-        outcome = opts.outcome() if opts.outcome else {}
-        for k, v in outcome.items():
-            run.client.set_tag(run.run_id, k, v)
-        if t.workers > 0 or opts.wandb_after_fit:
-            run.attach_wandb(fit.rows, outcome)
-        best = engine.best_scores(fit.rows, monitor, mode)
-        run.log_metrics({f"best_{k}": v for k, v in best.items()})
+        with clock("fit"):
+            fit = _launch(cfg, root, run, (model, dm, extra), (monitor, mode), model_dir, opts)
+        clock.epochs = fit.seconds
+        with clock("tracking after the fit"):
+            outcome = opts.outcome() if opts.outcome else {}
+            for k, v in outcome.items():
+                run.client.set_tag(run.run_id, k, v)
+            if t.workers > 0 or opts.wandb_after_fit:
+                run.attach_wandb(fit.rows, outcome)
+            best = engine.best_scores(fit.rows, monitor, mode)
+            run.log_metrics({f"best_{k}": v for k, v in best.items()})
         refit_epochs = engine.best_epoch(fit.rows, monitor, mode) + 1 if t.refit else None
-        chosen, dm, checkpoint = _the_runs_model(
-            cfg, root, model, dm, fit, run, model_dir, refit_epochs
-        )
+        with clock("refit" if t.refit else "best checkpoint"):
+            chosen, dm, checkpoint = _the_runs_model(
+                cfg, root, model, dm, fit, run, model_dir, refit_epochs
+            )
         # the run's model in MLflow (a sweep logs only its best trial's: `log_trained_model`)
         model_uri = None
         if opts.log_model:
-            model_uri = _log_model(run.uri, run.run_id, chosen, dm, Path(scratch))
-        curve = plots.learning_curve(fit.rows, Path(scratch) / "learning_curve.png", run_name)
-        stamp_png(curve, run.run_id)
-        run.log_image("learning_curve", curve)
-        curve_png = curve.read_bytes()
+            with clock("model logging"):
+                model_uri = _log_model(run.uri, run.run_id, chosen, dm, Path(scratch))
+        with clock("learning curve"):
+            curve = plots.learning_curve(fit.rows, Path(scratch) / "learning_curve.png", run_name)
+            stamp_png(curve, run.run_id)
+            run.log_image("learning_curve", curve)
+            curve_png = curve.read_bytes()
         info = _run_json(cfg, model, (monitor, mode), run, model_uri, fit, checkpoint)
         info.update(
             best_val=best,
             **({"refit_epochs": refit_epochs} if refit_epochs else {}),
             **({"outcome": outcome} if outcome else {}),
+            timings=clock.as_dict(),  # where the seconds went (bench/overhead.py reads them)
         )
         atomic_write_json(model_dir / "run.json", info)
     # Only once the run has succeeded: a failure above leaves none of the stage's outputs behind.
@@ -228,6 +239,7 @@ def _fit_local(model, dm, cfg, run, monitor, mode, model_dir, extra, opts: RunOp
     """Lightning in this process; the best epoch is kept as `model_dir/best.ckpt`."""
     t = cfg.train
     callbacks, history = engine.fit_callbacks(cfg, extra, monitor, mode, run.run_id)
+    clock = engine.EpochClock()
     checkpoint = ModelCheckpoint(
         dirpath=model_dir,
         filename="best",
@@ -239,7 +251,7 @@ def _fit_local(model, dm, cfg, run, monitor, mode, model_dir, extra, opts: RunOp
     trainer = engine.trainer(
         cfg,
         model,
-        [*callbacks, checkpoint],
+        [*callbacks, checkpoint, clock],
         accelerator=t.accelerator,
         devices=1,
         logger=run.loggers,
@@ -249,7 +261,8 @@ def _fit_local(model, dm, cfg, run, monitor, mode, model_dir, extra, opts: RunOp
     trainer.fit(model, datamodule=dm)
     if trainer.interrupted:
         raise KeyboardInterrupt("training was interrupted")
-    return Fit(Path(checkpoint.best_model_path), history.rows, trainer.current_epoch)
+    best = Path(checkpoint.best_model_path)
+    return Fit(best, history.rows, trainer.current_epoch, seconds=clock.seconds)
 
 
 def _the_runs_model(cfg, root: Path, model, dm, fit: Fit, run, model_dir: Path, epochs):

@@ -309,3 +309,22 @@ def test_val_acc_is_the_fraction_right_like_test_acc():
     metric.update(logits[:5], target[:5])  # two batches of unequal size, as an epoch's last
     metric.update(logits[5:], target[5:])
     assert float(metric.compute()) == pytest.approx(6 / 8)
+
+
+def test_the_cnn_holds_its_weights_channels_last_and_answers_as_a_contiguous_copy():
+    """The CNN runs channels-last (faster on CPU, see models/cnn.py) on the usual NCHW input;
+    weights saved from it (or from before, contiguous) give the same answers either way."""
+    task = Task(kind="image", in_shape=(1, 28, 28), num_classes=10)
+    model = create_model("cnn", task=task).eval()
+    convs = [m for m in model.net if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+    assert not convs[1].weight.is_contiguous()  # (the first's one input channel: both at once)
+    contiguous = create_model("cnn", task=task).eval()
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    contiguous.load_state_dict(state)
+    assert contiguous.net[5].weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.rand(5, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.allclose(model(x), contiguous(x), atol=1e-5)
+        plain = torch.nn.Sequential(*list(model.net)[1:]).to(memory_format=torch.contiguous_format)
+        assert torch.allclose(model(x), plain(x), atol=1e-5)

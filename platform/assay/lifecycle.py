@@ -297,3 +297,25 @@ def group_alive(pgid: int) -> bool:
     except (ProcessLookupError, PermissionError):
         return False
     return True
+
+
+# ------------------------------------------------------------------------------------- the end
+def quick_exit(code: int) -> None:
+    """End this process with `code` as a normal exit does, minus freeing every object of every
+    module: what a normal exit does after the threads and the `atexit` handlers (W&B's and MLflow's
+    flushes, Ray's shutdown, `weakref.finalize`'s clean-ups) have run. With torch and Lightning
+    loaded that last step alone takes ~1.1 s (measured: exit after `import lightning.pytorch` 1.09
+    s, 0.03 s without it), paid by every `assay train`, `evaluate` and `predict` (mypy ends its
+    runs the same way, for the same reason). Files are written whole in `with` blocks here, so
+    nothing is left for the objects' finalizers to flush."""
+    import atexit
+
+    main = threading.main_thread()
+    for t in threading.enumerate():  # as the interpreter does: non-daemon threads finish first
+        if t is not main and not t.daemon:
+            t.join()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)

@@ -1,3 +1,3 @@
-from assay.cli import app
+from assay.cli import main
 
-app()
+main()

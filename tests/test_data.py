@@ -7,11 +7,14 @@ import re
 
 import numpy as np
 import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
 from typer.testing import CliRunner
 
 from assay.cli import app
 from assay.config import load_config
 from assay.data import SPLITS, DataError, ImageDataModule, fetch, prepare
+from assay.data.common import Tensors
 from assay.data.text import TextDataModule
 from assay.preparation.common import write_splits
 from assay.preparation.text import build_tokenizer, encode
@@ -91,6 +94,29 @@ def test_datamodule_reads_prepared_splits(digits_data):
     assert x.shape == (32, 1, 8, 8) and x.dtype.is_floating_point
     assert 0 <= float(x.min()) and float(x.max()) <= 1
     assert dm.task.num_classes == 10 and dm.task.in_shape == (1, 8, 8)
+
+
+def test_batches_are_taken_whole_and_are_the_ones_torch_s_default_path_gives(
+    digits_data, monkeypatch
+):
+    """A split hands the DataLoader each batch at once (`Tensors.__getitems__`), never example by
+    example, and the batches are exactly those of a plain TensorDataset with the same seed."""
+    dm = ImageDataModule("digits", digits_data.parent, batch_size=32, seed=3)
+    dm.setup()
+    data = dm._data["train"]
+    assert isinstance(data, Tensors)
+
+    def one_by_one(self, i):
+        raise AssertionError("fetched one example at a time")
+
+    monkeypatch.setattr(Tensors, "__getitem__", one_by_one)
+    whole = list(dm.train_dataloader())
+    monkeypatch.undo()
+    g = torch.Generator().manual_seed(3)
+    plain = DataLoader(TensorDataset(*data.tensors), batch_size=32, shuffle=True, generator=g)
+    assert len(whole) == len(plain) > 1
+    for (x, y), (px, py) in zip(whole, plain, strict=True):
+        assert torch.equal(x, px) and torch.equal(y, py)
 
 
 @pytest.mark.network

@@ -57,23 +57,40 @@ def read_meta(name: str, root: Path, required: tuple[str, ...] = ()) -> dict:
     return meta
 
 
+class Tensors(TensorDataset):
+    """A TensorDataset that hands a DataLoader a whole batch at once (`__getitems__`, which
+    torch's fetcher calls when a dataset has it): one indexing per tensor instead of one per
+    example and a `torch.stack`. The batches are the same, in the same order. Measured with
+    MovieLens' batches of 1024: the per-example path was most of an epoch's time (254k
+    `__getitem__` calls in three epochs of matrix factorisation, 2.8 s of 20 under cProfile)."""
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, ...]:
+        rows = torch.as_tensor(indices)
+        return tuple(t[rows] for t in self.tensors)
+
+
+def as_batch(batch):
+    """The collate function for `Tensors`: its batch is made already."""
+    return batch
+
+
 # A process that trains one model after another on the same data (a sweep's Ray worker runs trial
 # after trial) reads each split once: the tensors are kept, keyed by the files they came from.
 # Training and the scorers never write into them. At most two data sets are held.
-_SPLITS_CACHE: dict[tuple, TensorDataset] = {}
+_SPLITS_CACHE: dict[tuple, Tensors] = {}
 
 
-def _cached_split(dm: ArrayDataModule, split: str) -> TensorDataset:
+def _cached_split(dm: ArrayDataModule, split: str) -> Tensors:
     f = dm.folder / f"{split}.npz"
     stat = f.stat() if f.exists() else None
     key = (type(dm).__name__, str(f.resolve()), split, stat and (stat.st_mtime_ns, stat.st_size))
     if stat is None:  # not a plain .npz split: no caching
-        return TensorDataset(*dm.tensors(split))
+        return Tensors(*dm.tensors(split))
     if key not in _SPLITS_CACHE:
         folders = {k[1].rsplit("/", 1)[0] for k in _SPLITS_CACHE}
         if len(folders) >= 2 and str(f.resolve().parent) not in folders:
             _SPLITS_CACHE.clear()
-        _SPLITS_CACHE[key] = TensorDataset(*dm.tensors(split))
+        _SPLITS_CACHE[key] = Tensors(*dm.tensors(split))
     return _SPLITS_CACHE[key]
 
 
@@ -182,11 +199,13 @@ class ArrayDataModule(pl.LightningDataModule):
     def _loader(self, split: str, shuffle: bool, batch_size: int | None = None) -> DataLoader:
         self.setup()
         g = torch.Generator().manual_seed(self.seed)
+        data = self._data[split]
         return DataLoader(
-            self._data[split],
+            data,
             batch_size=batch_size or self.batch_size,
             shuffle=shuffle,
             generator=g if shuffle else None,
+            collate_fn=as_batch if isinstance(data, Tensors) else None,  # else torch's default
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -13,10 +13,9 @@ from functools import cached_property
 
 import numpy as np
 import torch
-from torch.utils.data import TensorDataset
 
 from assay.config.task import Task
-from assay.data.common import ArrayDataModule
+from assay.data.common import ArrayDataModule, Tensors
 from assay.preparation.ratings import history_positions
 
 
@@ -53,9 +52,9 @@ class RatingsDataModule(ArrayDataModule):
     def tensors(self, split: str) -> tuple[torch.Tensor, ...]:
         return self._ratings((split,), now=split != "train")
 
-    def refit_set(self) -> TensorDataset:
+    def refit_set(self) -> Tensors:
         # positions over the whole of train + val: val's ratings are each user's latest
-        return TensorDataset(*self._ratings(("train", "val"), now=False))
+        return Tensors(*self._ratings(("train", "val"), now=False))
 
     def _ratings(self, splits: tuple[str, ...], now: bool) -> tuple[torch.Tensor, ...]:
         d = [self.arrays(s) for s in splits]

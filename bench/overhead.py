@@ -170,6 +170,7 @@ SIDES = {
 PHASES = [
     "start-up (interpreter, imports, config)",
     "data and model",
+    "provenance",
     "tracking start",
     "fit set-up and tear-down (outside epochs)",
     "tracking after the fit",

@@ -11,6 +11,7 @@ from tests.conftest import REPO
 
 ENDING = """
 import atexit, sys, threading, time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from assay import lifecycle
 
@@ -22,6 +23,10 @@ def later():
     (out / "thread").write_text("done")
 
 threading.Thread(target=later).start()
+# a pool left open (MLflow's async logging keeps two): its idle workers end only when told to,
+# as the interpreter tells them before it waits for threads
+pool = ThreadPoolExecutor(2)
+pool.submit(lambda: (out / "pool").write_text("done"))
 print("buffered, not yet flushed", end="")
 lifecycle.quick_exit(3)
 """
@@ -34,6 +39,7 @@ def test_quick_exit_waits_for_threads_runs_atexit_flushes_and_keeps_the_code(tmp
     assert done.returncode == 3, done.stderr
     assert done.stdout == "buffered, not yet flushed"
     assert (tmp_path / "thread").read_text() == "done"
+    assert (tmp_path / "pool").read_text() == "done"
     assert (tmp_path / "atexit").read_text() == "ran"
 
 

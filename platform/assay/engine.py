@@ -13,6 +13,8 @@ from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
+import torch
+import torch.utils.deterministic
 from lightning.pytorch.callbacks import Callback, EarlyStopping
 
 from assay.data import ArrayDataModule, datamodule
@@ -140,6 +142,12 @@ def trainer(cfg, model, callbacks: list[Callback], **where: Any) -> pl.Trainer:
     determinism), the same in-process, for the refit and on Ray workers; `where` is what the
     launcher decides (accelerator, devices, strategy, logger, ... and overrides)."""
     t = cfg.train
+    if t.deterministic:
+        # Deterministic algorithms, without also filling every new tensor with NaN first: that
+        # guard (on by default with them) catches ops that read memory they never wrote, and
+        # changes no result of an op that does not; it cost ~5 % of a CNN training step here
+        # (43.9 -> 41.6 ms, MNIST, channels-last, medians of 5 interleaved runs).
+        torch.utils.deterministic.fill_uninitialized_memory = False
     # Lightning clips for automatic optimisation; a manual loop (the GAN) clips itself.
     clip = t.grad_clip if t.grad_clip > 0 and model.automatic_optimization else None
     settings = {

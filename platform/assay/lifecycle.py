@@ -314,10 +314,10 @@ def quick_exit(code: int) -> None:
     if sys.getprofile() is not None or sys.gettrace() is not None:
         sys.exit(code)
 
-    main = threading.main_thread()
-    for t in threading.enumerate():  # as the interpreter does: non-daemon threads finish first
-        if t is not main and not t.daemon:
-            t.join()
+    # What the interpreter does first at exit (private, but the very call it makes): tell thread
+    # pools to let their idle workers go, then wait for every non-daemon thread. Joining the
+    # threads alone would wait forever on a pool left open (MLflow's async logging keeps two).
+    threading._shutdown()
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):

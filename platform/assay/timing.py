@@ -13,7 +13,9 @@ from contextlib import contextmanager
 
 
 class Phases:
-    """Seconds per named phase, in the order first seen; a phase entered twice adds up."""
+    """Seconds per named phase (a phase entered twice adds up), and each epoch's seconds when
+    the fit ran in this process (a Ray Train fit's epochs are on its workers: none here).
+    run.json stores them with sorted keys: bench/overhead.py puts them back in order."""
 
     def __init__(self) -> None:
         self.started_at = time.time()  # Unix time: a caller outside the process lines it up

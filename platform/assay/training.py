@@ -108,17 +108,18 @@ def train(
     monitor, mode = t.monitor_for(model.monitor)
     run_name = opts.run_name or f"{t.key}-{time.strftime('%Y%m%d-%H%M%S')}"
     out = Path(opts.out_dir) if opts.out_dir else output_dir(t.key, root)
-    tracked = tracking.TrackedRun(
-        cfg,
-        root,
-        run_name,
-        _tags(cfg, root, model, opts),
-        _params(cfg, model, dm),
-        remote=t.workers > 0,
-        wandb_after_fit=opts.wandb_after_fit,
-        wandb_group=opts.wandb_group,
-        close_predecessors=opts.close_predecessors,
-    )
+    with clock("provenance"):  # git, the data's hash in dvc.lock, params
+        tracked = tracking.TrackedRun(
+            cfg,
+            root,
+            run_name,
+            _tags(cfg, root, model, opts),
+            _params(cfg, model, dm),
+            remote=t.workers > 0,
+            wandb_after_fit=opts.wandb_after_fit,
+            wandb_group=opts.wandb_group,
+            close_predecessors=opts.close_predecessors,
+        )
     opening = time.perf_counter()
     with (
         tracked as run,

@@ -62,7 +62,12 @@ class Tensors(TensorDataset):
     torch's fetcher calls when a dataset has it): one indexing per tensor instead of one per
     example and a `torch.stack`. The batches are the same, in the same order. Measured with
     MovieLens' batches of 1024: the per-example path was most of an epoch's time (254k
-    `__getitem__` calls in three epochs of matrix factorisation, 2.8 s of 20 under cProfile)."""
+    `__getitem__` calls in three epochs of matrix factorisation, 2.8 s of 20 under cProfile).
+
+    Its `__getitems__` gives one tuple of batch tensors, not torch's list of examples: only a
+    DataLoader with `as_batch` reads it (`ArrayDataModule._loader`). Wrapped in a `Subset`, it
+    would hand torch's default collate a batch it cannot read; a `ConcatDataset` has no
+    `__getitems__` and falls back to one example at a time."""
 
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, ...]:
         rows = torch.as_tensor(indices)

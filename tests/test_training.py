@@ -27,6 +27,9 @@ def test_train_logs_one_run_to_mlflow_and_wandb(project):
 
     assert run.info.status == "FINISHED"
     assert run.info.run_name.startswith("digits-cnn_tiny-")
+    # MLflow's UI opens the experiment in its model-training view, not the GenAI one
+    experiment = _client(project).get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     # params, flattened
     assert run.data.params["train.lr"] == str(cfg.train.lr)
     assert run.data.params["model.channels"] == "[4, 8]"
@@ -154,3 +157,26 @@ def test_monitor_the_model_never_logs_fails_before_training(project):
     with pytest.raises(ValueError, match=r"logs no 'val/rmse'.*val/acc"):
         train(tiny_config(project, monitor="val/rmse:min"), project)
     assert not (project / "outputs/digits-cnn_tiny/model").exists()
+
+
+def test_an_experiment_made_before_is_given_its_kind(project):
+    """One made by an earlier Assay (or by hand) gets the tag the first time a run uses it."""
+    from assay.tracking import experiment_id
+
+    client = _client(project)
+    made = client.create_experiment("made-before")
+    assert "mlflow.experimentKind" not in client.get_experiment(made).tags
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    assert experiment_id(client, "made-before", project, uri) == made
+    assert client.get_experiment(made).tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_the_learning_curve_names_the_metrics_it_draws():
+    """Not "accuracy" for an RMSE or a ROC-AUC (the right-hand panel's y label)."""
+    from assay.plots import metric_axis_label
+
+    rows = [{"epoch": 0, "train/loss": 1.0, "val/loss": 1.1, "val/rmse": 0.9}]
+    assert metric_axis_label(rows) == "rmse"
+    rows = [{"epoch": 0, "val/loss": 1.0, "val/roc_auc": 0.9, "train/acc": 0.5, "val/acc": 0.6}]
+    assert metric_axis_label(rows) == "acc, roc_auc"
+    assert metric_axis_label([{"epoch": 0, "train/loss": 1.0}]) == "(no metric besides loss)"

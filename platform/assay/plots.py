@@ -18,14 +18,21 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def metric_axis_label(history: list[dict[str, float]]) -> str:
+    """The right-hand panel's y label: the names of the metrics it draws (acc, rmse, roc_auc...),
+    not "accuracy" for all of them."""
+    keys = {k for h in history for k in h if k != "epoch" and not k.endswith("loss")}
+    return ", ".join(sorted({k.rsplit("/", 1)[-1] for k in keys})) or "(no metric besides loss)"
+
+
 def learning_curve(history: list[dict[str, float]], path: Path, title: str) -> Path:
     """`history`: one dict per epoch with `epoch` and metric keys (train/loss, val/acc, ...)."""
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(10, 4))
     epochs = [h["epoch"] for h in history]
     for key in sorted({k for h in history for k in h if k != "epoch"}):
-        ax = ax_loss if key.endswith("loss") else ax_acc
+        ax = ax_loss if key.endswith("loss") else ax_metric
         ax.plot(epochs, [h.get(key, np.nan) for h in history], marker="o", label=key)
-    for ax, name in ((ax_loss, "loss"), (ax_acc, "accuracy")):
+    for ax, name in ((ax_loss, "loss"), (ax_metric, metric_axis_label(history))):
         ax.set_xlabel("epoch")
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)

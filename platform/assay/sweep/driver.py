@@ -158,7 +158,7 @@ def open_study(sweep: Sweep, storage, resume: bool, fresh: bool):
             f"no study {sweep.study!r} in {safe_url(sweep.storage)} to resume; "
             f"studies there: {', '.join(names) or 'none'}"
         )
-    return optuna.create_study(
+    study = optuna.create_study(
         study_name=sweep.study,
         storage=storage,
         sampler=build_sampler(cfg.sampler, cfg.space),
@@ -166,6 +166,10 @@ def open_study(sweep: Sweep, storage, resume: bool, fresh: bool):
         direction=cfg.objective.direction,
         load_if_exists=True,  # new, resumed, or one that never got to its first trial
     )
+    # the objective's name where optuna-dashboard and optuna.visualization show it ("Objective 0"
+    # without it)
+    study.set_metric_names([cfg.objective.metric])
+    return study
 
 
 def parent_run(sweep: Sweep, study, client, uri: str) -> str:

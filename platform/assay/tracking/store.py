@@ -53,15 +53,23 @@ def open_store(uri: str) -> MlflowClient | None:
     return None if db is not None and not db.exists() else ensure_store(uri)
 
 
+# MLflow 3's UI opens an experiment by its kind: untagged, it guesses, and shows Assay's runs in
+# its GenAI view ("0 traces"); tagged, in the model-training view, where runs and models are.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def experiment_id(client: MlflowClient, name: str, root: Path, uri: str) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is not None:
+        for k, v in EXPERIMENT_KIND.items():
+            if k not in exp.tags:  # made by an earlier Assay, or by hand
+                client.set_experiment_tag(exp.experiment_id, k, v)
         return exp.experiment_id
     # With a SQLite store, keep artifacts beside it whatever the cwd (a Ray job runs elsewhere).
     db = _sqlite_path(uri)
     location = (db.parent / "mlruns").as_uri() if db else None
     try:
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
     except MlflowException:  # created meanwhile by another process
         return client.get_experiment_by_name(name).experiment_id
 

@@ -27,6 +27,11 @@ def test_train_logs_one_run_to_mlflow_and_wandb(project):
 
     assert run.info.status == "FINISHED"
     assert run.info.run_name.startswith("digits-cnn_tiny-")
+    # what MLflow's UI shows as User and Source, and which metric chose the best epoch
+    tags = run.data.tags
+    assert tags["mlflow.user"] and tags["mlflow.source.type"] == "LOCAL"
+    assert tags["best_val.chosen_by"] == "val/loss (min)"
+    assert 0 <= int(tags["best_val.epoch"]) < 3
     # MLflow's UI opens the experiment in its model-training view, not the GenAI one
     experiment = _client(project).get_experiment(run.info.experiment_id)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"

@@ -141,7 +141,12 @@ def train(
                 run.attach_wandb(fit.rows, outcome)
             best = engine.best_scores(fit.rows, monitor, mode)
             run.log_metrics({f"best_{k}": v for k, v in best.items()})
-        refit_epochs = engine.best_epoch(fit.rows, monitor, mode) + 1 if t.refit else None
+            # which metric chose that epoch, beside its values (best_val/acc is val/acc at the
+            # epoch the monitor chose, and may be below the last epoch's)
+            chosen = engine.best_epoch(fit.rows, monitor, mode)
+            run.client.set_tag(run.run_id, "best_val.chosen_by", f"{monitor} ({mode})")
+            run.client.set_tag(run.run_id, "best_val.epoch", str(chosen))
+        refit_epochs = chosen + 1 if t.refit else None
         with clock("refit" if t.refit else "best checkpoint"):
             chosen, dm, checkpoint = _the_runs_model(
                 cfg, root, model, dm, fit, run, model_dir, refit_epochs

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 import traceback
 from pathlib import Path
@@ -69,6 +70,18 @@ def log_image(loggers: list, path: Path, key: str, step: int) -> None:
             lg.experiment.log_artifact(lg.run_id, str(path), key)
         elif isinstance(lg, WandbLogger):
             lg.log_image(key, [str(path)], step=step)
+
+
+def source_tags() -> dict[str, str]:
+    """What MLflow's UI shows as a run's "User" and "Source": MLflow's own context tags (user,
+    source name and type), the source named by the command that made the run when that is
+    `assay` ("assay train --run mnist-cnn", not the path of the script)."""
+    from mlflow.tracking.context.registry import resolve_tags
+
+    tags = resolve_tags({})
+    if Path(sys.argv[0]).name == "assay":
+        tags["mlflow.source.name"] = shlex.join(["assay", *sys.argv[1:]])[:500]
+    return tags
 
 
 class TrackedRun:
@@ -159,7 +172,8 @@ class TrackedRun:
         self.client = ensure_store(self.uri)
         exp_id = experiment_id(self.client, self.cfg.tracking.experiment, self.root, self.uri)
         owner = lifecycle.owner_tags()
-        run = self.client.create_run(exp_id, run_name=self.run_name, tags={**self.tags, **owner})
+        tags = {**source_tags(), **self.tags, **owner}
+        run = self.client.create_run(exp_id, run_name=self.run_name, tags=tags)
         self.run_id = run.info.run_id
         self.experiment_id = exp_id
         self.wandb_id = None

@@ -105,7 +105,9 @@ def gate(
         client.create_registered_model(name, description=f"Assay {name}; champion gate on {metric}")
     mv = tracking.register_version(model_uri, name)
     version = mv.version
-    client.set_model_version_tag(name, version, metric, str(value))
+    # shown in the registry's page as it is: 0.9941, not float32's 0.9940999746322632 (the exact
+    # value is the run's metric, which the gate compares)
+    client.set_model_version_tag(name, version, metric, f"{value:.6g}")
     if mv.run_id:  # what it was made from: data hash, commit, params digest, sweep, Ray, W&B
         tracking.tag_version(client, name, version, mv.run_id)
     client.set_registered_model_alias(name, aliases.candidate_alias, version)

@@ -130,9 +130,7 @@ def scratch_project(root: Path, where: Path) -> Path:
     (project / "data").mkdir(parents=True)
     shutil.copy(REPO / "params.yaml", project / "params.yaml")
     (project / "data" / "mnist").symlink_to((root / "data" / "mnist").resolve())
-    code = (
-        "from mlflow import MlflowClient; MlflowClient('sqlite:///mlflow.db').search_experiments()"
-    )
+    code = "from assay.tracking import ensure_store; ensure_store('sqlite:///mlflow.db')"
     subprocess.run([sys.executable, "-c", code], cwd=project, check=True, capture_output=True)
     return project
 

@@ -41,9 +41,11 @@ def test_train_logs_one_run_to_mlflow_and_wandb(project):
     assert run.data.params["data.n_train"] == str(
         json.loads((project / "data/digits/meta.json").read_text())["counts"]["train"]
     )
-    # per-epoch metrics: one val/acc value per epoch
-    history = _client(project).get_metric_history(result.run_id, "val/acc")
-    assert len(history) == 3
+    # per-epoch metrics: one value per epoch, on one axis (step = epoch) with the refit's
+    for key in ("val/acc", "train/loss"):
+        steps = sorted(m.step for m in _client(project).get_metric_history(result.run_id, key))
+        assert steps == [0, 1, 2], key
+    assert "epoch" not in run.data.metrics  # the step says it
     assert {"train/loss", "val/loss", "val/acc", "best_val/acc"} <= set(run.data.metrics)
     # provenance tags
     tags = run.data.tags

@@ -232,14 +232,15 @@ def _history_rows(state: dict) -> list[dict[str, float]]:
     return []
 
 
-def _logged_until(spec: dict) -> int:
-    """One past the last step an earlier attempt of this run logged (0 on the first attempt).
+def _logged_until(spec: dict) -> dict[str, int]:
+    """The last epoch at which an earlier attempt of this run logged each metric (none on the
+    first attempt).
 
     A restarted worker group resumes from the last checkpoint Ray registered, or from scratch
     when a worker died before the first one; either way it re-runs epochs whose metrics the MLflow
     run already holds. Those are not logged twice.
     """
-    return tracking.last_step(spec["uri"], spec["run_id"], "epoch") + 1
+    return tracking.logged_steps(spec["uri"], spec["run_id"])
 
 
 def _worker(config: dict) -> None:
@@ -262,7 +263,7 @@ def _worker(config: dict) -> None:
     checkpoint = ray.train.get_checkpoint()
     loggers = (
         tracking.run_loggers(
-            config["tracking"], wandb=False, resumed_at=_logged_until(config["tracking"])
+            config["tracking"], wandb=False, logged=_logged_until(config["tracking"])
         )
         if rank == 0
         else False

@@ -17,33 +17,55 @@ if TYPE_CHECKING:
     from assay.config import AssayConfig
 
 
-def run_loggers(spec: dict[str, Any], *, wandb: bool = True, resumed_at: int = 0) -> list:
+def run_loggers(
+    spec: dict[str, Any], *, wandb: bool = True, logged: dict[str, int] | None = None
+) -> list:
     """Lightning loggers writing into an existing MLflow run and a W&B run of a known id.
 
     `spec` is `TrackedRun.spec()`: plain data, so a Ray Train worker (rank 0) can log into the
-    MLflow run the driver opened (`wandb=False`: see `TrackedRun.attach_wandb`). `resumed_at`:
-    the global step of the checkpoint a resumed fit restarts from; Lightning re-runs the last
-    validation there, and its metrics, already logged, are not logged twice.
+    MLflow run the driver opened (`wandb=False`: see `TrackedRun.attach_wandb`).
+
+    Every metric of a fit is an epoch's (`models.base.log_epoch`), so both loggers put it on one
+    axis, the epoch: MLflow's step is the epoch (not Lightning's optimiser step, which the
+    refit's per-epoch metrics could not share), and W&B charts against `epoch`. `logged`: the
+    last epoch at which an earlier attempt of this run logged each metric (a resumed fit re-runs
+    the epochs after its checkpoint); those are not logged twice.
     """
     # Lightning (~5 s) and W&B (~0.5 s) load here, not with the package: `assay register`,
     # `predict` and the sweep driver use tracking and never a logger.
     from lightning.pytorch.loggers import MLFlowLogger, WandbLogger
 
-    class ResumedMLFlowLogger(MLFlowLogger):
+    done = logged or {}
+
+    class EpochMLFlowLogger(MLFlowLogger):
         def log_metrics(self, metrics, step=None):
-            if step is not None and step < resumed_at:
-                return
-            super().log_metrics(metrics, step)
+            metrics = dict(metrics)
+            epoch = metrics.pop("epoch", None)  # Lightning adds it to every call: the step
+            step = int(epoch) if epoch is not None else step
+            if step is not None:
+                metrics = {k: v for k, v in metrics.items() if step > done.get(k, -1)}
+            if metrics:
+                super().log_metrics(metrics, step)
+
+    class EpochWandbLogger(WandbLogger):
+        @property
+        def experiment(self):
+            new = self._experiment is None
+            run = super().experiment
+            if new:  # replaces Lightning's x-axis (trainer/global_step) with the epoch
+                run.define_metric("epoch")
+                run.define_metric("*", step_metric="epoch", step_sync=True)
+            return run
 
     loggers: list = [
-        ResumedMLFlowLogger(
+        EpochMLFlowLogger(
             experiment_name=spec["experiment"], tracking_uri=spec["uri"], run_id=spec["run_id"]
         )
     ]
     if wandb and spec["wandb_id"] is not None:
         root = Path(spec["root"])
         mode = wandb_mode(spec["wandb_mode"], root)
-        logger = WandbLogger(
+        logger = EpochWandbLogger(
             name=spec["run_name"],
             project=spec["wandb_project"],
             entity=spec["wandb_entity"],
@@ -236,7 +258,8 @@ class TrackedRun:
     @property
     def wandb(self):
         for lg in self.loggers:
-            if type(lg).__name__ == "WandbLogger":
+            # by name: Lightning (~5 s) is not imported for a run without loggers
+            if any(c.__name__ == "WandbLogger" for c in type(lg).__mro__):
                 return lg.experiment
         return None
 

@@ -146,10 +146,13 @@ def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> Non
         client.log_batch(run_id, params=items[i : i + 100])
 
 
-def last_step(uri: str, run_id: str, metric: str) -> int:
-    """The last step at which the run logged `metric`; -1 if never."""
-    history = MlflowClient(uri).get_metric_history(run_id, metric)
-    return max((m.step for m in history), default=-1)
+def logged_steps(uri: str, run_id: str) -> dict[str, int]:
+    """The last step (a fit's: its epoch) at which the run logged each of its metrics."""
+    client = MlflowClient(uri)
+    return {
+        key: max(m.step for m in client.get_metric_history(run_id, key))
+        for key in client.get_run(run_id).data.metrics
+    }
 
 
 def end_run(uri: str, run_id: str, status: str, tags: dict[str, str] | None = None) -> None:

@@ -186,9 +186,9 @@ def test_sweep_tracks_a_parent_and_one_child_per_trial_and_registers_the_best(
         assert sorted(t.intermediate_values) == [0, 1, 2]
         # the trial's value is its best epoch's objective, as logged in MLflow
         assert run.data.metrics["best_val/acc"] == pytest.approx(t.value)
-    artifacts = {a.path for a in client.list_artifacts(result.parent_run_id, "plots")}
+    artifacts = {a.path for a in client.list_artifacts(result.parent_run_id)}
     for plot in ("optimization_history", "param_importances", "parallel_coordinate"):
-        assert {f"plots/{plot}.html", f"plots/{plot}.png"} <= artifacts
+        assert {f"{plot}.html", f"{plot}.png"} <= artifacts
     sweep_out = project / "outputs/sweeps" / name
     best = yaml.safe_load((sweep_out / "best_params.yaml").read_text())
     assert best["params"] == study.best_params and best["best_value"] == study.best_value

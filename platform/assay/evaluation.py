@@ -59,7 +59,11 @@ def evaluate(cfg: AssayConfig, root: Path | None = None, out: Path | None = None
         for name, value in metrics.items():
             client.log_metric(run_id, name, value)
         client.set_tag(run_id, tracking.SCORED_ON, data_hash)
-        client.log_artifacts(run_id, str(folder), "eval")
+        # at the top of the run's artifacts, as training's learning curve: MLflow's Compare view
+        # shows only top-level files (the stamp, run.json, is for the DVC stages: not logged)
+        for p in sorted(folder.iterdir()):
+            if p.name != "run.json":
+                client.log_artifact(run_id, str(p))
         tracking.log_wandb_summary(
             cfg.tracking, root, info.get("wandb_run_id"), info["run_name"], metrics, pngs
         )

@@ -48,7 +48,7 @@ def summarise(
     with atomic_dir(sweep.out / "plots") as folder:
         files += [str(sweep.out / "plots" / p.name) for p in study_plots(study, folder)]
         for p in sorted(folder.iterdir()):
-            client.log_artifact(parent_id, str(p), "plots")
+            client.log_artifact(parent_id, str(p))  # top level: what MLflow's Compare shows
     atomic_write_bytes(sweep.out / "trials.csv", csv_bytes(rows) if rows else b"")
     client.log_artifact(parent_id, str(sweep.out / "trials.csv"))
     for k, v in metrics.items():

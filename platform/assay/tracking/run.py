@@ -249,7 +249,9 @@ class TrackedRun:
         self.client.log_artifact(self.run_id, str(path), folder)
 
     def log_image(self, key: str, path: Path) -> None:
-        self.log_artifact(path, "plots")
+        """An image at the top of the run's artifacts (MLflow's Compare view shows only
+        top-level files) and in W&B as `key`."""
+        self.log_artifact(path)
         if self.wandb is not None:
             import wandb  # loaded already: this run has a W&B run
 

@@ -123,6 +123,10 @@ BAD = {
     ),
     "negative workers": (["train.workers=-1"], ["train.workers", "-1", "greater than or equal"]),
     "bad monitor": (["train.monitor=acc"], ["train.monitor", "'acc'", "val/<metric>:max|min"]),
+    "ui not an address": (
+        ["tracking.ui=localhost:5000"],
+        ["tracking.ui", "localhost:5000", "https?://"],
+    ),
     "set without value": (["train.lr"], ["train.lr", "KEY.PATH=VALUE"]),
     "set into a value": (["train.lr.max=1"], ["train.lr", "not a section"]),
 }
@@ -332,3 +336,11 @@ def test_typed_overrides_are_applied_as_given_never_parsed_as_yaml():
     # a job's command line gives the same: --set text as it was, typed flags as their own flags
     argv = as_flags(["train.lr=0.01", *flags])
     assert argv == ["--set", "train.lr=0.01", "--workers", "2", "--cpus-per-worker", "0.5"]
+
+
+def test_the_mlflow_ui_is_the_tracking_server_when_there_is_one(root, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = load_config(overrides=["tracking.ui=http://127.0.0.1:5001/"], root=root).tracking
+    assert cfg.ui_url(root) == "http://127.0.0.1:5001"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://10.0.0.5:5000")
+    assert cfg.ui_url(root) == "http://10.0.0.5:5000"

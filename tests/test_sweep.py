@@ -15,6 +15,7 @@ import optuna
 import pytest
 import yaml
 from optuna.trial import TrialState
+from optuna_dashboard import get_note
 
 from assay.config import ConfigError
 from assay.lineage import trace
@@ -186,6 +187,12 @@ def test_sweep_tracks_a_parent_and_one_child_per_trial_and_registers_the_best(
         assert sorted(t.intermediate_values) == [0, 1, 2]
         # the trial's value is its best epoch's objective, as logged in MLflow
         assert run.data.metrics["best_val/acc"] == pytest.approx(t.value)
+        # optuna-dashboard's note on the trial links to its MLflow run
+        link = (
+            f"http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+        )
+        assert f"]({link})" in get_note(optuna.Trial(study, t._trial_id))
+    assert f"runs/{result.parent_run_id})" in get_note(study)
     artifacts = {a.path for a in client.list_artifacts(result.parent_run_id)}
     for plot in ("optimization_history", "param_importances", "parallel_coordinate"):
         assert {f"{plot}.html", f"{plot}.png"} <= artifacts

@@ -247,6 +247,12 @@ class WandbConfig(StrictModel):
 class TrackingConfig(StrictModel):
     experiment: str = Field("assay", min_length=1)
     uri: str | None = Field(None, description="MLflow URI; $MLFLOW_TRACKING_URI, else mlflow.db")
+    ui: str = Field(
+        "http://127.0.0.1:5000",
+        pattern=r"^https?://[^/\s]+/?$",
+        description="where MLflow's UI is opened for a file store: `assay ui` serves it there, "
+        "and optuna-dashboard's trials link to their runs there (a tracking server is its own)",
+    )
     wandb: WandbConfig = WandbConfig()
 
     def store_uri(self, root: Path) -> str:
@@ -257,6 +263,11 @@ class TrackingConfig(StrictModel):
             or self.uri
             or f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"
         )
+
+    def ui_url(self, root: Path) -> str:
+        """Where a person sees this store's runs: the tracking server itself, else `ui`."""
+        store = self.store_uri(root)
+        return (store if store.startswith(("http://", "https://")) else self.ui).rstrip("/")
 
 
 class RayConfig(StrictModel):

@@ -132,6 +132,32 @@ def trials_table(study) -> list[dict[str, Any]]:
     return rows
 
 
+def link_runs(study, ui: str, experiment_id: str, parent_id: str) -> None:
+    """optuna-dashboard's notes (Markdown, shown on the study's and each trial's page): a link to
+    the trial's MLflow run, and from the study to the sweep's parent run. A note someone already
+    wrote stays; ours are rewritten only where the link changed (another `ui`)."""
+    from optuna_dashboard import get_note, save_note  # ~1 s: in the driver, once per sweep
+
+    def run_link(run_id: str) -> str:
+        return f"{ui}/#/experiments/{experiment_id}/runs/{run_id}"
+
+    def note(target, body: str) -> None:
+        old = get_note(target)
+        if old != body and (not old or old.startswith(LINK_NOTE)):
+            save_note(target, body)
+
+    note(study, f"{LINK_NOTE} [the sweep's parent run]({run_link(parent_id)}) in MLflow")
+    for t in study.get_trials(deepcopy=False):
+        if t.user_attrs.get("mlflow_run_id"):
+            body = (
+                f"{LINK_NOTE} [trial {t.number}'s run]({run_link(t.user_attrs['mlflow_run_id'])})"
+            )
+            note(optuna.Trial(study, t._trial_id), f"{body} in MLflow")
+
+
+LINK_NOTE = "**MLflow:**"
+
+
 def status(study_name: str, storage: str) -> list[dict[str, Any]]:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     st = open_storage(storage)

@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 from assay import artifacts, evaluation, registry, tracking, training
 from assay.paths import atomic_dir, atomic_write_bytes, atomic_write_json, csv_bytes
 from assay.sweep.load import Sweep, safe_url, trial_config
-from assay.sweep.study import error_line, study_state, trials_table
+from assay.sweep.study import error_line, link_runs, study_state, trials_table
 
 
 def summarise(
@@ -56,6 +56,8 @@ def summarise(
             client.log_metric(parent_id, k, float(v))
     for k, v in best_params.items():
         client.set_tag(parent_id, f"best.{k}", str(v))
+    ui = sweep.base.tracking.ui_url(sweep.root)
+    link_runs(study, ui, client.get_run(parent_id).info.experiment_id, parent_id)
     if best is None:  # no best: no DVC outputs claim one, not even an earlier run's
         for name in ("best_params.yaml", "metrics.json"):
             (sweep.out / name).unlink(missing_ok=True)

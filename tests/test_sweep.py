@@ -191,8 +191,9 @@ def test_sweep_tracks_a_parent_and_one_child_per_trial_and_registers_the_best(
         link = (
             f"http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
         )
-        assert f"]({link})" in get_note(optuna.Trial(study, t._trial_id))
-    assert f"runs/{result.parent_run_id})" in get_note(study)
+        note = get_note(optuna.Trial(study, t._trial_id))
+        assert f"]({link}?workflowType=machine_learning)" in note
+    assert f"runs/{result.parent_run_id}?workflowType=machine_learning)" in get_note(study)
     artifacts = {a.path for a in client.list_artifacts(result.parent_run_id)}
     for plot in ("optimization_history", "param_importances", "parallel_coordinate"):
         assert {f"{plot}.html", f"{plot}.png"} <= artifacts

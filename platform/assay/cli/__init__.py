@@ -7,16 +7,18 @@ heavy import of a command is inside it, so `assay --help` and the light commands
   remote     assay cluster, jobs, submit, mlflow-server
   runs       assay runs gc
   lineage    assay lineage (a model back to its data, code and params; data forward)
+  ui         assay ui (MLflow's UI and optuna-dashboard, together)
 """
 
 import sys
 
-from assay.cli import lineage, pipeline, remote, runs, sweeps  # noqa: F401  (each registers its commands)
+from assay.cli import lineage, pipeline, remote, runs, sweeps, ui  # noqa: F401  (each registers its commands)
 from assay.cli.common import TELEMETRY_OFF, app
 
 # after the pipeline's commands and before the groups, in the order `assay --help` lists them
 app.command()(lineage.lineage)
 app.command()(lineage.reproduce)
+app.command()(ui.ui)
 # the command groups, in that order too
 app.add_typer(sweeps.sweep_app, name="sweep")
 app.add_typer(remote.cluster_app, name="cluster")

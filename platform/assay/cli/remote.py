@@ -248,52 +248,20 @@ def mlflow_server(
 
     Point jobs and your shell at it: export MLFLOW_TRACKING_URI=http://HOST:PORT.
     """
-    import subprocess
-
-    from assay import cluster
+    from assay import lifecycle, servers
     from assay.paths import find_root
 
     root = find_root()
-    port = port or cluster.free_port()
+    port = port or servers.free_port()
     backend = backend_store_uri or f"sqlite:///{root / 'mlflow.db'}"
-    store = artifacts or root / "mlartifacts"
-    mlflow = Path(sys.executable).with_name("mlflow")
-    cmd = [
-        str(mlflow) if mlflow.exists() else "mlflow",
-        "server",
-        "--host",
-        host,
-        "--port",
-        str(port),
-        "--backend-store-uri",
-        backend,
-        "--artifacts-destination",
-        str(store),
-        "--workers",
-        "1",
-    ]
+    cmd = servers.mlflow_cmd(backend, host, port, artifacts or root / "mlartifacts")
     out.print(
         f"MLflow server on http://{host}:{port} (store {backend}); "
         f"export MLFLOW_TRACKING_URI=http://{host}:{port}",
         highlight=False,
     )
     sys.stdout.flush()
-    from assay import lifecycle
-
-    # MLflow 3's server also starts a job runner and seven huey consumers (GenAI scorers, trace
-    # roll-ups: nothing Assay logs), ~30 s of CPU at start and polling after: off unless the user
-    # sets MLFLOW_SERVER_ENABLE_JOB_EXECUTION=true. Its own process group, so that stopping it
-    # reaches uvicorn and any job consumers too; it gets SIGTERM should we be killed outright.
-    proc = subprocess.Popen(
-        cmd,
-        env={
-            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-            **os.environ,
-            "MLFLOW_DISABLE_TELEMETRY": "true",
-        },
-        start_new_session=True,
-        preexec_fn=lifecycle.die_with_parent,
-    )
+    proc = servers.start(cmd)  # its own process group: stopping it reaches all its workers
     code = None
     try:
         code = proc.wait()

@@ -138,8 +138,10 @@ def link_runs(study, ui: str, experiment_id: str, parent_id: str) -> None:
     wrote stays; ours are rewritten only where the link changed (another `ui`)."""
     from optuna_dashboard import get_note, save_note  # ~1 s: in the driver, once per sweep
 
+    from assay.tracking import ui_page
+
     def run_link(run_id: str) -> str:
-        return f"{ui}/#/experiments/{experiment_id}/runs/{run_id}"
+        return ui_page(ui, experiment_id, run_id)
 
     def note(target, body: str) -> None:
         old = get_note(target)

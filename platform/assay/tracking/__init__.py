@@ -41,6 +41,7 @@ from assay.tracking.store import (
     register_version,
     registered_names,
     tracking_uri,
+    ui_page,
 )
 
 
@@ -85,6 +86,7 @@ __all__ = [
     "run_loggers",
     "tag_version",
     "tracking_uri",
+    "ui_page",
     "trained_on",
     "wandb_dir",
     "wandb_mode",

@@ -53,9 +53,19 @@ def open_store(uri: str) -> MlflowClient | None:
     return None if db is not None and not db.exists() else ensure_store(uri)
 
 
-# MLflow 3's UI opens an experiment by its kind: untagged, it guesses, and shows Assay's runs in
-# its GenAI view ("0 traces"); tagged, in the model-training view, where runs and models are.
+# MLflow 3's UI files an experiment by its kind (its header's "Machine learning"); untagged, it
+# guesses. Which view a page opens in (GenAI: traces, "0 traces"; model training: runs, models) is
+# the browser's own setting, GenAI until the user flips it, unless the address names it: the
+# addresses Assay prints and links (`ui_page`) open the model-training view.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+MODEL_TRAINING_VIEW = "workflowType=machine_learning"
+
+
+def ui_page(ui: str, experiment_id: str, run_id: str | None = None) -> str:
+    """The address of an experiment's runs, or of one run, in MLflow's UI at `ui`, in its
+    model-training view."""
+    page = f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs"
+    return f"{page}/{run_id}?{MODEL_TRAINING_VIEW}" if run_id else f"{page}?{MODEL_TRAINING_VIEW}"
 
 
 def experiment_id(client: MlflowClient, name: str, root: Path, uri: str) -> str:

@@ -1,0 +1,101 @@
+"""`assay ui`: MLflow's UI and optuna-dashboard on the project's stores, together."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+from urllib.parse import urlsplit
+
+import typer
+
+from assay.cli.common import fail, guarded, load, out
+
+
+def ui(
+    mlflow_port: Annotated[
+        int | None,
+        typer.Option(help="MLflow UI's port; default tracking.ui's (5000); 0: a free one"),
+    ] = None,
+    dashboard_port: Annotated[
+        int, typer.Option(help="optuna-dashboard's port; 0: a free one")
+    ] = 8080,
+    storage: Annotated[
+        str | None,
+        typer.Option(help="the Optuna storage to show; default the sweeps' sqlite:///optuna.db"),
+    ] = None,
+) -> None:
+    """Start MLflow's UI and optuna-dashboard on 127.0.0.1 and print their addresses.
+
+    MLflow's UI shows every run, its metrics, plots and models, and the registry's aliases
+    (champion, candidate); optuna-dashboard shows the sweeps' studies, each trial linked to its
+    MLflow run. Both read the project's stores (tracking.uri, else mlflow.db; the sweeps'
+    optuna.db). With a tracking server (tracking.uri or $MLFLOW_TRACKING_URI is http://...),
+    only optuna-dashboard starts: the server is the UI. Ctrl-C stops both.
+    """
+    from assay import servers, tracking
+    from assay.paths import find_root
+    from assay.sweep.load import storage_url
+
+    cfg = load(require=["tracking"])
+    root = find_root()
+    host = "127.0.0.1"
+    store = cfg.tracking.store_uri(root)
+    ui_url = cfg.tracking.ui_url(root)
+    client = tracking.ensure_store(store)  # a new project's store, and its experiment, exist
+    experiment = tracking.experiment_id(client, cfg.tracking.experiment, root, store)
+    wanted: list[tuple[str, list[str] | None, str]] = []
+    if not store.startswith(("http://", "https://")):
+        port = (urlsplit(ui_url).port or 80) if mlflow_port is None else mlflow_port
+        port = port or servers.free_port(host)
+        if not servers.port_free(host, port):
+            fail(
+                f"port {port} (tracking.ui: {cfg.tracking.ui}) is taken, by another MLflow UI?"
+                " Stop it, or pick another port: `assay ui --mlflow-port 0` (a free one; the "
+                "trials' links in optuna-dashboard point at tracking.ui: set it to match)"
+            )
+        url = f"http://{host}:{port}"
+        wanted.append(
+            ("MLflow UI", servers.mlflow_cmd(store, host, port, root / "mlartifacts"), url)
+        )
+    else:
+        page = tracking.ui_page(ui_url, experiment)
+        out.print(
+            f"MLflow:           {page} (the tracking server)", highlight=False, soft_wrap=True
+        )
+    dport = dashboard_port or servers.free_port(host)
+    if not servers.port_free(host, dport):
+        fail(
+            f"port {dport} is taken, by another optuna-dashboard? `--dashboard-port 0`: a free one"
+        )
+    optuna_storage = storage or storage_url(None, root)
+    if optuna_storage.startswith("sqlite:///"):
+        from assay.sweep.study import open_storage
+
+        # optuna-dashboard creates no tables: a project with no sweep yet has no optuna.db
+        guarded(open_storage, optuna_storage)
+    wanted.append(
+        (
+            "optuna-dashboard",
+            servers.dashboard_cmd(optuna_storage, host, dport),
+            f"http://{host}:{dport}",
+        )
+    )
+    started: list[servers.Server] = []
+    try:
+        for name, cmd, url in wanted:
+            started.append(servers.Server(name, url, servers.start(cmd)))
+        guarded(servers.wait_ready, started)
+    except BaseException:
+        from assay import lifecycle
+
+        for s in started:
+            lifecycle.stop_group(s.proc)
+        raise
+    for s in started:
+        url = s.url
+        if s.name == "MLflow UI":  # the experiment's runs, in the model-training view
+            url = tracking.ui_page(s.url, experiment)
+        out.print(f"{s.name + ':':17} {url}", highlight=False, soft_wrap=True)
+    out.print("Ctrl-C stops both.", highlight=False, soft_wrap=True)
+    sys.stdout.flush()
+    raise typer.Exit(servers.serve(started))

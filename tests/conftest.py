@@ -244,3 +244,44 @@ def stop_group(proc: subprocess.Popen, grace: float = 20) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+# -------------------------------------------------------------------------------- a real browser
+# Debian's Chromium (`apt-get install chromium`; .ci/run installs it), driven by Playwright, which
+# downloads no browser of its own. Without it the browser tests skip and say so.
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+needs_browser = pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="no Chromium: `apt-get install chromium` (Debian's package; .ci/run installs it)",
+)
+
+
+@pytest.fixture(scope="session")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser):
+    """A page in a fresh context; `page.errors` collects the console's errors and the page's
+    uncaught exceptions."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    page.errors = []
+    page.on("console", lambda m: page.errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: page.errors.append(str(e)))
+    yield page
+    context.close()
+
+
+def shot(page, name: str) -> None:
+    """ASSAY_SCREENSHOTS=DIR keeps a screenshot of each page the browser tests check there."""
+    folder = os.environ.get("ASSAY_SCREENSHOTS")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(folder) / f"{name}.png"), full_page=True)

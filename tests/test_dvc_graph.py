@@ -22,6 +22,7 @@ ENTRY = {  # what each `assay` subcommand runs, below the CLI
     "evaluate": "assay.evaluation",
     "register": "assay.registry",
     "sweep": "assay.sweep",
+    "plots-template": "assay.plotpage",
 }
 # Declared differences from the import graph, each with its reason:
 # Process bookkeeping (signals, owners of runs, closing abandoned ones): never in an output.

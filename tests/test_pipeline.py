@@ -16,7 +16,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from assay.lineage import trace
-from tests.conftest import REPO
+from tests.conftest import REPO, needs_browser, shot
 
 pytestmark = pytest.mark.slow
 
@@ -54,10 +54,27 @@ def repo(tmp_path) -> Path:
     _run(["git", "config", "user.email", "test@assay.local"], repo)
     _run(["git", "config", "user.name", "assay test"], repo)
     _run(["dvc", "init", "-q"], repo)
-    _run(["dvc", "config", "core.analytics", "false"], repo)
+    shutil.copy(REPO / ".dvc/config", repo / ".dvc/config")  # the project's: plots drawn offline
+    _plots_of("digits-mlp", "digits-tiny", repo / "dvc.yaml")
     _run(["git", "add", "-A"], repo)
     _run(["git", "commit", "-qm", "tiny pipeline"], repo)
     return repo
+
+
+def _plots_of(run: str, into: str, dvc_yaml: Path) -> None:
+    """dvc.yaml's plots for `run` only, drawn from `into`'s outputs."""
+    spec = yaml.safe_load(dvc_yaml.read_text())
+    plots = []
+    for p in spec["plots"]:
+        name, props = (p, None) if isinstance(p, str) else next(iter(p.items()))
+        if isinstance(props, dict) and isinstance(props.get("y"), dict):
+            props["y"] = {f.replace(run, into): c for f, c in props["y"].items() if run in f}
+        elif run not in name:
+            continue
+        name = name.replace(run, into)
+        plots.append(name if props is None else {name: props})
+    spec["plots"] = plots
+    dvc_yaml.write_text(yaml.safe_dump(spec, sort_keys=False))
 
 
 def _mk(path: Path) -> Path:
@@ -100,6 +117,11 @@ def test_dvc_repro_end_to_end(repo):
     assert not chain["data"]["matches"]
     assert "data/digits has changed since dvc.lock" in " ".join(chain["problems"])
     meta.write_bytes(kept)
+
+    # DVC's plots page: Vega inside it, no CDN (the plots_page stage; .dvc/config names it)
+    _run(["dvc", "plots", "show"], repo)
+    html = (repo / "dvc_plots/index.html").read_text()
+    assert "cdn.jsdelivr" not in html and "window.vegaEmbed" in html
 
     # Nothing changed: a no-op, fast
     started = time.perf_counter()
@@ -189,3 +211,29 @@ def test_sweep_stage_writes_best_params_dvc_tracks_and_reruns_fresh(repo):
     _run(["dvc", "repro", "sweeps/dvc.yaml"], repo)
     metrics = json.loads((repo / "outputs/sweeps/tiny/metrics.json").read_text())
     assert metrics["trials_complete"] == 1
+
+
+@needs_browser
+def test_dvc_plots_page_draws_every_plot_offline(repo, page):
+    from playwright.sync_api import expect
+
+    _run(["dvc", "repro", "train@digits-tiny", "evaluate@digits-tiny", "plots_page"], repo)
+    _run(["dvc", "plots", "show"], repo)
+    page.context.set_offline(True)
+    asked: list[str] = []
+    page.on("request", lambda r: asked.append(r.url))
+    page.goto((repo / "dvc_plots/index.html").as_uri())
+    plots = page.locator("body > div[id]")
+    assert plots.count() == 4  # learning curves, confusion (Vega); the two PNGs
+    vega = [plots.nth(i) for i in range(plots.count()) if not plots.nth(i).locator("img").count()]
+    assert len(vega) == 2
+    for div in vega:  # vega-embed replaced the spec's script with the drawing
+        expect(div.locator("svg, canvas").first).to_be_visible()
+    texts = page.evaluate("[...document.querySelectorAll('svg text')].map(t => t.textContent)")
+    for label in ("epoch", "loss (train/loss, val/loss)", "predicted class", "true class"):
+        assert label in texts, label
+    for image in page.locator("img").all():
+        assert image.evaluate("i => i.complete && i.naturalWidth") > 100
+    assert not page.errors, page.errors
+    assert all(u.startswith(("file:", "data:", "blob:")) for u in asked), asked
+    shot(page, "dvc-plots")

@@ -1,9 +1,8 @@
 """`assay ui` and what users see through it, in a real browser: MLflow's UI and optuna-dashboard
 on a store that a real training run, its evaluation and registration, and a real sweep filled.
 
-The browser is Debian's Chromium (`apt-get install chromium`; `.ci/run` installs it), driven by
-Playwright; without it the browser tests skip and say so. ASSAY_SCREENSHOTS=DIR keeps the pages'
-screenshots there."""
+The browser is Debian's Chromium (tests/conftest.py's `page`); without it the browser tests skip
+and say so."""
 
 from __future__ import annotations
 
@@ -25,14 +24,9 @@ from assay.evaluation import evaluate
 from assay.registry import register
 from assay.sweep import load_sweep, run_sweep
 from assay.training import train
-from tests.conftest import free_port, stop_group, tiny_config
+from tests.conftest import free_port, needs_browser, shot, stop_group, tiny_config
 from tests.sweeps_support import Lines, write_sweep
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-needs_browser = pytest.mark.skipif(
-    CHROMIUM is None,
-    reason="no Chromium: `apt-get install chromium` (Debian's package; .ci/run installs it)",
-)
 ASSAY = str(Path(sys.executable).with_name("assay"))
 
 
@@ -129,31 +123,6 @@ def test_assay_ui_serves_mlflow_and_optuna_dashboard_on_the_project_stores(fille
     assert [s["study_name"] for s in studies] == ["ui"]
 
 
-def _shot(page, name: str) -> None:
-    folder = os.environ.get("ASSAY_SCREENSHOTS")
-    if folder:
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(Path(folder) / f"{name}.png"), full_page=True)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        yield b
-        b.close()
-
-
-@pytest.fixture
-def page(browser):
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    page = context.new_page()
-    page.set_default_timeout(60_000)
-    yield page
-    context.close()
-
-
 @pytest.mark.slow
 @needs_browser
 def test_mlflow_run_page_shows_the_run_its_metrics_and_learning_curve(filled, page):
@@ -169,19 +138,19 @@ def test_mlflow_run_page_shows_the_run_its_metrics_and_learning_curve(filled, pa
     page.goto(f"{filled['mlflow']}/#/experiments/{exp}/runs{view}")
     expect(page.get_by_text(name).first).to_be_visible()
     expect(page.get_by_text("Model training").first).to_be_visible()
-    _shot(page, "mlflow-experiment")
+    shot(page, "mlflow-experiment")
     page.goto(f"{filled['mlflow']}/#/experiments/{exp}/runs/{run.run_id}{view}")
     expect(page.get_by_text(name).first).to_be_visible()
     for metric in ("val/acc", "best_val/acc", "test/acc"):
         expect(page.get_by_text(metric, exact=True).first).to_be_visible()
     expect(page.get_by_text("val/loss (min)").first).to_be_visible()  # best_val.chosen_by
-    _shot(page, "mlflow-run")
+    shot(page, "mlflow-run")
     page.goto(f"{filled['mlflow']}/#/experiments/{exp}/runs/{run.run_id}/artifacts{view}")
     page.get_by_text("learning_curve.png", exact=True).first.click()
     image = page.locator("img[src^='blob:'], img[src*='learning_curve.png']").first
     expect(image).to_be_visible()
     assert image.evaluate("i => i.complete && i.naturalWidth") > 100  # the PNG loaded
-    _shot(page, "mlflow-artifacts")
+    shot(page, "mlflow-artifacts")
 
 
 @pytest.mark.slow
@@ -193,7 +162,7 @@ def test_mlflow_registry_page_shows_the_champion(filled, page):
     page.goto(f"{filled['mlflow']}/#/models/{name}")
     expect(page.get_by_text(name).first).to_be_visible()
     expect(page.get_by_text(re.compile("champion")).first).to_be_visible()
-    _shot(page, "mlflow-registry")
+    shot(page, "mlflow-registry")
 
 
 @pytest.mark.slow
@@ -206,10 +175,10 @@ def test_optuna_dashboard_names_the_objective_and_links_trials_to_mlflow(filled,
     page.goto(f"{filled['dashboard']}/dashboard/studies/{study_id}")
     expect(page.get_by_text("val/acc").first).to_be_visible()  # not "Objective 0"
     expect(page.get_by_text("Objective 0")).to_have_count(0)
-    _shot(page, "optuna-study")
+    shot(page, "optuna-study")
     page.goto(f"{filled['dashboard']}/dashboard/studies/{study_id}/trials")
     link = page.locator(f"a[href^='{filled['mlflow']}/#/experiments/']").first
     expect(link).to_be_visible()
-    _shot(page, "optuna-trial")
+    shot(page, "optuna-trial")
     page.goto(link.get_attribute("href"))  # the trial's run, in MLflow's UI
     expect(page.get_by_text("val/acc", exact=True).first).to_be_visible()

@@ -201,6 +201,22 @@ def predict(
         out.print(f"wrote {len(p.rows)} predictions to {output}")
 
 
+@app.command("plots-template")
+def plots_template(
+    path: Annotated[Path, typer.Argument(help="where to write it")] = Path(
+        "outputs/plots_template.html"
+    ),
+) -> None:
+    """Write the page `dvc plots show` fills, with Vega inside it: the plots draw offline.
+
+    DVC's own page loads Vega from a CDN. `dvc repro` runs this (the plots_page stage), and
+    .dvc/config's plots.html_template names the file, so `dvc plots show` needs no network.
+    """
+    from assay.plotpage import write_template
+
+    out.print(f"wrote {write_template(path)}", highlight=False)
+
+
 @app.command("models")
 def list_models_cmd() -> None:
     """List the registered architectures and their presets."""

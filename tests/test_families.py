@@ -156,6 +156,11 @@ def test_family_trains_evaluates_and_registers(
         run.data.tags["objective"] == json.loads((out / "model/run.json").read_text())["objective"]
     )
     assert primary in run.data.metrics and "train/loss" in run.data.metrics
+    # its classical baseline on the same split, and the lift over it (tests/test_baselines.py)
+    base = primary.replace("test/", "test/baseline/")
+    assert np.isfinite(scores[base]) and run.data.tags["baseline"]
+    sign = 1 if mode == "max" else -1
+    assert scores["test/lift"] == pytest.approx(sign * (scores[primary] - scores[base]))
     logged = {a.path for a in client.list_artifacts(result.run_id)}  # top level, for Compare
     assert set(artifacts) <= logged
     assert list((fproject / "wandb").glob(f"offline-run-*-{result.wandb_id}"))

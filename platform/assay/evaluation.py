@@ -8,6 +8,8 @@ or not at all.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from assay import artifacts, tracking
 from assay.config import AssayConfig
 from assay.data import datamodule
 from assay.models import get_entry
+from assay.objectives import baselines
 from assay.paths import atomic_dir, atomic_write_json, find_root, output_dir
 from assay.preparation import sha256_file
 
@@ -51,6 +54,8 @@ def evaluate(cfg: AssayConfig, root: Path | None = None, out: Path | None = None
     dm.verify(("test",))  # before anything is written or logged
     with atomic_dir(out / "eval") as folder:
         metrics, n = model.objective.score(model, dm, folder, t.key, cfg, root)
+        baseline, scores = baseline_metrics(model, dm, metrics, root)
+        metrics.update(scores)
         pngs = {p.stem: artifacts.stamp_png(p, run_id) for p in sorted(folder.glob("*.png"))}
         # the test split it scored: the champion gate compares only scores of the same split
         data_hash = sha256_file(dm.folder / "test.npz")
@@ -59,6 +64,8 @@ def evaluate(cfg: AssayConfig, root: Path | None = None, out: Path | None = None
         for name, value in metrics.items():
             client.log_metric(run_id, name, value)
         client.set_tag(run_id, tracking.SCORED_ON, data_hash)
+        if baseline:
+            client.set_tag(run_id, "baseline", baseline)  # what test/baseline/* are the scores of
         # at the top of the run's artifacts, as training's learning curve: MLflow's Compare view
         # shows only top-level files (the stamp, run.json, is for the DVC stages: not logged)
         for p in sorted(folder.iterdir()):
@@ -70,3 +77,34 @@ def evaluate(cfg: AssayConfig, root: Path | None = None, out: Path | None = None
     # names the run it scored: `register` refuses it for any other run's model
     atomic_write_json(out / "metrics.json", {**metrics, "n_test": int(n), "mlflow_run_id": run_id})
     return EvalResult(t.key, run_id, metrics)
+
+
+def baseline_metrics(
+    model, dm, metrics: dict[str, float], root: Path
+) -> tuple[str | None, dict[str, float]]:
+    """The objective's classical baseline on the same splits (`Objective.baseline`), as
+    `test/baseline/<metric>`, and `test/lift`: how far the model's primary metric beats the
+    baseline's (model - baseline where higher is better, baseline - model where lower is; < 0:
+    the baseline wins). Fitted once per prepared data, objective and baseline code, and kept
+    in .assay/baselines/."""
+    objective = model.objective
+    setting = objective.baseline_setting(model)
+    parts = [sha256_file(dm.folder / f"{s}.npz") for s in ("train", "val", "test")]
+    parts += [sha256_file(Path(baselines.__file__)), objective.name, setting]
+    key = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+    cache = root / ".assay" / "baselines" / f"{dm.name}-{objective.name}-{key}.json"
+    if cache.is_file():
+        found = json.loads(cache.read_text())
+    else:
+        base = objective.baseline(model, dm)
+        if base is None:
+            return None, {}
+        found = {"name": base.name, "metrics": base.metrics}
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(cache, found)
+    scores = {f"test/baseline/{k.removeprefix('test/')}": v for k, v in found["metrics"].items()}
+    name, mode = objective.primary
+    if name in found["metrics"] and name in metrics:
+        lift = metrics[name] - found["metrics"][name]
+        scores["test/lift"] = lift if mode == "max" else -lift
+    return found["name"], scores

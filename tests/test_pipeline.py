@@ -91,6 +91,16 @@ def test_dvc_repro_end_to_end(repo):
     assert 0.1 < metrics["test/acc"] <= 1.0
     assert not (repo / "outputs/digits-cnn_tiny").exists()  # the run's key, not <data>-<arch>
 
+    # `assay results`: the model beside its baseline on the same split, read from DVC's metrics
+    table = _run(["assay", "results", "--markdown"], repo).stdout.splitlines()
+    row = next(line for line in table if line.startswith("| digits-tiny |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[:2] == ["digits-tiny", "acc (higher is better)"]
+    assert float(cells[2]) == pytest.approx(metrics["test/acc"], abs=1e-4)
+    assert cells[3].startswith("logistic regression on pixels, C=")
+    assert float(cells[4]) == pytest.approx(metrics["test/baseline/acc"], abs=1e-4)
+    assert float(cells[5]) == pytest.approx(metrics["test/lift"], abs=1e-4)
+
     # MLflow: the run, with the data hash DVC recorded; the registered champion
     uri = f"sqlite:///{repo / 'mlflow.db'}"
     client = MlflowClient(uri, registry_uri=uri)

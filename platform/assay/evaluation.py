@@ -60,7 +60,8 @@ def evaluate(cfg: AssayConfig, root: Path | None = None, out: Path | None = None
         # the test split it scored: the champion gate compares only scores of the same split
         data_hash = sha256_file(dm.folder / "test.npz")
         scored = {"mlflow_run_id": run_id, "key": t.key, "checkpoint": checkpoint.name}
-        atomic_write_json(folder / "run.json", {**scored, "data_hash": data_hash})
+        stamp = {**scored, "data_hash": data_hash, "baseline": baseline}
+        atomic_write_json(folder / "run.json", stamp)
         for name, value in metrics.items():
             client.log_metric(run_id, name, value)
         client.set_tag(run_id, tracking.SCORED_ON, data_hash)

@@ -201,6 +201,35 @@ def predict(
         out.print(f"wrote {len(p.rows)} predictions to {output}")
 
 
+@app.command()
+def results(
+    markdown: Annotated[bool, typer.Option(help="a Markdown table (the README's)")] = False,
+) -> None:
+    """Each evaluated experiment's test metric beside its classical baseline on the same split.
+
+    Read from DVC (`dvc metrics show`: every pipeline's metrics.json). The lift is how far the
+    model beats the baseline on the metric (> 0: it does; < 0: the baseline wins).
+    """
+    from assay.paths import find_root
+    from assay.results import collect
+    from assay.results import markdown as as_markdown
+
+    rows = guarded(collect, find_root())
+    if markdown:
+        out.print(as_markdown(rows), highlight=False, soft_wrap=True, end="")
+        return
+    table = Table(title="assay results (test split; baseline: the same split)")
+    for column in ("experiment", "metric", "model", "baseline", "", "lift"):
+        table.add_column(column, justify="right" if column in ("model", "", "lift") else "left")
+    for r in rows:
+        colour = "green" if (r.lift or 0) > 0 else "red" if r.lift is not None else "white"
+        lift = "" if r.lift is None else f"[{colour}]{r.lift:+.4f}[/]"
+        base = "" if r.baseline_value is None else f"{r.baseline_value:.4f}"
+        arrow = "↑" if r.better == "max" else "↓"
+        table.add_row(r.key, f"{r.metric} {arrow}", f"{r.value:.4f}", r.baseline or "", base, lift)
+    out.print(table)
+
+
 @app.command("plots-template")
 def plots_template(
     path: Annotated[Path, typer.Argument(help="where to write it")] = Path(

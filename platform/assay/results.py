@@ -1,0 +1,91 @@
+"""`assay results`: every evaluated experiment's test metric beside its classical baseline on the
+same split, from what DVC tracks (`dvc metrics show`: each outputs/<key>/metrics.json, in every
+pipeline of the project), the objective of each run from its run.json and the baseline's name
+from its evaluation's stamp (outputs/<key>/eval/run.json)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from assay.errors import UserError
+from assay.objectives import get_objective
+
+
+class ResultsError(UserError):
+    """No metrics to show, or DVC could not read them."""
+
+
+@dataclass
+class Result:
+    key: str
+    metric: str  # the objective's primary test metric
+    better: str  # "max" or "min"
+    value: float
+    baseline: str | None  # what the baseline is (None: the objective has none)
+    baseline_value: float | None
+    lift: float | None  # > 0: the model beats its baseline
+
+
+def _dvc_metrics(root: Path) -> dict[str, dict]:
+    dvc = Path(sys.executable).with_name("dvc")
+    cmd = [str(dvc) if dvc.exists() else "dvc", "metrics", "show", "--json"]
+    done = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise ResultsError(f"`dvc metrics show` failed: {done.stderr.strip()[-500:]}")
+    shown = json.loads(done.stdout or "{}")
+    files = next(iter(shown.values()), {}).get("data", {})
+    return {path: entry["data"] for path, entry in files.items() if "data" in entry}
+
+
+def collect(root: Path) -> list[Result]:
+    """One row per evaluated run, in the order DVC lists its metrics files."""
+    rows = []
+    for path, metrics in _dvc_metrics(root).items():
+        folder = (root / path).resolve().parent  # outputs/<key>/
+        info, stamp = folder / "model/run.json", folder / "eval/run.json"
+        if not info.is_file():
+            continue
+        objective = get_objective(json.loads(info.read_text())["objective"])
+        metric, better = objective.primary
+        if metric not in metrics:
+            continue
+        base = f"test/baseline/{metric.removeprefix('test/')}"
+        name = json.loads(stamp.read_text()).get("baseline") if stamp.is_file() else None
+        rows.append(
+            Result(
+                folder.name,
+                metric,
+                better,
+                metrics[metric],
+                name,
+                metrics.get(base),
+                metrics.get("test/lift"),
+            )
+        )
+    if not rows:
+        raise ResultsError("no evaluated run yet: `dvc repro` (or `assay evaluate`) scores them")
+    return rows
+
+
+def markdown(rows: list[Result]) -> str:
+    """The README's table."""
+    lines = [
+        "| experiment | test metric | model | classical baseline (same split) | baseline | lift |",
+        "|---|---|---:|---|---:|---:|",
+    ]
+    for r in rows:
+        arrow = "higher" if r.better == "max" else "lower"
+        cells = [
+            r.key,
+            f"{r.metric.removeprefix('test/')} ({arrow} is better)",
+            f"{r.value:.4f}",
+            r.baseline or "none",
+            "" if r.baseline_value is None else f"{r.baseline_value:.4f}",
+            "" if r.lift is None else f"{r.lift:+.4f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -1,4 +1,4 @@
-"""Each objective's classical baseline (`assay.objectives.baselines`): fitted on the same
+"""Each objective's classical baseline (`assay.baselines`): fitted on the same
 prepared splits as the model, tuned on val, scored on test, logged beside the model's metrics
 by `evaluate` and kept per data, objective and baseline code."""
 
@@ -11,9 +11,9 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from assay import baselines
 from assay.data import datamodule
 from assay.evaluation import evaluate
-from assay.objectives import get_objective
 from assay.training import train
 from tests.conftest import tiny_config
 
@@ -39,7 +39,7 @@ def test_evaluate_scores_the_baseline_beside_the_model_and_keeps_it(project, mon
     def refit(*_):
         raise AssertionError("the baseline was fitted again")
 
-    monkeypatch.setattr(type(get_objective("classification")), "baseline", refit)
+    monkeypatch.setitem(baselines.BASELINES, "classification", refit)
     again = evaluate(cfg, project).metrics
     assert again["test/baseline/acc"] == scores["test/baseline/acc"]
 
@@ -57,7 +57,7 @@ def test_each_baseline_is_a_real_model_on_the_real_data(family_data, dataset, ob
     """Better than the trivial answer (the mean rating; the same step a season ago), so the
     model beside it is compared with something that learned."""
     dm = datamodule(dataset, family_data.parent)
-    base = get_objective(objective).baseline(None, dm)
+    base = baselines.fit(objective, None, dm, refit=False)
     assert base.name and all(np.isfinite(v) for v in base.metrics.values())
     assert check(base.metrics, dm), (base.name, base.metrics)
 
@@ -70,3 +70,18 @@ def _mean_rmse(dm) -> float:
 def _naive_rmse(dm) -> float:
     x, y = dm.tensors("test")
     return float(torch.sqrt(torch.mean((dm.seasonal_naive(x) - y) ** 2)))
+
+
+def test_a_refit_models_baseline_is_refitted_on_train_and_val_too(digits_data):
+    dm = datamodule("digits", digits_data.parent)
+    plain, refit = (baselines.fit("classification", None, dm, refit=r) for r in (False, True))
+    # the C that val chose, then a fit on train + val
+    assert refit.name == f"{plain.name}; refitted on train + val, as the model"
+    assert refit.metrics != plain.metrics  # more rows, another model
+
+
+def test_pca_keeps_at_most_every_component_of_the_image(digits_data):
+    dm = datamodule("digits", digits_data.parent)  # 8x8: 64 pixels
+    wide = baselines.reconstruction(dm, False, components=100)
+    assert wide.name == "PCA, 64 components" and wide.metrics["test/mse"] < 1e-10
+    assert baselines.reconstruction(dm, False, components=8).metrics["test/mse"] > 1e-4

@@ -344,3 +344,5 @@ def test_the_mlflow_ui_is_the_tracking_server_when_there_is_one(root, monkeypatc
     assert cfg.ui_url(root) == "http://127.0.0.1:5001"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://10.0.0.5:5000")
     assert cfg.ui_url(root) == "http://10.0.0.5:5000"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "https://me:secret@mlflow.example:8443/")
+    assert cfg.ui_url(root) == "https://mlflow.example:8443"  # no credentials in a link

@@ -185,3 +185,27 @@ def test_the_learning_curve_names_the_metrics_it_draws():
     rows = [{"epoch": 0, "val/loss": 1.0, "val/roc_auc": 0.9, "train/acc": 0.5, "val/acc": 0.6}]
     assert metric_axis_label(rows) == "acc, roc_auc"
     assert metric_axis_label([{"epoch": 0, "train/loss": 1.0}]) == "(no metric besides loss)"
+
+
+def test_the_mlflow_logger_logs_each_epoch_at_its_step_once(project):
+    """Lightning hands a logger the epoch among the metrics: it becomes the step. Metrics an
+    earlier attempt of the run logged at an epoch (a resumed Ray fit re-runs epochs) are not
+    logged again, key by key."""
+    from assay.tracking import ensure_store, experiment_id, run_loggers
+
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    client = ensure_store(uri)
+    run_id = client.create_run(experiment_id(client, "assay", project, uri)).info.run_id
+    spec = {"experiment": "assay", "uri": uri, "run_id": run_id, "wandb_id": None}
+    (logger,) = run_loggers(spec, wandb=False, logged={"val/acc": 1})
+    logger.log_metrics({"val/acc": 0.5, "train/loss": 0.9, "epoch": 1}, step=57)
+    logger.log_metrics({"val/acc": 0.7, "train/loss": 0.8, "epoch": 2}, step=114)
+    steps = {
+        k: [(m.step, m.value) for m in client.get_metric_history(run_id, k)]
+        for k in ("val/acc", "train/loss", "epoch")
+    }
+    assert steps == {
+        "val/acc": [(2, pytest.approx(0.7))],  # epoch 1's was logged before
+        "train/loss": [(1, pytest.approx(0.9)), (2, pytest.approx(0.8))],
+        "epoch": [],
+    }

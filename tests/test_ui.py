@@ -59,7 +59,7 @@ def filled(tmp_path_factory, digits_data):
     root = tmp_path_factory.mktemp("ui")
     shutil.copy(Path(__file__).resolve().parents[1] / "params.yaml", root / "params.yaml")
     shutil.copytree(digits_data, root / "data")
-    mport, dport = free_port(), free_port()
+    mport = free_port()  # before the sweep: its trials' links point at it
     (root / "params.yaml").write_text(
         (root / "params.yaml")
         .read_text()
@@ -72,11 +72,13 @@ def filled(tmp_path_factory, digits_data):
     sweep = run_sweep(
         load_sweep(write_sweep(root, "ui", trials=2, epochs=2), root=root), console=Lines()
     )
+    dport = free_port()
+    errors = open(root / "ui.err", "w")  # noqa: SIM115  closed below
     proc = subprocess.Popen(
         [ASSAY, "ui", "--dashboard-port", str(dport)],
         cwd=root,
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=errors,
         text=True,
         start_new_session=True,
     )
@@ -86,6 +88,7 @@ def filled(tmp_path_factory, digits_data):
             lines.append(line)
             if "Ctrl-C" in line:
                 break
+        assert "Ctrl-C" in "".join(lines), (root / "ui.err").read_text()[-3000:]
         family = psutil.Process(proc.pid).children(recursive=True)
         yield {
             "root": root,
@@ -104,6 +107,7 @@ def filled(tmp_path_factory, digits_data):
             code = proc.wait(60)
         finally:
             stop_group(proc)
+            errors.close()
     gone, alive = psutil.wait_procs(family, timeout=10)
     assert code == 0 and not alive, [p.cmdline() for p in alive]
 

@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from assay import artifacts, tracking
+from assay import artifacts, baselines, tracking
 from assay.config import AssayConfig
 from assay.data import datamodule
 from assay.models import get_entry
-from assay.objectives import baselines
 from assay.paths import atomic_dir, atomic_write_json, find_root, output_dir
 from assay.preparation import sha256_file
 
@@ -54,7 +54,8 @@ def evaluate(cfg: AssayConfig, root: Path | None = None, out: Path | None = None
     dm.verify(("test",))  # before anything is written or logged
     with atomic_dir(out / "eval") as folder:
         metrics, n = model.objective.score(model, dm, folder, t.key, cfg, root)
-        baseline, scores = baseline_metrics(model, dm, metrics, root)
+        refit = checkpoint.name == "refit.ckpt"
+        baseline, scores = baseline_metrics(model, dm, metrics, root, refit)
         metrics.update(scores)
         pngs = {p.stem: artifacts.stamp_png(p, run_id) for p in sorted(folder.glob("*.png"))}
         # the test split it scored: the champion gate compares only scores of the same split
@@ -81,30 +82,38 @@ def evaluate(cfg: AssayConfig, root: Path | None = None, out: Path | None = None
 
 
 def baseline_metrics(
-    model, dm, metrics: dict[str, float], root: Path
+    model, dm, metrics: dict[str, float], root: Path, refit: bool
 ) -> tuple[str | None, dict[str, float]]:
-    """The objective's classical baseline on the same splits (`Objective.baseline`), as
+    """The objective's classical baseline on the same splits (`assay.baselines`), as
     `test/baseline/<metric>`, and `test/lift`: how far the model's primary metric beats the
     baseline's (model - baseline where higher is better, baseline - model where lower is; < 0:
-    the baseline wins). Fitted once per prepared data, objective and baseline code, and kept
-    in .assay/baselines/."""
-    objective = model.objective
-    setting = objective.baseline_setting(model)
-    parts = [sha256_file(dm.folder / f"{s}.npz") for s in ("train", "val", "test")]
-    parts += [sha256_file(Path(baselines.__file__)), objective.name, setting]
+    the baseline wins). `refit`: the model trained on train + val, and so is the baseline.
+    Fitted once per prepared data, objective, setting and baseline code, and kept in
+    .assay/baselines/. A baseline that cannot be fitted (a split of one class) is named in a
+    warning, and the model is scored without it."""
+    import sklearn
+
+    name, mode = model.objective.primary
+    objective = model.objective.name
+    files = [dm.folder / f"{s}.npz" for s in ("train", "val", "test")] + [dm.folder / "meta.json"]
+    parts = [sha256_file(f) for f in [*files, Path(baselines.__file__)]]
+    parts += [objective, baselines.setting(objective, model), f"refit={refit}", sklearn.__version__]
     key = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
-    cache = root / ".assay" / "baselines" / f"{dm.name}-{objective.name}-{key}.json"
+    cache = root / ".assay" / "baselines" / f"{dm.name}-{objective}-{key}.json"
     if cache.is_file():
         found = json.loads(cache.read_text())
     else:
-        base = objective.baseline(model, dm)
+        try:
+            base = baselines.fit(objective, model, dm, refit)
+        except ValueError as e:  # scikit-learn's word for data it cannot fit or score
+            print(f"assay: no baseline for {dm.name} ({objective}): {e}", file=sys.stderr)
+            return None, {}
         if base is None:
             return None, {}
         found = {"name": base.name, "metrics": base.metrics}
         cache.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(cache, found)
     scores = {f"test/baseline/{k.removeprefix('test/')}": v for k, v in found["metrics"].items()}
-    name, mode = objective.primary
     if name in found["metrics"] and name in metrics:
         lift = metrics[name] - found["metrics"][name]
         scores["test/lift"] = lift if mode == "max" else -lift

@@ -49,12 +49,17 @@ def collect(root: Path) -> list[Result]:
         info, stamp = folder / "model/run.json", folder / "eval/run.json"
         if not info.is_file():
             continue
-        objective = get_objective(json.loads(info.read_text())["objective"])
+        objective = json.loads(info.read_text()).get("objective")
+        if objective is None:
+            continue
+        objective = get_objective(objective)
         metric, better = objective.primary
         if metric not in metrics:
             continue
         base = f"test/baseline/{metric.removeprefix('test/')}"
-        name = json.loads(stamp.read_text()).get("baseline") if stamp.is_file() else None
+        scored = json.loads(stamp.read_text()) if stamp.is_file() else {}
+        # an evaluation from before baselines existed: say so, not "none"
+        name = scored.get("baseline", "not scored: run `assay evaluate` again")
         rows.append(
             Result(
                 folder.name,

@@ -44,7 +44,10 @@ def dashboard_cmd(storage: str, host: str, port: int) -> list[str]:
 
 
 def port_free(host: str, port: int) -> bool:
+    """Nothing listens on it. (SO_REUSEADDR, as the servers bind: a port a stopped server left
+    in TIME_WAIT is free to them.)"""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:
@@ -82,6 +85,10 @@ class Server:
     proc: subprocess.Popen
 
 
+# loopback never goes through $http_proxy
+_direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def wait_ready(servers: list[Server], timeout: float = 120.0) -> None:
     """Until each server answers HTTP at its address; a ServerError if one exits first."""
     deadline = time.monotonic() + timeout
@@ -91,7 +98,7 @@ def wait_ready(servers: list[Server], timeout: float = 120.0) -> None:
         if s.proc.poll() is not None:
             raise ServerError(f"{s.name} exited with code {s.proc.returncode} before answering")
         try:
-            with urllib.request.urlopen(s.url, timeout=2):
+            with _direct.open(s.url, timeout=2):
                 waiting.pop(0)
                 continue
         except (urllib.error.URLError, OSError):

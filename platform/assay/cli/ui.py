@@ -45,7 +45,8 @@ def ui(
     experiment = tracking.experiment_id(client, cfg.tracking.experiment, root, store)
     wanted: list[tuple[str, list[str] | None, str]] = []
     if not store.startswith(("http://", "https://")):
-        port = (urlsplit(ui_url).port or 80) if mlflow_port is None else mlflow_port
+        default = 443 if ui_url.startswith("https") else 80
+        port = (urlsplit(ui_url).port or default) if mlflow_port is None else mlflow_port
         port = port or servers.free_port(host)
         if not servers.port_free(host, port):
             fail(
@@ -85,17 +86,22 @@ def ui(
         for name, cmd, url in wanted:
             started.append(servers.Server(name, url, servers.start(cmd)))
         guarded(servers.wait_ready, started)
-    except BaseException:
+        for s in started:
+            url = s.url
+            if s.name == "MLflow UI":  # the experiment's runs, in the model-training view
+                url = tracking.ui_page(s.url, experiment)
+            out.print(f"{s.name + ':':17} {url}", highlight=False, soft_wrap=True)
+        out.print(
+            "Ctrl-C stops both." if len(started) > 1 else "Ctrl-C stops it.",
+            highlight=False,
+            soft_wrap=True,
+        )
+        sys.stdout.flush()
+        code = servers.serve(started)  # stops them all when it returns
+    finally:
         from assay import lifecycle
 
         for s in started:
-            lifecycle.stop_group(s.proc)
-        raise
-    for s in started:
-        url = s.url
-        if s.name == "MLflow UI":  # the experiment's runs, in the model-training view
-            url = tracking.ui_page(s.url, experiment)
-        out.print(f"{s.name + ':':17} {url}", highlight=False, soft_wrap=True)
-    out.print("Ctrl-C stops both.", highlight=False, soft_wrap=True)
-    sys.stdout.flush()
-    raise typer.Exit(servers.serve(started))
+            if s.proc.poll() is None:
+                lifecycle.stop_group(s.proc)
+    raise typer.Exit(code)

@@ -11,6 +11,7 @@ import re
 import warnings
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
@@ -267,7 +268,10 @@ class TrackingConfig(StrictModel):
     def ui_url(self, root: Path) -> str:
         """Where a person sees this store's runs: the tracking server itself, else `ui`."""
         store = self.store_uri(root)
-        return (store if store.startswith(("http://", "https://")) else self.ui).rstrip("/")
+        if not store.startswith(("http://", "https://")):
+            return self.ui.rstrip("/")
+        parts = urlsplit(store)  # never a user or password into a printed or stored link
+        return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl().rstrip("/")
 
 
 class RayConfig(StrictModel):

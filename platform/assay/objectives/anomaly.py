@@ -12,7 +12,6 @@ from torchmetrics.classification import BinaryAUROC
 from torchmetrics.functional.classification import binary_auroc, binary_average_precision
 
 from assay import plots
-from assay.objectives import baselines
 from assay.objectives.base import Objective, Prediction, batched, register_objective
 from assay.objectives.figures import latent_png
 
@@ -43,9 +42,6 @@ class Anomaly(Objective):
 
     def head(self, net):
         return ScoreHead(net)
-
-    def baseline(self, model, dm):
-        return baselines.anomaly(dm)
 
     def score(self, model, dm, out: Path, title: str, cfg, root: Path):
         x, y = dm.load_split("test")

@@ -31,8 +31,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from assay.objectives.baselines import Baseline
-
 Direction = Literal["max", "min"]
 
 
@@ -81,16 +79,6 @@ class Objective:
     def score(self, model, dm, out: Path, title: str, cfg, root: Path) -> tuple[dict, int]:
         """Test metrics (and the number of test examples); pictures and tables go in `out`."""
         raise NotImplementedError
-
-    def baseline(self, model, dm) -> Baseline | None:
-        """A classical model on the same splits (`assay.objectives.baselines`): fitted on train,
-        tuned on val, scored on test under the model's metric names. None: it has none."""
-        return None
-
-    def baseline_setting(self, model) -> str:
-        """What of the model the baseline depends on (PCA's components: the code's size); ""
-        for none. Part of the key its result is kept under."""
-        return ""
 
     def output(self, task) -> dict:
         """What the logged model does to its net's answer (`assay.tracking.contract.apply`):

@@ -19,7 +19,6 @@ from torchmetrics.functional.classification import (
 )
 
 from assay import plots
-from assay.objectives import baselines
 from assay.objectives.base import Objective, Prediction, batched, register_objective
 from assay.objectives.figures import attention_png
 
@@ -56,9 +55,6 @@ class Classification(Objective):
 
     def head(self, net):
         return SoftmaxHead(net)
-
-    def baseline(self, model, dm):
-        return baselines.classification(dm)
 
     def score(self, model, dm, out: Path, title: str, cfg, root: Path):
         x, y = dm.load_split("test")

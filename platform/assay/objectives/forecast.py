@@ -13,7 +13,6 @@ import torch.nn.functional as F
 from torchmetrics import MeanAbsoluteError
 
 from assay import plots
-from assay.objectives import baselines
 from assay.objectives.base import Objective, Prediction, batched, register_objective
 from assay.objectives.figures import attention_png
 
@@ -34,9 +33,6 @@ class Forecast(Objective):
     def loss(self, out, target, task):
         scale = task.std[task.target_index]
         return F.mse_loss(out / scale, target / scale)
-
-    def baseline(self, model, dm):
-        return baselines.forecast(dm)
 
     def score(self, model, dm, out: Path, title: str, cfg, root: Path):
         x, y = dm.load_split("test")

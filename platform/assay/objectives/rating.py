@@ -13,7 +13,6 @@ from torch import nn
 from torchmetrics import MeanSquaredError
 from torchmetrics.retrieval import RetrievalHitRate, RetrievalNormalizedDCG
 
-from assay.objectives import baselines
 from assay.objectives.base import Objective, Prediction, batched, register_objective
 
 
@@ -44,9 +43,6 @@ class Rating(Objective):
 
     def head(self, net):
         return PairsHead(net)
-
-    def baseline(self, model, dm):
-        return baselines.rating(dm)
 
     def score(self, model, dm, out: Path, title: str, cfg, root: Path):
         u, i, _, r = dm.load_split("test")  # the position of every test rating is "now"

@@ -10,7 +10,6 @@ import numpy as np
 import torch
 
 from assay import plots
-from assay.objectives import baselines
 from assay.objectives.base import Objective, Prediction, batched, register_objective
 from assay.objectives.figures import latent_png
 
@@ -23,12 +22,6 @@ class Reconstruction(Objective):
     # 0.0097, 0.0095, 0.0097 (bench/seed_spread.py)
     reproduce_tolerance = 0.0002
     smoke = {"dataset": "digits", "arch": "autoencoder_tiny"}
-
-    def baseline_setting(self, model):
-        return f"components={model.config.latent_dim}"
-
-    def baseline(self, model, dm):
-        return baselines.reconstruction(dm, model.config.latent_dim)
 
     def score(self, model, dm, out: Path, title: str, cfg, root: Path):
         x, y = dm.load_split("test")

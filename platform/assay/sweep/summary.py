@@ -57,7 +57,10 @@ def summarise(
     for k, v in best_params.items():
         client.set_tag(parent_id, f"best.{k}", str(v))
     ui = sweep.base.tracking.ui_url(sweep.root)
-    link_runs(study, ui, client.get_run(parent_id).info.experiment_id, parent_id)
+    try:
+        link_runs(study, ui, client.get_run(parent_id).info.experiment_id, parent_id)
+    except Exception as e:  # a convenience: never worth failing a finished sweep for
+        say(f"could not link the trials to their MLflow runs in optuna-dashboard: {e}")
     if best is None:  # no best: no DVC outputs claim one, not even an earlier run's
         for name in ("best_params.yaml", "metrics.json"):
             (sweep.out / name).unlink(missing_ok=True)

@@ -1,5 +1,7 @@
 """Classical baselines, one per objective, on exactly the splits the model saw: fitted on train,
-their one setting chosen on val, scored once on test, under the model's own metric names.
+their one setting chosen on val, scored once on test, under the model's own metric names. For a
+refit model (`train.refit`: trained on train + val), the baseline is refitted on train + val too,
+with the setting val chose.
 
   classification  logistic regression: on the pixels (images), on TF-IDF of the token n-grams
                   (text, the same WordPiece tokens the models read)
@@ -10,7 +12,9 @@ their one setting chosen on val, scored once on test, under the model's own metr
   generation      none (a sample's quality has no classical counterpart here)
 
 scikit-learn does the fitting. The biased rating baseline is a few lines of alternating least
-squares: scikit-learn has none, and the libraries that do (Surprise) do not build here.
+squares: scikit-learn has none, and the libraries that do (Surprise) do not build here. Only
+`evaluate` runs these: training never imports this module, so an edit here re-scores, not
+retrains.
 """
 
 from __future__ import annotations
@@ -27,6 +31,23 @@ import numpy as np
 class Baseline:
     name: str  # what it is, with the setting val chose
     metrics: dict[str, float]  # test metrics, under the model's names ("test/acc")
+
+
+def fit(objective: str, model, dm, refit: bool) -> Baseline | None:
+    """The objective's baseline on `dm`'s splits; None for an objective that has none."""
+    if objective not in BASELINES:
+        return None
+    extra = [model.config.latent_dim] if objective == "reconstruction" else []
+    base = BASELINES[objective](dm, refit, *extra)
+    if refit:
+        base.name += "; refitted on train + val, as the model"
+    return base
+
+
+def setting(objective: str, model) -> str:
+    """What of the model a baseline depends on (PCA: the code's size), for the key it is kept
+    under."""
+    return f"components={model.config.latent_dim}" if objective == "reconstruction" else ""
 
 
 def tuned(
@@ -46,12 +67,20 @@ def _np(dm, split: str) -> list[np.ndarray]:
     return [t.numpy() for t in dm.tensors(split)]
 
 
+def _stack(a, b):
+    if hasattr(a, "tocsr"):  # TF-IDF's sparse rows
+        from scipy.sparse import vstack
+
+        return vstack([a, b]).tocsr()
+    return np.concatenate([a, b])
+
+
 # ---------------------------------------------------------------------------- classification
 def _token_docs(x: np.ndarray) -> list[str]:
     return [" ".join(map(str, row[row > 0])) for row in x]  # id 0 is padding
 
 
-def classification(dm) -> Baseline:
+def classification(dm, refit: bool) -> Baseline:
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
@@ -71,12 +100,14 @@ def classification(dm) -> Baseline:
     # model then fitted once on all of them
     few = np.random.default_rng(0).permutation(len(yt))[:10_000]
 
-    def fit(c, rows=few):
-        return LogisticRegression(C=c, max_iter=300).fit(xt[rows], yt[rows])
+    def fit_c(c, x=xt, y=yt, rows=few):
+        return LogisticRegression(C=c, max_iter=300).fit(x[rows], y[rows])
 
-    c, model = tuned(grid, fit, lambda m: accuracy_score(yv, m.predict(xv)), "max")
-    if len(yt) > len(few):
-        model = fit(c, slice(None))
+    c, model = tuned(grid, fit_c, lambda m: accuracy_score(yv, m.predict(xv)), "max")
+    if refit:
+        model = fit_c(c, _stack(xt, xv), np.concatenate([yt, yv]), slice(None))
+    elif len(yt) > len(few):
+        model = fit_c(c, rows=slice(None))
     pred = model.predict(xs)
     metrics = {"test/acc": float(accuracy_score(ys, pred))}
     if len(np.unique(yt)) == 2:
@@ -88,7 +119,7 @@ def classification(dm) -> Baseline:
 
 
 # ---------------------------------------------------------------------------------- forecast
-def forecast(dm) -> Baseline:
+def forecast(dm, refit: bool) -> Baseline:
     from scipy.linalg import LinAlgWarning
     from sklearn.linear_model import Ridge
 
@@ -107,25 +138,29 @@ def forecast(dm) -> Baseline:
             lambda m: rmse(m, xv, yv),
             "min",
         )
+        if refit:
+            model = Ridge(alpha=alpha).fit(_stack(xt, xv), _stack(yt, yv))
     pred = model.predict(xs)
     metrics = {"test/rmse": rmse(model, xs, ys), "test/mae": float(np.mean(np.abs(pred - ys)))}
     return Baseline(f"ridge regression over the window, alpha={alpha:g}", metrics)
 
 
 # ----------------------------------------------------------------------------------- anomaly
-def anomaly(dm) -> Baseline:
+def anomaly(dm, refit: bool) -> Baseline:
     from sklearn.ensemble import IsolationForest
     from sklearn.metrics import average_precision_score, roc_auc_score
 
     (xt, _), (xv, yv), (xs, ys) = (_np(dm, s) for s in ("train", "val", "test"))
 
-    def fit(n):
-        return IsolationForest(n_estimators=200, max_samples=n, random_state=0).fit(xt)
+    def fit_n(n, x=xt):
+        return IsolationForest(n_estimators=200, max_samples=n, random_state=0).fit(x)
 
     def pr_auc(m, x, y):
         return float(average_precision_score(y, -m.score_samples(x)))
 
-    n, model = tuned((256, 1024), fit, lambda m: pr_auc(m, xv, yv), "max")
+    n, model = tuned((256, 1024), fit_n, lambda m: pr_auc(m, xv, yv), "max")
+    if refit:  # val's normal rows only, as the model's refit
+        model = fit_n(n, _stack(xt, xv[yv == 0]))
     score = -model.score_samples(xs)
     metrics = {
         "test/roc_auc": float(roc_auc_score(ys, score)),
@@ -144,11 +179,10 @@ def _biases(u, i, r, n_users: int, n_items: int, reg: float, sweeps: int = 10):
     return mu, bu, bi
 
 
-def rating(dm) -> Baseline:
+def rating(dm, refit: bool) -> Baseline:
     arrays = {s: dm.arrays(s) for s in ("train", "val", "test")}
     n_users, n_items = dm.meta["n_users"], dm.meta["n_items"]
     lo, hi = dm.meta["rating_range"]
-    t = arrays["train"]
 
     def predict(model, split):
         mu, bu, bi = model
@@ -159,21 +193,38 @@ def rating(dm) -> Baseline:
         p, r = predict(model, split)
         return float(np.sqrt(np.mean((p - r) ** 2)))
 
-    def fit(reg):
-        return _biases(t["u"], t["i"], t["r"].astype(float), n_users, n_items, reg)
+    def fit_reg(reg, splits=("train",)):
+        u, i, r = (np.concatenate([arrays[s][k] for s in splits]) for k in "uir")
+        return _biases(u, i, r.astype(float), n_users, n_items, reg)
 
-    reg, model = tuned((0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 25.0), fit, lambda m: rmse(m, "val"), "min")
+    reg, model = tuned(
+        (0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 25.0), fit_reg, lambda m: rmse(m, "val"), "min"
+    )
+    if refit:
+        model = fit_reg(reg, ("train", "val"))
     p, r = predict(model, "test")
     metrics = {"test/rmse": rmse(model, "test"), "test/mae": float(np.mean(np.abs(p - r)))}
     return Baseline(f"biased baseline (mean + user + item bias), reg={reg:g}", metrics)
 
 
 # ---------------------------------------------------------------------------- reconstruction
-def reconstruction(dm, components: int) -> Baseline:
+def reconstruction(dm, refit: bool, components: int) -> Baseline:
     from sklearn.decomposition import PCA
 
-    xt, xs = (_np(dm, s)[0] for s in ("train", "test"))
-    xt, xs = (a.reshape(len(a), -1) for a in (xt, xs))
-    pca = PCA(n_components=components, random_state=0).fit(xt)
+    xt, xv, xs = (_np(dm, s)[0] for s in ("train", "val", "test"))
+    xt, xv, xs = (a.reshape(len(a), -1) for a in (xt, xv, xs))
+    if refit:
+        xt = _stack(xt, xv)
+    k = min(components, *xt.shape)  # a code wider than the image: PCA keeps every component
+    pca = PCA(n_components=k, random_state=0).fit(xt)
     back = pca.inverse_transform(pca.transform(xs))
-    return Baseline(f"PCA, {components} components", {"test/mse": float(np.mean((back - xs) ** 2))})
+    return Baseline(f"PCA, {k} components", {"test/mse": float(np.mean((back - xs) ** 2))})
+
+
+BASELINES: dict[str, Callable[..., Baseline]] = {
+    "classification": classification,
+    "forecast": forecast,
+    "anomaly": anomaly,
+    "rating": rating,
+    "reconstruction": reconstruction,
+}

@@ -220,7 +220,8 @@ def results(
         return
     table = Table(title="assay results (test split; baseline: the same split)")
     for column in ("experiment", "metric", "model", "baseline", "", "lift"):
-        table.add_column(column, justify="right" if column in ("model", "", "lift") else "left")
+        right = column in ("model", "", "lift")
+        table.add_column(column, justify="right" if right else "left", no_wrap=column != "baseline")
     for r in rows:
         colour = "green" if (r.lift or 0) > 0 else "red" if r.lift is not None else "white"
         lift = "" if r.lift is None else f"[{colour}]{r.lift:+.4f}[/]"

@@ -50,7 +50,9 @@ def committed(project):
             "\nimport os as _os\nif _os.environ.get('ASSAY_TEST_MARK'):\n"
             "    open(_os.environ['ASSAY_TEST_MARK'], 'a').write('committed code ran\\n')\n"
         )
-    (project / ".gitignore").write_text("data/\nmlflow.db*\nmlruns/\noutputs/\nwandb/\nmark.txt\n")
+    # as the repository's own .gitignore: what runs write (.assay/: the baselines evaluate keeps)
+    ignored = ("data/", "mlflow.db*", "mlruns/", "outputs/", "wandb/", ".assay/", "mark.txt")
+    (project / ".gitignore").write_text("\n".join(ignored) + "\n")
     _git(project, "init", "-q")
     _git(project, "add", "-A")
     _git(project, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "code")

@@ -30,7 +30,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,25 +39,15 @@ from pathlib import Path
 
 import assay
 from assay.errors import UserError
-from assay.lifecycle import group_alive, pid_alive
+from assay.lifecycle import group_alive, pid_alive, venv_command
 from assay.rayenv import auth_env
+from assay.servers import free_port
 
 STATE = Path(".assay") / "cluster.json"
 
 
 class ClusterError(UserError, RuntimeError):
     """A cluster problem with a clear fix (none running, not reachable, ...)."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _ray_bin() -> str:
-    exe = Path(sys.executable).with_name("ray")
-    return str(exe) if exe.exists() else "ray"
 
 
 @dataclass
@@ -91,7 +80,7 @@ def up(
     bind, env_extra, reach = _bind_args(host)
     gcs, dash = free_port(), free_port()
     cmd = [
-        _ray_bin(),
+        venv_command("ray"),
         "start",
         "--head",
         "--block",
@@ -135,7 +124,7 @@ def _token_env() -> dict[str, str]:
     if os.environ.get("RAY_AUTH_MODE"):
         return {}
     made = subprocess.run(
-        [_ray_bin(), "get-auth-token", "--generate"], capture_output=True, text=True
+        [venv_command("ray"), "get-auth-token", "--generate"], capture_output=True, text=True
     )  # it prints the token: kept out of the terminal and the logs
     if made.returncode != 0:
         raise ClusterError(f"`ray get-auth-token --generate` failed: {made.stderr.strip()[-500:]}")

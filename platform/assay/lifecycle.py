@@ -23,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import psutil
 
@@ -256,6 +257,13 @@ def reclaim_sigterm() -> None:
     main = threading.current_thread() is threading.main_thread()  # signal.signal: main only
     if _installed and main and signal.getsignal(signal.SIGTERM) != _on_signal:
         signal.signal(signal.SIGTERM, _on_signal)
+
+
+def venv_command(name: str) -> str:
+    """A command of this environment (beside this Python: ray, mlflow, dvc, ...), else whatever
+    PATH finds: a child process runs the same install as its parent."""
+    exe = Path(sys.executable).with_name(name)
+    return str(exe) if exe.exists() else name
 
 
 def die_with_parent(sig: int = signal.SIGTERM) -> None:

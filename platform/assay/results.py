@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from assay import lifecycle
 from assay.errors import UserError
 from assay.objectives import get_objective
 
@@ -31,8 +31,7 @@ class Result:
 
 
 def _dvc_metrics(root: Path) -> dict[str, dict]:
-    dvc = Path(sys.executable).with_name("dvc")
-    cmd = [str(dvc) if dvc.exists() else "dvc", "metrics", "show", "--json"]
+    cmd = [lifecycle.venv_command("dvc"), "metrics", "show", "--json"]
     done = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
     if done.returncode != 0:
         raise ResultsError(f"`dvc metrics show` failed: {done.stderr.strip()[-500:]}")

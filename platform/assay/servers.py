@@ -22,17 +22,11 @@ class ServerError(UserError):
     """A server that could not start (its port taken, or it exited), with what to do."""
 
 
-def _bin(name: str) -> str:
-    """The venv's own command (beside this Python), else whatever PATH finds."""
-    exe = Path(sys.executable).with_name(name)
-    return str(exe) if exe.exists() else name
-
-
 def mlflow_cmd(backend: str, host: str, port: int, artifacts: Path | None = None) -> list[str]:
     """`mlflow server` on `backend` (runs and registry). `artifacts`: where the server keeps the
     artifacts of runs logged through it (`--artifacts-destination`); runs logged straight into a
     file store keep theirs where they are, and the server reads them there."""
-    cmd = [_bin("mlflow"), "server", "--host", host, "--port", str(port)]
+    cmd = [lifecycle.venv_command("mlflow"), "server", "--host", host, "--port", str(port)]
     cmd += ["--backend-store-uri", backend, "--workers", "1"]
     if artifacts is not None:
         cmd += ["--artifacts-destination", str(artifacts)]
@@ -40,7 +34,15 @@ def mlflow_cmd(backend: str, host: str, port: int, artifacts: Path | None = None
 
 
 def dashboard_cmd(storage: str, host: str, port: int) -> list[str]:
-    return [_bin("optuna-dashboard"), storage, "--host", host, "--port", str(port), "--quiet"]
+    return [
+        lifecycle.venv_command("optuna-dashboard"),
+        storage,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--quiet",
+    ]
 
 
 def port_free(host: str, port: int) -> bool:
@@ -56,6 +58,7 @@ def port_free(host: str, port: int) -> bool:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on now (a server bound there takes it next)."""
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]

@@ -43,7 +43,7 @@ def ui(
     ui_url = cfg.tracking.ui_url(root)
     client = tracking.ensure_store(store)  # a new project's store, and its experiment, exist
     experiment = tracking.experiment_id(client, cfg.tracking.experiment, root, store)
-    wanted: list[tuple[str, list[str] | None, str]] = []
+    wanted: list[tuple[str, list[str], str]] = []
     if not store.startswith(("http://", "https://")):
         default = 443 if ui_url.startswith("https") else 80
         port = (urlsplit(ui_url).port or default) if mlflow_port is None else mlflow_port

@@ -18,8 +18,10 @@ from assay.training import train
 from tests.conftest import tiny_config
 
 
-def _train_eval_register(project, **train_cfg):
-    cfg = tiny_config(project, arch="cnn_tiny", wandb="disabled", **train_cfg)
+def _train_eval_register(project, require_lift=False, **train_cfg):
+    cfg = tiny_config(
+        project, arch="cnn_tiny", wandb="disabled", require_lift=require_lift, **train_cfg
+    )
     train(cfg, project)
     score = evaluate(cfg, project).metrics["test/acc"]
     return score, register(cfg, project)
@@ -50,6 +52,38 @@ def test_gate_promotes_first_and_better_refuses_worse(project):
     assert float(champion.tags["test/acc"]) == pytest.approx(strong, abs=1e-6)
     assert champion.tags["test/acc"] == f"{strong:.6g}"  # as a person reads it, not float32's
     assert (project / "outputs/digits-cnn_tiny/registration.json").exists()
+
+
+def test_gate_refuses_a_champion_that_loses_to_its_baseline(project, monkeypatch):
+    """register.require_lift (the default): a model that logistic regression beats on the same
+    split is registered but not made champion, and says why; turned off, the same run is."""
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    client = MlflowClient(uri, registry_uri=uri)
+    weak = {"max_epochs": 1, "lr": 1e-4, "optimizer": "sgd", "scheduler": "none"}
+    _, d1 = _train_eval_register(project, require_lift=True, **weak)
+    scores = json.loads((project / "outputs/digits-cnn_tiny/metrics.json").read_text())
+    assert scores["test/lift"] < 0 < scores["test/baseline/acc"] - d1.value  # it does lose
+    assert not d1.promoted and d1.champion_before is None
+    assert "does not beat its classical baseline's" in d1.reason
+    assert "register.require_lift" in d1.reason and "no champion yet" in d1.reason
+    name = "digits-cnn_tiny"
+    assert str(client.get_model_version_by_alias(name, "candidate").version) == "1"
+    with pytest.raises(Exception, match="champion"):
+        client.get_model_version_by_alias(name, "champion")
+
+    monkeypatch.chdir(project)  # turned off, the same run is promoted
+    cli = ["--set", "train.dataset=digits", "--set", "train.arch=cnn_tiny"]
+    cli += [a for k, v in weak.items() for a in ("--set", f"train.{k}={v}")]
+    result = CliRunner().invoke(app, ["register", *cli, "--set", "register.require_lift=false"])
+    assert result.exit_code == 0, result.output
+    assert "promoted to champion" in result.stdout
+    assert str(client.get_model_version_by_alias(name, "champion").version) == "2"
+
+    # on again, a better model is champion only if it also beats the baseline, and says so
+    _, d3 = _train_eval_register(project, require_lift=True, max_epochs=15, lr=0.01)
+    lift = json.loads((project / "outputs/digits-cnn_tiny/metrics.json").read_text())["test/lift"]
+    assert d3.promoted == (lift > 0), (lift, d3.reason)
+    assert (f"lift {lift:+.4f}" if lift > 0 else "does not beat its classical") in d3.reason
 
 
 @pytest.mark.parametrize(
@@ -129,7 +163,9 @@ def test_gate_keeps_the_champion_when_the_scores_are_of_other_data(project, monk
     cfg = load_config(root=project)
     prepare("digits", cfg.prepare.model_copy(update={"seed": 1}), project)  # another split
 
-    strong = tiny_config(project, arch="cnn_tiny", wandb="disabled", max_epochs=15, lr=0.01)
+    strong = tiny_config(
+        project, arch="cnn_tiny", wandb="disabled", require_lift=False, max_epochs=15, lr=0.01
+    )
     train(strong, project)
     evaluate(strong, project)
     d2 = register(strong, project)
@@ -144,6 +180,7 @@ def test_gate_keeps_the_champion_when_the_scores_are_of_other_data(project, monk
 
     monkeypatch.chdir(project)
     sets = ["--set", "train.dataset=digits", "--set", "train.arch=cnn_tiny"]
+    sets += ["--set", "register.require_lift=false"]  # this test is about the data, not lift
     result = CliRunner().invoke(app, ["register", *sets, "--force"])
     assert result.exit_code == 0, result.output
     assert "promoted to champion" in result.stdout and "--force" in result.stdout

@@ -24,7 +24,7 @@ from assay.evaluation import evaluate
 from assay.registry import register
 from assay.sweep import load_sweep, run_sweep
 from assay.training import train
-from tests.conftest import free_port, needs_browser, shot, stop_group, tiny_config
+from tests.conftest import copy_params, free_port, needs_browser, shot, stop_group, tiny_config
 from tests.sweeps_support import Lines, write_sweep
 
 ASSAY = str(Path(sys.executable).with_name("assay"))
@@ -57,7 +57,7 @@ def filled(tmp_path_factory, digits_data):
     """A project whose store holds a trained, evaluated and registered run (the champion) and a
     two-trial sweep, served by `assay ui`; stopped at the end, every process of it checked gone."""
     root = tmp_path_factory.mktemp("ui")
-    shutil.copy(Path(__file__).resolve().parents[1] / "params.yaml", root / "params.yaml")
+    copy_params(root)
     shutil.copytree(digits_data, root / "data")
     mport = free_port()  # before the sweep: its trials' links point at it
     (root / "params.yaml").write_text(

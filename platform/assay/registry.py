@@ -2,7 +2,10 @@
 
 Each trained run becomes a new version of its key (`train.key`) with the alias `candidate`; the
 alias `champion` moves to it only if its primary test metric beats the current champion's (the
-first version becomes champion), the metric `evaluate` logged for that same run. Two scores are
+first version becomes champion), the metric `evaluate` logged for that same run, and, with
+`register.require_lift` (the default), only if it also beats its classical baseline on the same
+split (`evaluate`'s test/lift > 0): a deep model a linear one beats is kept as a candidate. Two
+scores are
 compared only if both were taken on the same test split (the runs' `eval.data_hash`): an
 accuracy on another split says nothing about which model is better, so the gate keeps the
 champion and says so unless forced. The decision is printed and written to
@@ -55,7 +58,15 @@ def register(cfg: AssayConfig, root: Path | None = None, force: bool = False) ->
     value = float(scores[metric])
     _check_logged(info, metric, value, out, how)
     decision = gate(
-        cfg, info["mlflow_tracking_uri"], key, info["model_uri"], metric, mode, value, force=force
+        cfg,
+        info["mlflow_tracking_uri"],
+        key,
+        info["model_uri"],
+        metric,
+        mode,
+        value,
+        force=force,
+        scores=scores,
     )
     atomic_write_json(
         out / "registration.json", {**asdict(decision), "mlflow_run_id": info["mlflow_run_id"]}
@@ -93,10 +104,12 @@ def gate(
     mode: str,
     value: float,
     force: bool = False,
+    scores: dict[str, float] | None = None,
 ) -> Decision:
     """Register `model_uri` as a new version of `name` and apply the champion gate: the champion
     alias moves only if `value` of `metric` beats the champion's (`mode`: max or min), and both
-    were scored on the same data (unless `force`)."""
+    were scored on the same data (unless `force`), and, under `register.require_lift`, it beats
+    its baseline (`scores`: `evaluate`'s metrics, with test/lift and test/baseline/*)."""
     client = tracking.ensure_store(uri)
     aliases = cfg.register
     try:
@@ -135,6 +148,8 @@ def gate(
                     False,
                     _other_data(metric, value, champ, champ_value, ours, theirs),
                 )
+    if promoted and aliases.require_lift:
+        promoted, reason = _beats_baseline(scores or {}, metric, value, champ, reason)
     if promoted:
         client.set_registered_model_alias(name, aliases.champion_alias, version)
     return Decision(
@@ -146,6 +161,22 @@ def gate(
         champ_value,
         promoted,
         reason,
+    )
+
+
+def _beats_baseline(scores: dict, metric: str, value: float, champ, reason: str):
+    """(promoted, reason) once the baseline is asked: a lift that is not positive keeps it out."""
+    lift = scores.get("test/lift")
+    if lift is None or math.isnan(lift):  # no baseline for this objective (the GAN): not held
+        return True, reason
+    if lift > 0:
+        return True, f"{reason}; lift {lift:+.4f} over its baseline"
+    base = scores.get(f"test/baseline/{metric.removeprefix('test/')}", float("nan"))
+    stays = f"champion v{champ.version} stays" if champ else "there is no champion yet"
+    return False, (
+        f"{metric} {value:.4f} does not beat its classical baseline's {base:.4f} on the same "
+        f"split (test/lift {lift:+.4f}): register.require_lift keeps it a candidate and {stays}. "
+        "Set register.require_lift=false to promote models that lose to their baseline"
     )
 
 

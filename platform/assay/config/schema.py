@@ -294,6 +294,10 @@ class EvaluateConfig(StrictModel):
 class RegisterConfig(StrictModel):
     candidate_alias: str = "candidate"
     champion_alias: str = "champion"
+    # A model whose test metric does not beat its classical baseline on the same split (`evaluate`'s
+    # test/lift <= 0) is registered but never made champion. Objectives without a baseline (the
+    # GAN) are not held to it.
+    require_lift: bool = True
 
 
 # `register` is the stage's name in params.yaml; pydantic only warns that ABCMeta has one too.

@@ -195,6 +195,7 @@ def register_best(sweep: Sweep, best, client, say, force: bool = False) -> dict[
         mode,
         float(scores[metric]),
         force=force,
+        scores=scores,
     )
     verdict = "promoted to champion" if decision.promoted else "kept as candidate"
     say(

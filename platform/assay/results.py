@@ -13,6 +13,7 @@ from pathlib import Path
 from assay import lifecycle
 from assay.errors import UserError
 from assay.objectives import get_objective
+from assay.paths import atomic_write_bytes
 
 
 class ResultsError(UserError):
@@ -28,6 +29,7 @@ class Result:
     baseline: str | None  # what the baseline is (None: the objective has none)
     baseline_value: float | None
     lift: float | None  # > 0: the model beats its baseline
+    champion: bool | None = None  # what `register` decided (None: not registered yet)
 
 
 def _dvc_metrics(root: Path) -> dict[str, dict]:
@@ -59,6 +61,8 @@ def collect(root: Path) -> list[Result]:
         scored = json.loads(stamp.read_text()) if stamp.is_file() else {}
         # an evaluation from before baselines existed: say so, not "none"
         name = scored.get("baseline", "not scored: run `assay evaluate` again")
+        registered = folder / "registration.json"
+        decision = json.loads(registered.read_text()) if registered.is_file() else {}
         rows.append(
             Result(
                 folder.name,
@@ -68,6 +72,7 @@ def collect(root: Path) -> list[Result]:
                 name,
                 metrics.get(base),
                 metrics.get("test/lift"),
+                decision.get("promoted"),
             )
         )
     if not rows:
@@ -78,8 +83,9 @@ def collect(root: Path) -> list[Result]:
 def markdown(rows: list[Result]) -> str:
     """The README's table."""
     lines = [
-        "| experiment | test metric | model | classical baseline (same split) | baseline | lift |",
-        "|---|---|---:|---|---:|---:|",
+        "| experiment | test metric | model | classical baseline (same split) | baseline | lift "
+        "| champion |",
+        "|---|---|---:|---|---:|---:|:-:|",
     ]
     for r in rows:
         arrow = "higher" if r.better == "max" else "lower"
@@ -90,6 +96,23 @@ def markdown(rows: list[Result]) -> str:
             r.baseline or "none",
             "" if r.baseline_value is None else f"{r.baseline_value:.4f}",
             "" if r.lift is None else f"{r.lift:+.4f}",
+            {True: "yes", False: "no", None: ""}[r.champion],
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+START, END = "<!-- assay results --markdown: start -->", "<!-- assay results --markdown: end -->"
+
+
+def write_into(path: Path, table: str) -> None:
+    """Replace the table between the START and END markers of `path` (the README) with `table`,
+    so that the README's numbers are what the metrics say, never typed by hand."""
+    text = path.read_text()
+    if text.count(START) != 1 or text.count(END) != 1 or text.index(START) > text.index(END):
+        raise ResultsError(
+            f"{path} needs one line `{START}` and, after it, one line `{END}` around the table"
+        )
+    head, rest = text.split(START)
+    tail = rest.split(END)[1]
+    atomic_write_bytes(path, f"{head}{START}\n{table}{END}{tail}".encode())

@@ -204,6 +204,13 @@ def predict(
 @app.command()
 def results(
     markdown: Annotated[bool, typer.Option(help="a Markdown table (the README's)")] = False,
+    write_into: Annotated[
+        Path | None,
+        typer.Option(
+            help="put the Markdown table into this file (README.md) between its "
+            "`<!-- assay results --markdown: start/end -->` lines",
+        ),
+    ] = None,
 ) -> None:
     """Each evaluated experiment's test metric beside its classical baseline on the same split.
 
@@ -215,6 +222,12 @@ def results(
     from assay.results import markdown as as_markdown
 
     rows = guarded(collect, find_root())
+    if write_into is not None:
+        from assay.results import write_into as put
+
+        guarded(put, write_into, as_markdown(rows))
+        out.print(f"wrote the results of {len(rows)} experiments into {write_into}")
+        return
     if markdown:
         out.print(as_markdown(rows), highlight=False, soft_wrap=True, end="")
         return
@@ -222,12 +235,16 @@ def results(
     for column in ("experiment", "metric", "model", "baseline", "", "lift"):
         right = column in ("model", "", "lift")
         table.add_column(column, justify="right" if right else "left", no_wrap=column != "baseline")
+    table.add_column("champion")
     for r in rows:
         colour = "green" if (r.lift or 0) > 0 else "red" if r.lift is not None else "white"
         lift = "" if r.lift is None else f"[{colour}]{r.lift:+.4f}[/]"
         base = "" if r.baseline_value is None else f"{r.baseline_value:.4f}"
         arrow = "↑" if r.better == "max" else "↓"
-        table.add_row(r.key, f"{r.metric} {arrow}", f"{r.value:.4f}", r.baseline or "", base, lift)
+        champ = {True: "yes", False: "[red]no[/]", None: ""}[r.champion]
+        table.add_row(
+            r.key, f"{r.metric} {arrow}", f"{r.value:.4f}", r.baseline or "", base, lift, champ
+        )
     out.print(table)
 
 

@@ -51,6 +51,11 @@ class SequenceNet(nn.Module):
                 task.horizon,
             )
             self.residual = bool(cfg.predict_residual and task.season)
+            self.level_norm = cfg.level_norm
+            window, features = task.in_shape
+            # LSTNet's highway (Lai et al. 2018): a linear forecast from the whole window,
+            # which the encoder's head corrects
+            self.skip = nn.Linear(window * features, task.horizon) if cfg.linear_skip else None
         self.encoder = encoder
         self.drop = nn.Dropout(cfg.dropout)
         n_out = task.num_classes if task.kind == "text" else task.horizon
@@ -64,15 +69,23 @@ class SequenceNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, mask = self.inputs(x)
-        out = self.encoder(h, mask)
-        y = self.head(self.drop(masked_pool(out, mask, self.pool)))
         if self.kind == "text":
-            return y  # logits (B, K)
-        z = h[:, :, self.target_index]  # the target in standard units
+            out = self.encoder(h, mask)
+            return self.head(self.drop(masked_pool(out, mask, self.pool)))  # logits (B, K)
+        level = 0.0
+        if self.level_norm:  # the target's level over the window's last day, in standard units
+            t = self.target_index
+            level = h[:, -(self.season or h.shape[1]) :, t].mean(1, keepdim=True)
+            only_target = torch.nn.functional.one_hot(torch.tensor(t), h.shape[-1]).to(h)
+            h = h - level[..., None] * only_target
+        y = self.head(self.drop(masked_pool(self.encoder(h, None), None, self.pool)))
+        if self.skip is not None:
+            y = y + self.skip(h.flatten(1))
+        z = h[:, :, self.target_index]  # the target in standard units (less its level)
         if self.residual:  # seasonal naive: each future step = the same step a season earlier
             last = z[:, -self.season :]
             y = y + last[:, torch.arange(self.horizon, device=y.device) % self.season]
-        return self.norm.inverse(y, self.target_index)  # (B, horizon), raw units
+        return self.norm.inverse(y + level, self.target_index)  # (B, horizon), raw units
 
 
 class SequenceModule(AssayModule):

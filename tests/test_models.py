@@ -124,6 +124,29 @@ def test_forecasters_take_raw_units_and_start_from_the_seasonal_naive():
         assert torch.allclose(model(x), x[:, -8:, 0][:, torch.arange(4) % 8], atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["gru_tiny", "transformer_tiny"])
+def test_level_norm_makes_a_forecast_follow_the_level_and_the_skip_is_linear(name):
+    """level_norm: the same window one unit higher gives the same forecast one unit higher,
+    whatever the weights; linear_skip: with the encoder's head zeroed, the forecast is the
+    seasonal naive plus a linear map of the window."""
+    task = TASKS["timeseries"]
+    torch.manual_seed(0)
+    model = create_model(name, task=task, level_norm=True, linear_skip=True).eval()
+    x = torch.randn(3, 16, 3) * 2 + 5
+    up = x.clone()
+    up[:, :, 0] += 1.5  # the target column, in raw units (std 1)
+    with torch.no_grad():
+        assert torch.allclose(model(up), model(x) + 1.5, atol=1e-4)
+        for p in model.net.head.parameters():
+            p.zero_()
+        naive = x[:, -8:, 0][:, torch.arange(4) % 8]
+        skip = model(x) - naive
+        assert skip.abs().max() > 1e-3  # the skip adds something of its own ...
+        for p in model.net.skip.parameters():  # ... and nothing else does
+            p.zero_()
+        assert torch.allclose(model(x), naive, atol=1e-4)
+
+
 @pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw", "rmsprop"])
 @pytest.mark.parametrize("activation", ["relu", "sigmoid", "tanh", "gelu"])
 def test_training_techniques_are_wired(optimizer, activation):

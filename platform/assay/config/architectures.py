@@ -57,6 +57,16 @@ class SequenceConfig(StrictModel):
     predict_residual: bool = Field(
         True, description="series: forecast the change from the seasonal-naive forecast"
     )
+    linear_skip: bool = Field(
+        False,
+        description="series: add a linear map of the whole window to the forecast (LSTNet's "
+        "highway: the linear part extrapolates, the network learns what it misses)",
+    )
+    level_norm: bool = Field(
+        False,
+        description="series: subtract the window's last-day mean of the target before the "
+        "network and add it back after (RevIN-style, for level shifts)",
+    )
 
 
 class RNNConfig(SequenceConfig):

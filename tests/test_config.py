@@ -127,6 +127,7 @@ BAD = {
         ["tracking.ui=localhost:5000"],
         ["tracking.ui", "localhost:5000", "https?://"],
     ),
+    "few-shot zero": (["train.labels_per_class=0"], ["train.labels_per_class", "0", "greater"]),
     "set without value": (["train.lr"], ["train.lr", "KEY.PATH=VALUE"]),
     "set into a value": (["train.lr.max=1"], ["train.lr", "not a section"]),
 }

@@ -37,7 +37,14 @@ def build(cfg, root: Path, *, refit: bool = False) -> tuple[ArrayDataModule, pl.
     """The run's data and a fresh model for it (`refit`: train + val as the training split).
     Seed first (`pl.seed_everything`): the model's initial weights come from it."""
     t = cfg.train
-    dm = datamodule(t.dataset, root, batch_size=t.batch_size, seed=t.seed, refit=refit)
+    dm = datamodule(
+        t.dataset,
+        root,
+        batch_size=t.batch_size,
+        seed=t.seed,
+        refit=refit,
+        labels_per_class=t.labels_per_class,
+    )
     return dm, create_model(t.arch, task=dm.task, optim=t.optim(), settings=t.arch_config())
 
 

@@ -50,7 +50,14 @@ def evaluate(cfg: AssayConfig, root: Path | None = None, out: Path | None = None
     checkpoint = out / "model" / info.get("checkpoint", "best.ckpt")  # refit.ckpt after a refit
     model = entry.module_cls.load_from_checkpoint(checkpoint, map_location="cpu")
     model.eval()
-    dm = datamodule(t.dataset, root, batch_size=cfg.evaluate.batch_size)
+    # the seed and labels_per_class pick the training rows a few-shot baseline is fitted on
+    dm = datamodule(
+        t.dataset,
+        root,
+        batch_size=cfg.evaluate.batch_size,
+        seed=t.seed,
+        labels_per_class=t.labels_per_class,
+    )
     dm.verify(("test",))  # before anything is written or logged
     with atomic_dir(out / "eval") as folder:
         metrics, n = model.objective.score(model, dm, folder, t.key, cfg, root)
@@ -98,6 +105,8 @@ def baseline_metrics(
     files = [dm.folder / f"{s}.npz" for s in ("train", "val", "test")] + [dm.folder / "meta.json"]
     parts = [sha256_file(f) for f in [*files, Path(baselines.__file__)]]
     parts += [objective, baselines.setting(objective, model), f"refit={refit}", sklearn.__version__]
+    if dm.labels_per_class is not None:  # fitted on those rows only, as the model was
+        parts.append(f"labels_per_class={dm.labels_per_class} seed={dm.seed}")
     key = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
     cache = root / ".assay" / "baselines" / f"{dm.name}-{objective}-{key}.json"
     if cache.is_file():

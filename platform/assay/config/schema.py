@@ -167,6 +167,13 @@ class TrainConfig(OptimConfig):
     accelerator: Literal["auto", "cpu", "gpu"] = "cpu"
     num_threads: int = Field(0, ge=0, le=256, description="torch threads; 0 = torch's default")
     deterministic: bool = True
+    labels_per_class: int | None = Field(
+        None,
+        ge=1,
+        le=1_000_000,
+        description="few-shot: train on K labelled examples per class of the training split "
+        "(stratified, drawn with train.seed); val and test stay whole. null: every label",
+    )
     # Ray Train: 0 workers trains in this process; N > 0 runs DDP across N Ray workers.
     workers: int = Field(0, ge=0, le=4096, description="Ray Train workers; 0 = in-process")
     cpus_per_worker: float = Field(1.0, gt=0, le=1024, description="also its torch threads")

@@ -39,7 +39,20 @@ _MODULES = {
 
 
 def datamodule(
-    name: str, root: Path, batch_size: int = 128, seed: int = 0, refit: bool = False
+    name: str,
+    root: Path,
+    batch_size: int = 128,
+    seed: int = 0,
+    refit: bool = False,
+    labels_per_class: int | None = None,
 ) -> ArrayDataModule:
-    """The DataModule for a prepared data set, by its kind. `refit`: it trains on train + val."""
-    return _MODULES[kind_of(name)](name, root, batch_size=batch_size, seed=seed, refit=refit)
+    """The DataModule for a prepared data set, by its kind. `refit`: it trains on train + val;
+    `labels_per_class`: on K rows per class of train (drawn with `seed`)."""
+    return _MODULES[kind_of(name)](
+        name,
+        root,
+        batch_size=batch_size,
+        seed=seed,
+        refit=refit,
+        labels_per_class=labels_per_class,
+    )

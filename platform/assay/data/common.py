@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, TensorDataset
 
 from assay.config.task import Task
+from assay.errors import UserError
 from assay.paths import DataError
 from assay.preparation.common import SPLITS
 
@@ -85,17 +86,47 @@ def as_batch(batch):
 _SPLITS_CACHE: dict[tuple, Tensors] = {}
 
 
+class FewShotError(UserError, ValueError):
+    """`train.labels_per_class` larger than a class of the training split has examples."""
+
+
+def few_shot_rows(y: np.ndarray, k: int, seed: int, where: str) -> np.ndarray:
+    """Row indices holding `k` examples of each class of `y`, drawn with `seed` (stratified:
+    the same `k` for every class), in their original order."""
+    classes, counts = np.unique(y, return_counts=True)
+    if counts.min() < k:
+        short = ", ".join(f"{c} has {n}" for c, n in zip(classes, counts, strict=True) if n < k)
+        raise FewShotError(
+            f"train.labels_per_class is {k}, but in {where} class {short} example(s): "
+            f"at most {counts.min()} (the smallest class)"
+        )
+    rng = np.random.default_rng(seed)
+    picked = [rng.choice(np.flatnonzero(y == c), size=k, replace=False) for c in classes]
+    return np.sort(np.concatenate(picked))
+
+
+def _split_tensors(dm: ArrayDataModule, split: str) -> tuple[torch.Tensor, ...]:
+    tensors = dm.tensors(split)
+    if split != "train" or dm.labels_per_class is None:
+        return tensors
+    where = str(dm.folder / "train.npz")
+    rows = torch.from_numpy(few_shot_rows(tensors[-1].numpy(), dm.labels_per_class, dm.seed, where))
+    return tuple(t[rows] for t in tensors)
+
+
 def _cached_split(dm: ArrayDataModule, split: str) -> Tensors:
     f = dm.folder / f"{split}.npz"
     stat = f.stat() if f.exists() else None
     key = (type(dm).__name__, str(f.resolve()), split, stat and (stat.st_mtime_ns, stat.st_size))
+    if split == "train" and dm.labels_per_class is not None:
+        key += (dm.labels_per_class, dm.seed)
     if stat is None:  # not a plain .npz split: no caching
-        return Tensors(*dm.tensors(split))
+        return Tensors(*_split_tensors(dm, split))
     if key not in _SPLITS_CACHE:
         folders = {k[1].rsplit("/", 1)[0] for k in _SPLITS_CACHE}
         if len(folders) >= 2 and str(f.resolve().parent) not in folders:
             _SPLITS_CACHE.clear()
-        _SPLITS_CACHE[key] = Tensors(*dm.tensors(split))
+        _SPLITS_CACHE[key] = Tensors(*_split_tensors(dm, split))
     return _SPLITS_CACHE[key]
 
 
@@ -113,10 +144,18 @@ class ArrayDataModule(pl.LightningDataModule):
     row_arrays: ClassVar[tuple[str, ...]] = ("x", "y")
 
     def __init__(
-        self, name: str, root: Path, batch_size: int = 128, seed: int = 0, refit: bool = False
+        self,
+        name: str,
+        root: Path,
+        batch_size: int = 128,
+        seed: int = 0,
+        refit: bool = False,
+        labels_per_class: int | None = None,
     ):
         super().__init__()
         self.name, self.root, self.batch_size, self.seed = name, Path(root), batch_size, seed
+        # `train.labels_per_class`: the training split keeps K rows per class (few-shot)
+        self.labels_per_class = labels_per_class
         # `train.refit`: the training loader serves `refit_set()`, train + val
         self.refit = refit
         self.meta = read_meta(name, self.root, self.meta_keys)

@@ -4,6 +4,7 @@ files inside the test's tmp_path, never the developer's own."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -12,6 +13,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import psutil
@@ -304,3 +307,58 @@ def shot(page, name: str) -> None:
     if folder:
         Path(folder).mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(Path(folder) / f"{name}.png"), full_page=True)
+
+
+def post_json(port: int, payload: dict) -> tuple[int, dict]:
+    """POST `payload` to a scoring server's /invocations on 127.0.0.1: (status, JSON body)."""
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/invocations",
+        data=json.dumps(payload).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+@contextlib.contextmanager
+def mlflow_serving(root: Path, model_uri: str, log_path: Path):
+    """`mlflow models serve -m MODEL_URI --env-manager local` on a free port of 127.0.0.1, with
+    `root`'s store; yields the port once /ping answers, and stops the server's process group
+    however the block ends (each of its processes checked gone)."""
+    port = free_port()
+    family: list[psutil.Process] = []
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",  # uvicorn
+        "PYTHONPATH": os.pathsep.join(sys.path),
+    }
+    cmd = ["mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local"]
+    with open(log_path, "w") as log:
+        server = subprocess.Popen(
+            [*cmd, "-h", "127.0.0.1", "-p", str(port)],
+            cwd=root,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
+                    break
+                except OSError:
+                    if server.poll() is not None or time.monotonic() > deadline:
+                        pytest.fail(f"server did not start:\n{log_path.read_text()}")
+                    time.sleep(1)
+            family = [psutil.Process(server.pid), *psutil.Process(server.pid).children(True)]
+            yield port
+        finally:
+            stop_group(server)
+        _, alive = psutil.wait_procs(family, timeout=10)
+        assert not alive, [p.cmdline() for p in alive]  # the server and its workers are gone

@@ -6,13 +6,6 @@ same message: pixels out of range, pixels scaled already, NaN and inf (naming th
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
-from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -23,7 +16,7 @@ from assay.cli import app
 from assay.evaluation import evaluate
 from assay.tracking.contract import ContractError
 from assay.training import train
-from tests.conftest import free_port, stop_group, tiny_config
+from tests.conftest import mlflow_serving, post_json, tiny_config
 
 
 def _trained(project):
@@ -95,19 +88,6 @@ def test_nan_and_inf_rows_are_refused_by_name(project, monkeypatch):
     assert not (project / "p.csv").exists()  # nothing written for refused input
 
 
-def _post(port: int, payload: dict) -> tuple[int, dict]:
-    req = urllib.request.Request(
-        f"http://127.0.0.1:{port}/invocations",
-        data=json.dumps(payload).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=60) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
-
-
 @pytest.mark.slow
 def test_mlflow_models_serve_answers_as_assay_predict(project, monkeypatch, tmp_path):
     """`mlflow models serve` on the logged model: raw digits pixels as JSON ints get the classes
@@ -116,42 +96,13 @@ def test_mlflow_models_serve_answers_as_assay_predict(project, monkeypatch, tmp_
     x = np.load(project / "data/digits/test.npz")["x"][:40]
     code, pred, _ = _cli(project, monkeypatch, model_uri, x)
     assert code == 0
-    port = free_port()
-    env = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}",
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",  # uvicorn
-        "PYTHONPATH": os.pathsep.join(sys.path),
-    }
-    log = open(tmp_path / "serve.log", "w")
-    cmd = ["mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local"]
-    server = subprocess.Popen(
-        [*cmd, "-h", "127.0.0.1", "-p", str(port)],
-        cwd=project,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"server did not start:\n{(tmp_path / 'serve.log').read_text()}")
-                time.sleep(1)
-        status, body = _post(port, {"inputs": x.tolist()})  # JSON ints, 0..16
+    with mlflow_serving(project, model_uri, tmp_path / "serve.log") as port:
+        status, body = post_json(port, {"inputs": x.tolist()})  # JSON ints, 0..16
         assert status == 200, body
         assert np.array_equal(np.array(body["predictions"]).argmax(1), pred)
 
         bad = x.astype(np.int64) * 16
-        status, body = _post(port, {"inputs": bad.tolist()})
+        status, body = post_json(port, {"inputs": bad.tolist()})
         expected = _refused(mlflow.pyfunc.load_model(model_uri), bad)
         assert status == 400 and expected in " ".join(body["message"].split()), body
         assert body["error_code"] == "INVALID_PARAMETER_VALUE"
-    finally:
-        stop_group(server)
-        log.close()

@@ -21,7 +21,7 @@ from assay.data import fetch, prepare
 from assay.evaluation import evaluate
 from assay.registry import register
 from assay.training import train
-from tests.conftest import REPO
+from tests.conftest import REPO, mlflow_serving, post_json
 from tests.conftest import family_cfg as _cfg
 
 
@@ -187,9 +187,10 @@ def _predict(root, monkeypatch, *args):
     return result
 
 
-def _same_as_mlflow(root, model_uri: str, path, raw) -> None:
-    """`assay predict` on the file and MLflow's own loader on the same raw input answer exactly
-    alike: both run the logged model's contract (assay.tracking.contract)."""
+def _same_as_mlflow(root, model_uri: str, path, raw, payload: dict) -> None:
+    """`assay predict` on the file, MLflow's own loader on the same raw input and `mlflow models
+    serve` on it as JSON (`payload`) answer alike: all run the logged model's contract
+    (assay.tracking.contract)."""
     import mlflow
 
     from assay.predict import predict
@@ -201,6 +202,14 @@ def _same_as_mlflow(root, model_uri: str, path, raw) -> None:
     theirs = mlflow.pyfunc.load_model(model_uri).predict(raw)
     theirs = theirs["reconstruction"] if isinstance(theirs, dict) else theirs
     np.testing.assert_array_equal(ours, theirs)
+    log = root / f"serve-{model_uri.split('/')[-1].replace('@', '-')}.log"
+    with mlflow_serving(root, model_uri, log) as port:
+        status, body = post_json(port, payload)
+    assert status == 200, body
+    served = body["predictions"]
+    served = served["reconstruction"] if isinstance(served, dict) else served
+    # JSON carries each float32 as a decimal: equal to float32 precision
+    np.testing.assert_allclose(np.asarray(served, np.float64), ours, rtol=1e-6, atol=1e-7)
 
 
 def test_predict_for_text_forecast_anomaly_and_ratings(fproject, monkeypatch):
@@ -234,7 +243,9 @@ def test_predict_for_text_forecast_anomaly_and_ratings(fproject, monkeypatch):
     assert rows[0] == "text,predicted,class,probability" and len(rows) == 3
     assert rows[1].split(",")[-2] in ("fresh", "rotten")
     texts = ["a wonderful, moving film", "boring and far too long"]
-    _same_as_mlflow(fproject, "models:/rotten_tomatoes-gru_tiny@champion", "texts.txt", texts)
+    _same_as_mlflow(
+        fproject, "models:/rotten_tomatoes-gru_tiny@champion", "texts.txt", texts, {"inputs": texts}
+    )
 
     test = np.load(fproject / "data/elecdemand/test.npz")
     np.save(fproject / "w.npy", test["x"][:5])
@@ -252,7 +263,14 @@ def test_predict_for_text_forecast_anomaly_and_ratings(fproject, monkeypatch):
     forecast = np.load(fproject / "f.npy")
     assert forecast.shape == (5, 48)
     assert 1 < forecast.mean() < 10  # raw units (GW), not standardised
-    _same_as_mlflow(fproject, "models:/elecdemand-lstm_tiny@champion", "w.npy", test["x"][:5])
+    windows = test["x"][:5]  # raw units: GW, degrees, 0/1 work days
+    _same_as_mlflow(
+        fproject,
+        "models:/elecdemand-lstm_tiny@champion",
+        "w.npy",
+        windows,
+        {"inputs": windows.tolist()},
+    )
 
     rows = np.load(fproject / "data/shuttle/test.npz")
     np.save(fproject / "rows.npy", rows["x"][:200])
@@ -269,7 +287,9 @@ def test_predict_for_text_forecast_anomaly_and_ratings(fproject, monkeypatch):
     assert r.exit_code == 0, r.output
     assert (fproject / "s.csv").read_text().count("\n") == 201
     shuttle = "models:/shuttle-autoencoder_tiny@champion"
-    _same_as_mlflow(fproject, shuttle, "rows.npy", rows["x"][:200])
+    _same_as_mlflow(
+        fproject, shuttle, "rows.npy", rows["x"][:200], {"inputs": rows["x"][:200].tolist()}
+    )
     nan_rows = rows["x"][:10].astype(np.float64)
     nan_rows[5, 2] = np.nan
     np.save(fproject / "nan.npy", nan_rows)
@@ -293,7 +313,8 @@ def test_predict_for_text_forecast_anomaly_and_ratings(fproject, monkeypatch):
     import pandas as pd
 
     pairs = pd.DataFrame({"user": [196, 186], "item": [242, 302]})
-    _same_as_mlflow(fproject, "models:/movielens-ncf_tiny@champion", "pairs.csv", pairs)
+    table = {"dataframe_split": {"columns": ["user", "item"], "data": [[196, 242], [186, 302]]}}
+    _same_as_mlflow(fproject, "models:/movielens-ncf_tiny@champion", "pairs.csv", pairs, table)
 
     digits = np.load(fproject / "data/digits/test.npz")["x"][:20]  # raw pixels, 0..16
     np.save(fproject / "d.npy", digits)
@@ -302,7 +323,13 @@ def test_predict_for_text_forecast_anomaly_and_ratings(fproject, monkeypatch):
     assert r.exit_code == 0, r.output
     mse = np.loadtxt(fproject / "d_out.csv", delimiter=",", skiprows=1)[:, 1]
     assert mse.shape == (20,) and (mse < 0.5).all()  # measured on [0, 1] pixels
-    _same_as_mlflow(fproject, "models:/digits-autoencoder_tiny@champion", "d.npy", digits)
+    _same_as_mlflow(
+        fproject,
+        "models:/digits-autoencoder_tiny@champion",
+        "d.npy",
+        digits,
+        {"inputs": digits.tolist()},  # JSON ints, 0..16
+    )
 
     (fproject / "bad.csv").write_text("user,item\n99999,242\n")
     r = _predict(
@@ -314,7 +341,7 @@ def test_predict_for_text_forecast_anomaly_and_ratings(fproject, monkeypatch):
     r = _predict(
         fproject, monkeypatch, "-m", "models:/elecdemand-lstm_tiny@champion", "-i", "short.npy"
     )
-    assert r.exit_code == 2 and "expected (N, 96, 5)" in r.stderr
+    assert r.exit_code == 2 and "expected (N, 96, 6)" in r.stderr
 
 
 def test_gan_is_judged_by_the_registered_classifier(fproject, monkeypatch):
@@ -366,7 +393,8 @@ def test_gan_is_judged_by_the_registered_classifier(fproject, monkeypatch):
     codes = np.random.default_rng(0).standard_normal((4, 18)).astype(np.float32)
     codes[:, -10:] = np.eye(10, dtype=np.float32)[[1, 2, 3, 4]]
     np.save(fproject / "codes.npy", codes)
-    _same_as_mlflow(fproject, "models:/digits-gan_tiny@champion", "codes.npy", codes)
+    gan = "models:/digits-gan_tiny@champion"
+    _same_as_mlflow(fproject, gan, "codes.npy", codes, {"inputs": codes.tolist()})
     r = _predict(fproject, monkeypatch, *args, "--label", "10")
     assert r.exit_code == 2 and "allowed classes 0..9" in r.stderr
 

@@ -259,6 +259,7 @@ def mlflow_server(
         f"MLflow server on http://{host}:{port} (store {backend}); "
         f"export MLFLOW_TRACKING_URI=http://{host}:{port}",
         highlight=False,
+        soft_wrap=True,  # one line, whatever the terminal's width: a script may read it
     )
     sys.stdout.flush()
     proc = servers.start(cmd)  # its own process group: stopping it reaches all its workers

@@ -20,7 +20,7 @@ import pytest
 
 from assay.evaluation import evaluate
 from assay.registry import register
-from assay.sweep import load_sweep, run_sweep
+from assay.sweep import SweepError, load_sweep, run_sweep
 from assay.training import train
 from tests.conftest import free_port, stop_group, tiny_config
 from tests.sweeps_support import Lines, write_sweep
@@ -162,3 +162,10 @@ def test_training_the_gate_and_a_sweep_go_through_the_server_on_postgresql(
     ]
     assert len(children) == 2 and all(r["info"]["status"] == "FINISHED" for r in children)
     assert by_id.keys() < {r["info"]["run_id"] for r in found}
+
+    # MLflow's database given as the study's: refused, saying why, before any trial runs
+    clash = write_sweep(project, "clash", trials=1, epochs=1, storage=pg_databases[0])
+    with pytest.raises(SweepError, match="holds another program's tables .* a database of its own"):
+        run_sweep(load_sweep(clash, root=project), console=Lines())
+    found = _get(f"{api}/runs/search", {"experiment_ids": [exp["experiment_id"]]})["runs"]
+    assert all(r["info"]["status"] != "RUNNING" for r in found)

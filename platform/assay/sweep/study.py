@@ -11,7 +11,7 @@ import yaml
 from optuna.trial import TrialState
 
 from assay.config import ConfigError
-from assay.sweep.load import SweepError, get_key
+from assay.sweep.load import SweepError, get_key, safe_url
 from assay.sweep.spec import CategoricalParam, FloatParam, IntParam, Param, SamplerConfig
 
 
@@ -24,12 +24,19 @@ def open_storage(url: str, heartbeat_interval=None, grace_period=None, on_stale=
         "grace_period": grace_period,
         "heartbeat_stale_trial_callback": on_stale,
     }
-    if url.startswith("sqlite:///"):
-        # waits out a writer instead of failing with "database is locked"
-        return optuna.storages.RDBStorage(
-            url, engine_kwargs={"connect_args": {"timeout": 60}}, **beat
-        )
-    return optuna.storages.RDBStorage(url, **beat)
+    # SQLite: waits out a writer instead of failing with "database is locked"
+    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite:///") else None
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine, **beat)
+    except RuntimeError as e:
+        if "compatible with the table schema" not in str(e):
+            raise
+        # Optuna reads any alembic_version table as its own: MLflow's store has one too
+        raise SweepError(
+            f"the Optuna storage {safe_url(url)} holds another program's tables (an MLflow store "
+            "keeps its schema version where Optuna looks for its own): give the study a "
+            "database of its own, e.g. --storage postgresql://USER@HOST/optuna"
+        ) from None
 
 
 def trial_seed(seed: int, offset: int) -> int:

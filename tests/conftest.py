@@ -70,6 +70,7 @@ LONGEST_FIRST = [
     "test_reproduce.py",
     "test_ray_jobs.py",
     "test_lifecycle.py",
+    "test_tracking_server.py",  # added 2026-12-07: ~70 s alone
     "test_cluster_security.py",
     "test_sweep_failures.py",
     "test_objectives.py",

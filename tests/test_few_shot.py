@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
+from assay import baselines
 from assay.data import datamodule
 from assay.data.common import FewShotError, few_shot_rows
 from assay.evaluation import evaluate
@@ -43,22 +44,23 @@ def test_only_the_training_split_shrinks(digits_data):
 
 
 def test_a_few_shot_run_and_its_baseline_see_the_same_rows(project):
-    cfg = tiny_config(project, wandb="disabled", labels_per_class=5, max_epochs=3)
+    cfg = tiny_config(project, wandb="disabled", labels_per_class=5, max_epochs=3, seed=7)
+    assert cfg.train.key == "digits-cnn_tiny-k5"  # never the full run's outputs or model
     result = train(cfg, project)
     scores = evaluate(cfg, project).metrics
-    full = tiny_config(project, wandb="disabled", max_epochs=3)
-    train(full, project)
-    full_scores = evaluate(full, project).metrics
-    # logistic regression on 50 rows is far below the same on ~1,300
-    assert scores["test/baseline/acc"] < full_scores["test/baseline/acc"] - 0.05, (
-        scores,
-        full_scores,
-    )
+    # the baseline evaluate logged is logistic regression fitted on the run's own 50 rows
+    few = datamodule("digits", project, seed=7, labels_per_class=5)
+    assert len(few.load_split("train")[1]) == 50
+    same = baselines.fit("classification", None, few, refit=False).metrics["test/acc"]
+    assert scores["test/baseline/acc"] == pytest.approx(same, abs=1e-9)
+    full = baselines.fit("classification", None, datamodule("digits", project), refit=False)
+    assert full.metrics["test/acc"] > same + 0.05  # ~1,300 rows against 50
     client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     run = client.get_run(result.run_id)
     assert run.data.params["train.labels_per_class"] == "5"
-    stamp = json.loads((project / "outputs/digits-cnn_tiny/eval/run.json").read_text())
+    stamp = json.loads((project / "outputs/digits-cnn_tiny-k5/eval/run.json").read_text())
     assert stamp["baseline"].startswith("logistic regression on pixels")
+    assert not (project / "outputs/digits-cnn_tiny").exists()
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ from assay.cli import app
 from assay.config import load_config
 from assay.data import prepare
 from assay.evaluation import evaluate
-from assay.registry import better, register
+from assay.registry import beats_baseline, better, register
 from assay.training import train
 from tests.conftest import tiny_config
 
@@ -84,6 +84,25 @@ def test_gate_refuses_a_champion_that_loses_to_its_baseline(project, monkeypatch
     lift = json.loads((project / "outputs/digits-cnn_tiny/metrics.json").read_text())["test/lift"]
     assert d3.promoted == (lift > 0), (lift, d3.reason)
     assert (f"lift {lift:+.4f}" if lift > 0 else "does not beat its classical") in d3.reason
+
+
+@pytest.mark.parametrize(
+    "lift,promoted,fragment",
+    [
+        (0.02, True, "first; lift +0.0200 over its baseline"),
+        (0.0, False, "does not beat its classical baseline's 0.9000 on the same split (test/lift"),
+        (-0.1, False, "test/lift -0.1000): register.require_lift keeps it a candidate"),
+        (float("nan"), False, "does not beat its classical baseline"),  # a diverged model
+        (None, True, "first (no baseline score: not held to one)"),  # the GAN
+    ],
+)
+def test_the_lift_rule_on_each_kind_of_score(lift, promoted, fragment):
+    scores = {"test/acc": 0.9, "test/baseline/acc": 0.9}
+    if lift is not None:
+        scores["test/lift"] = lift
+    ok, reason = beats_baseline(scores, "test/acc", 0.9 + (lift or 0), None, "first")
+    assert ok is promoted and fragment in reason, reason
+    assert ok or "there is no champion yet" in reason
 
 
 @pytest.mark.parametrize(

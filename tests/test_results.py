@@ -19,6 +19,7 @@ def _rows():
 def test_the_table_replaces_only_what_lies_between_the_markers(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text(f"# Title\n\nbefore\n\n{START}\n| old | table |\n{END}\n\nafter\n")
+    readme.chmod(0o644)
     table = markdown(_rows())
     write_into(readme, table)
     text = readme.read_text()
@@ -27,6 +28,7 @@ def test_the_table_replaces_only_what_lies_between_the_markers(tmp_path):
     assert lines[2].split(" | ")[-1] == "yes |"  # champion: what `register` decided
     assert lines[3].endswith("| -0.1100 | no |")
     assert lines[4].endswith("| none |  |  |  |")  # no baseline, not registered
+    assert readme.stat().st_mode & 0o777 == 0o644
     write_into(readme, table)  # again: the same file
     assert readme.read_text() == text
 

@@ -94,6 +94,22 @@ def test_damaged_data_is_named_before_the_study_or_any_run(project):
     assert not (project / "outputs").exists()
 
 
+def test_a_study_is_not_put_in_mlflows_database(project):
+    """MLflow's store as the study's storage: refused before Optuna writes a table into it (both
+    keep an alembic_version table, and Optuna would take MLflow's for its own)."""
+    import sqlalchemy
+
+    from assay.sweep.study import open_storage
+
+    url = f"sqlite:///{project / 'mlflow.db'}"
+    before = set(sqlalchemy.inspect(sqlalchemy.create_engine(url)).get_table_names())
+    assert "alembic_version" in before and "experiments" in before
+    with pytest.raises(SweepError, match=r"holds another program's tables .*sqlite:///optuna.db"):
+        open_storage(url)
+    assert set(sqlalchemy.inspect(sqlalchemy.create_engine(url)).get_table_names()) == before
+    open_storage(f"sqlite:///{project / 'optuna.db'}")  # a database of its own: fine
+
+
 def test_conditional_space_samples_a_parameter_only_with_its_architecture(project):
     from assay.sweep import suggest
 

@@ -2,13 +2,12 @@
 
 Each trained run becomes a new version of its key (`train.key`) with the alias `candidate`; the
 alias `champion` moves to it only if its primary test metric beats the current champion's (the
-first version becomes champion), the metric `evaluate` logged for that same run, and, with
-`register.require_lift` (the default), only if it also beats its classical baseline on the same
-split (`evaluate`'s test/lift > 0): a deep model a linear one beats is kept as a candidate. Two
-scores are
-compared only if both were taken on the same test split (the runs' `eval.data_hash`): an
-accuracy on another split says nothing about which model is better, so the gate keeps the
-champion and says so unless forced. The decision is printed and written to
+first version needs no champion to beat), the metric `evaluate` logged for that same run, and,
+with `register.require_lift` (the default), only if it also beats its classical baseline on the
+same split (`evaluate`'s test/lift > 0): a deep model a linear one beats stays a candidate. Two
+scores are compared only if both were taken on the same test split (the runs'
+`eval.data_hash`): an accuracy on another split says nothing about which model is better, so
+the gate keeps the champion and says so unless forced. The decision is printed and written to
 `outputs/<key>/registration.json`.
 """
 
@@ -103,8 +102,9 @@ def gate(
     metric: str,
     mode: str,
     value: float,
+    *,
+    scores: dict[str, float],
     force: bool = False,
-    scores: dict[str, float] | None = None,
 ) -> Decision:
     """Register `model_uri` as a new version of `name` and apply the champion gate: the champion
     alias moves only if `value` of `metric` beats the champion's (`mode`: max or min), and both
@@ -149,7 +149,7 @@ def gate(
                     _other_data(metric, value, champ, champ_value, ours, theirs),
                 )
     if promoted and aliases.require_lift:
-        promoted, reason = _beats_baseline(scores or {}, metric, value, champ, reason)
+        promoted, reason = beats_baseline(scores, metric, value, champ, reason)
     if promoted:
         client.set_registered_model_alias(name, aliases.champion_alias, version)
     return Decision(
@@ -164,11 +164,13 @@ def gate(
     )
 
 
-def _beats_baseline(scores: dict, metric: str, value: float, champ, reason: str):
-    """(promoted, reason) once the baseline is asked: a lift that is not positive keeps it out."""
+def beats_baseline(scores: dict, metric: str, value: float, champ, reason: str):
+    """(promoted, reason) once the baseline is asked: a lift that is not positive (or is NaN:
+    the model's metric was) keeps it out. No lift at all: the objective has no baseline (the
+    GAN), or `evaluate` could not fit it and said why; the reason says it went unchecked."""
     lift = scores.get("test/lift")
-    if lift is None or math.isnan(lift):  # no baseline for this objective (the GAN): not held
-        return True, reason
+    if lift is None:
+        return True, f"{reason} (no baseline score: not held to one)"
     if lift > 0:
         return True, f"{reason}; lift {lift:+.4f} over its baseline"
     base = scores.get(f"test/baseline/{metric.removeprefix('test/')}", float("nan"))

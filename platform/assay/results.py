@@ -63,6 +63,9 @@ def collect(root: Path) -> list[Result]:
         name = scored.get("baseline", "not scored: run `assay evaluate` again")
         registered = folder / "registration.json"
         decision = json.loads(registered.read_text()) if registered.is_file() else {}
+        scored_run = json.loads((folder / "metrics.json").read_text()).get("mlflow_run_id")
+        if decision.get("mlflow_run_id") != scored_run:
+            decision = {}  # a decision about an earlier run of this key: not this one's
         rows.append(
             Result(
                 folder.name,
@@ -108,11 +111,13 @@ START, END = "<!-- assay results --markdown: start -->", "<!-- assay results --m
 def write_into(path: Path, table: str) -> None:
     """Replace the table between the START and END markers of `path` (the README) with `table`,
     so that the README's numbers are what the metrics say, never typed by hand."""
-    text = path.read_text()
+    text = path.read_bytes().decode()  # its own line endings kept
     if text.count(START) != 1 or text.count(END) != 1 or text.index(START) > text.index(END):
         raise ResultsError(
             f"{path} needs one line `{START}` and, after it, one line `{END}` around the table"
         )
     head, rest = text.split(START)
     tail = rest.split(END)[1]
+    mode = path.stat().st_mode & 0o7777
     atomic_write_bytes(path, f"{head}{START}\n{table}{END}{tail}".encode())
+    path.chmod(mode)  # the new file is the old one's: not mkstemp's 0600

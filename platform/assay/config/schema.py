@@ -242,8 +242,10 @@ class TrainConfig(OptimConfig):
     @property
     def key(self) -> str:
         """The run's output folder and its registered model's name: `name` (a params.yaml run's
-        or an experiment file's name), else `<dataset>-<arch>`."""
-        return self.name or f"{self.dataset}-{self.arch}"
+        or an experiment file's name), else `<dataset>-<arch>`; `-k<K>` after it for a few-shot
+        run (`labels_per_class`), which is never the full run's output or registered model."""
+        base = self.name or f"{self.dataset}-{self.arch}"
+        return base if self.labels_per_class is None else f"{base}-k{self.labels_per_class}"
 
 
 class WandbConfig(StrictModel):
@@ -301,10 +303,11 @@ class EvaluateConfig(StrictModel):
 class RegisterConfig(StrictModel):
     candidate_alias: str = "candidate"
     champion_alias: str = "champion"
-    # A model whose test metric does not beat its classical baseline on the same split (`evaluate`'s
-    # test/lift <= 0) is registered but never made champion. Objectives without a baseline (the
-    # GAN) are not held to it.
-    require_lift: bool = True
+    require_lift: bool = Field(
+        True,
+        description="champion only if it beats its classical baseline on the same split "
+        "(evaluate's test/lift > 0); else it stays candidate. The GAN has no baseline",
+    )
 
 
 # `register` is the stage's name in params.yaml; pydantic only warns that ABCMeta has one too.

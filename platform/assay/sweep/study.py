@@ -24,19 +24,31 @@ def open_storage(url: str, heartbeat_interval=None, grace_period=None, on_stale=
         "grace_period": grace_period,
         "heartbeat_stale_trial_callback": on_stale,
     }
+    if _holds_another_schema(url):
+        # Optuna reads any alembic_version table as its own, and an MLflow store has one: it
+        # would add its tables beside MLflow's and then fail on the schema "version"
+        example = (
+            "sqlite:///optuna.db" if url.startswith("sqlite") else "postgresql://USER@HOST/optuna"
+        )
+        raise SweepError(
+            f"the Optuna storage {safe_url(url)} holds another program's tables (an MLflow store?) "
+            f"and none of Optuna's: give the study a database of its own, e.g. --storage {example}"
+        )
     # SQLite: waits out a writer instead of failing with "database is locked"
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite:///") else None
+    return optuna.storages.RDBStorage(url, engine_kwargs=engine, **beat)
+
+
+def _holds_another_schema(url: str) -> bool:
+    """A database versioned by alembic (as MLflow's store is) that has no Optuna study table."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url)
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine, **beat)
-    except RuntimeError as e:
-        if "compatible with the table schema" not in str(e):
-            raise
-        # Optuna reads any alembic_version table as its own: MLflow's store has one too
-        raise SweepError(
-            f"the Optuna storage {safe_url(url)} holds another program's tables (an MLflow store "
-            "keeps its schema version where Optuna looks for its own): give the study a "
-            "database of its own, e.g. --storage postgresql://USER@HOST/optuna"
-        ) from None
+        tables = set(sqlalchemy.inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+    return "alembic_version" in tables and "studies" not in tables
 
 
 def trial_seed(seed: int, offset: int) -> int:

@@ -33,11 +33,18 @@ def _epochs_logged(client: MlflowClient, run_id: str, key: str = "val/acc") -> l
 
 def test_two_workers_train_into_one_mlflow_and_one_wandb_run(project, no_ray_left):
     cfg = tiny_config(project, max_epochs=3, workers=2)
+    fast = cfg.tracking.model_copy(update={"system_metrics_interval": 0.5})  # 10 s: longer than
+    cfg = cfg.model_copy(update={"tracking": fast})  # this tiny fit
     result = train(cfg, project)
     client = _client(project)
     runs = client.search_runs([client.get_experiment_by_name("assay").experiment_id])
     assert [r.info.run_id for r in runs] == [result.run_id]
     run = runs[0]
+    # system metrics: one stream for the one machine the two workers share, none from the driver
+    system = {k for k in run.data.metrics if k.startswith("system/")}
+    assert "system/node0/cpu_utilization_percentage" in system, sorted(run.data.metrics)
+    assert "system/node0/system_memory_usage_megabytes" in system
+    assert all(k.startswith("system/node0/") for k in system), system
     assert run.info.status == "FINISHED"
     assert run.data.tags["ray.workers"] == "2"
     storage = Path(run.data.tags["ray.storage_path"])

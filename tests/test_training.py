@@ -22,6 +22,9 @@ def _client(root):
 
 def test_train_logs_one_run_to_mlflow_and_wandb(project):
     cfg = tiny_config(project, max_epochs=3)
+    cfg = cfg.model_copy(
+        update={"tracking": cfg.tracking.model_copy(update={"system_metrics_interval": 0.2})}
+    )
     result = train(cfg, project)
     run = _client(project).get_run(result.run_id)
 
@@ -46,6 +49,10 @@ def test_train_logs_one_run_to_mlflow_and_wandb(project):
         steps = sorted(m.step for m in _client(project).get_metric_history(result.run_id, key))
         assert steps == [0, 1, 2], key
     assert "epoch" not in run.data.metrics  # the step says it
+    # MLflow's system metrics, sampled while it trained (system_metrics_interval: 0.2 s here)
+    cpu = _client(project).get_metric_history(result.run_id, "system/cpu_utilization_percentage")
+    assert cpu and all(0 <= m.value <= 100 for m in cpu)
+    assert run.data.metrics["system/system_memory_usage_megabytes"] > 100
     assert {"train/loss", "val/loss", "val/acc", "best_val/acc"} <= set(run.data.metrics)
     # provenance tags
     tags = run.data.tags

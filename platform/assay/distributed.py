@@ -291,11 +291,22 @@ def _worker(config: dict) -> None:
         enable_progress_bar=bar,
     )
     trainer = prepare_trainer(trainer)
-    if checkpoint is None:
-        trainer.fit(model, datamodule=dm)
-    else:
-        with checkpoint.as_directory() as d:
-            trainer.fit(model, datamodule=dm, ckpt_path=str(Path(d) / "checkpoint.ckpt"))
+    context = ray.train.get_context()
+    # one stream of system metrics per machine (its first worker's), named by its node rank
+    monitor = (
+        tracking.system_metrics(config["tracking"], node=f"node{context.get_node_rank()}")
+        if context.get_local_rank() == 0
+        else None
+    )
+    try:
+        if checkpoint is None:
+            trainer.fit(model, datamodule=dm)
+        else:
+            with checkpoint.as_directory() as d:
+                trainer.fit(model, datamodule=dm, ckpt_path=str(Path(d) / "checkpoint.ckpt"))
+    finally:
+        if monitor is not None:
+            monitor.finish()
 
 
 def _steps_per_epoch(dm, t) -> int:

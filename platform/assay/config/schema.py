@@ -264,6 +264,14 @@ class TrackingConfig(StrictModel):
         "and optuna-dashboard's trials link to their runs there (a tracking server is its own)",
     )
     wandb: WandbConfig = WandbConfig()
+    system_metrics: bool = Field(
+        True,
+        description="MLflow's system metrics (CPU, memory, disk, network, GPU when present) "
+        "into each run: system/* in this process, system/node<N>/* per Ray Train node",
+    )
+    system_metrics_interval: float = Field(
+        10.0, gt=0, le=3600, description="seconds between two samples of the system metrics"
+    )
 
     def store_uri(self, root: Path) -> str:
         """The MLflow store a run under `root` uses: $MLFLOW_TRACKING_URI, else `uri`, else

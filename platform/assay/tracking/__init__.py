@@ -21,7 +21,7 @@ from assay.tracking.lineage import (
     trained_on,
 )
 from assay.tracking.mirror import log_wandb_summary, wandb_dir, wandb_mode
-from assay.tracking.run import TrackedRun, log_image, run_loggers
+from assay.tracking.run import TrackedRun, log_image, run_loggers, system_metrics
 from assay.tracking.store import (
     SCORED_ON,
     TrackingError,
@@ -84,6 +84,7 @@ __all__ = [
     "registered_names",
     "resolve_model",
     "run_loggers",
+    "system_metrics",
     "tag_version",
     "tracking_uri",
     "ui_page",

@@ -82,6 +82,29 @@ def run_loggers(
     return loggers
 
 
+def system_metrics(spec: dict[str, Any], node: str | None = None):
+    """MLflow's own system-metrics monitor (CPU, memory, disk, network; GPU where NVML or ROCm
+    is there) logging into the run of `spec` every `system_metrics_interval` seconds, started;
+    `node` prefixes its metrics (system/node0/...), one stream per machine of a Ray fit. None when
+    `tracking.system_metrics` is off. Stop it with `.finish()` before the run ends."""
+    if not spec.get("system_metrics"):
+        return None
+    import logging
+
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # 3 lines per run
+    monitor = SystemMetricsMonitor(
+        spec["run_id"],
+        sampling_interval=spec["system_metrics_interval"],
+        node_id=node,
+        tracking_uri=spec["uri"],
+        resume_logging=True,  # a restarted Ray worker goes on from the steps already logged
+    )
+    monitor.start()
+    return monitor
+
+
 def log_image(loggers: list, path: Path, key: str, step: int) -> None:
     """An image from inside a fit into the run's MLflow artifacts (under `key`/) and W&B (as
     `key`, at `step`), through the Trainer's loggers (`run_loggers`)."""
@@ -143,6 +166,7 @@ class TrackedRun:
         self.wandb_after_fit = remote or wandb_after_fit
         self.wandb_group = wandb_group
         self.close_predecessors = close_predecessors
+        self.monitor = None  # this process's system metrics (a Ray fit's workers log their own)
 
     def spec(self) -> dict[str, Any]:
         wb = self.cfg.tracking.wandb
@@ -152,6 +176,8 @@ class TrackedRun:
             "experiment": self.cfg.tracking.experiment,
             "run_id": self.run_id,
             "run_name": self.run_name,
+            "system_metrics": self.cfg.tracking.system_metrics,
+            "system_metrics_interval": self.cfg.tracking.system_metrics_interval,
             "wandb_id": self.wandb_id,
             "wandb_mode": wb.mode,
             "wandb_project": wb.project,
@@ -212,6 +238,7 @@ class TrackedRun:
                 self.client.set_tag(self.run_id, "wandb.run_id", self.wandb_id)
                 self.client.set_tag(self.run_id, "wandb.project", wb.project)
             if not self.remote:
+                self.monitor = system_metrics(self.spec())
                 self.loggers = run_loggers(self.spec(), wandb=not self.wandb_after_fit)
                 if self.wandb is not None:
                     self.wandb_dir = str(Path(self.wandb.dir).parent)
@@ -266,6 +293,9 @@ class TrackedRun:
         return None
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        if self.monitor is not None:
+            self.monitor.finish()  # its last samples, while the run is still RUNNING
+            self.monitor = None
         failed = exc_type is not None
         if failed:
             # A signal during a Lightning fit comes out as its SystemExit(1), one in a Ray

@@ -62,23 +62,30 @@ class SequenceNet(nn.Module):
         self.head = nn.Linear(out_dim, n_out)
 
     def inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """What the encoder takes: (vectors, padding mask or None); a series' target less its
+        level under `level_norm`, as the forecast sees it."""
+        h, mask, _ = self._inputs(x)
+        return h, mask
+
+    def _inputs(self, x: torch.Tensor):
         if self.kind == "text":
             x = x.long()
-            return self.embed(x), x != self.pad_id
-        return self.norm(x.float()), None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, mask = self.inputs(x)
-        if self.kind == "text":
-            out = self.encoder(h, mask)
-            return self.head(self.drop(masked_pool(out, mask, self.pool)))  # logits (B, K)
+            return self.embed(x), x != self.pad_id, 0.0
+        h = self.norm(x.float())
         level = 0.0
         if self.level_norm:  # the target's level over the window's last day, in standard units
             t = self.target_index
             level = h[:, -(self.season or h.shape[1]) :, t].mean(1, keepdim=True)
-            only_target = torch.nn.functional.one_hot(torch.tensor(t), h.shape[-1]).to(h)
-            h = h - level[..., None] * only_target
-        y = self.head(self.drop(masked_pool(self.encoder(h, None), None, self.pool)))
+            h = h.clone()
+            h[:, :, t] -= level
+        return h, None, level
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, mask, level = self._inputs(x)
+        out = self.encoder(h, mask)
+        y = self.head(self.drop(masked_pool(out, mask, self.pool)))
+        if self.kind == "text":
+            return y  # logits (B, K)
         if self.skip is not None:
             y = y + self.skip(h.flatten(1))
         z = h[:, :, self.target_index]  # the target in standard units (less its level)

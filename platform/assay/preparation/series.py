@@ -39,8 +39,9 @@ def features(df) -> np.ndarray:
     slot = (df["rownames"].to_numpy() - 1) % STEPS_PER_DAY  # rows are consecutive half-hours
     angle = 2 * np.pi * slot / STEPS_PER_DAY
     workday = np.asarray(df["WorkDay"], np.float64)
-    # The data end on 31 December; the day after its last day is taken as a week before it. No
-    # prepared window holds those last rows: its targets would lie past the data.
+    # The data end on 31 December; the day after its last day is taken as a week before it. With
+    # a horizon of a day or more (48, as params.yaml sets) no prepared window holds those last
+    # rows, since its targets would lie past the data; a shorter horizon's last test windows would.
     ahead = np.concatenate([workday[STEPS_PER_DAY:], workday[-7 * STEPS_PER_DAY :][:STEPS_PER_DAY]])
     cols = [df["Demand"], df["Temperature"], workday, np.sin(angle), np.cos(angle), ahead]
     return np.column_stack([np.asarray(c, np.float64) for c in cols]).astype(np.float32)

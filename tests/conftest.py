@@ -325,12 +325,39 @@ def post_json(port: int, payload: dict) -> tuple[int, dict]:
 
 
 @contextlib.contextmanager
+def serving(cmd: list[str], cwd: Path, ready: str, log_path: Path, env=None, wait: float = 120):
+    """A server `cmd` in its own process group, output to `log_path`; yields once `ready` (a
+    URL) answers, and stops the group however the block ends, each of its processes checked
+    gone. A server that exits or does not answer within `wait` seconds fails the test with its
+    output."""
+    family: list[psutil.Process] = []
+    with open(log_path, "w") as log:
+        server = subprocess.Popen(
+            cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            deadline = time.monotonic() + wait
+            while True:
+                try:
+                    urllib.request.urlopen(ready, timeout=2)
+                    break
+                except OSError:
+                    if server.poll() is not None or time.monotonic() > deadline:
+                        pytest.fail(f"{cmd[:3]} did not start:\n{log_path.read_text()}")
+                    time.sleep(1)
+            family = [psutil.Process(server.pid), *psutil.Process(server.pid).children(True)]
+            yield server
+        finally:
+            stop_group(server)
+        _, alive = psutil.wait_procs(family, timeout=10)
+        assert not alive, [p.cmdline() for p in alive]  # the server and its workers are gone
+
+
+@contextlib.contextmanager
 def mlflow_serving(root: Path, model_uri: str, log_path: Path):
     """`mlflow models serve -m MODEL_URI --env-manager local` on a free port of 127.0.0.1, with
-    `root`'s store; yields the port once /ping answers, and stops the server's process group
-    however the block ends (each of its processes checked gone)."""
+    `root`'s store; yields the port once /ping answers (`serving`)."""
     port = free_port()
-    family: list[psutil.Process] = []
     env = {
         **os.environ,
         "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
@@ -338,28 +365,6 @@ def mlflow_serving(root: Path, model_uri: str, log_path: Path):
         "PYTHONPATH": os.pathsep.join(sys.path),
     }
     cmd = ["mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local"]
-    with open(log_path, "w") as log:
-        server = subprocess.Popen(
-            [*cmd, "-h", "127.0.0.1", "-p", str(port)],
-            cwd=root,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
-                    break
-                except OSError:
-                    if server.poll() is not None or time.monotonic() > deadline:
-                        pytest.fail(f"server did not start:\n{log_path.read_text()}")
-                    time.sleep(1)
-            family = [psutil.Process(server.pid), *psutil.Process(server.pid).children(True)]
-            yield port
-        finally:
-            stop_group(server)
-        _, alive = psutil.wait_procs(family, timeout=10)
-        assert not alive, [p.cmdline() for p in alive]  # the server and its workers are gone
+    cmd += ["-h", "127.0.0.1", "-p", str(port)]
+    with serving(cmd, root, f"http://127.0.0.1:{port}/ping", log_path, env):
+        yield port

@@ -7,22 +7,19 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
-import time
 import urllib.request
 import uuid
 from pathlib import Path
 
 import optuna
-import psutil
 import pytest
 
 from assay.evaluation import evaluate
 from assay.registry import register
 from assay.sweep import SweepError, load_sweep, run_sweep
 from assay.training import train
-from tests.conftest import free_port, stop_group, tiny_config
+from tests.conftest import free_port, serving, tiny_config
 from tests.sweeps_support import Lines, write_sweep
 
 SERVER = "postgresql://postgres@127.0.0.1:5432"
@@ -67,38 +64,16 @@ def _get(url: str, body: dict | None = None) -> dict:
 @pytest.fixture
 def tracking_server(project, pg_databases, tmp_path):
     """`assay mlflow-server --backend-store-uri postgresql://...` in the project, on a free port
-    of 127.0.0.1; yields its http:// address, then stops its process group (each process of it
-    checked gone)."""
+    of 127.0.0.1 (~60 schema migrations on a new database first); yields its http:// address."""
     port = free_port()
-    log = open(tmp_path / "server.log", "w")
     assay = str(Path(sys.executable).with_name("assay"))
     cmd = [assay, "mlflow-server", "--port", str(port), "--backend-store-uri", pg_databases[0]]
     cmd += ["--artifacts", str(tmp_path / "served-artifacts")]
-    proc = subprocess.Popen(
-        cmd, cwd=project, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
     address = f"http://127.0.0.1:{port}"
-    family: list[psutil.Process] = []
-    try:
-        deadline = time.monotonic() + 180  # ~60 schema migrations on a new database
-        while True:
-            try:
-                urllib.request.urlopen(f"{address}/health", timeout=2)
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    printed = (tmp_path / "server.log").read_text()
-                    pytest.fail(f"the server did not start:\n{printed}")
-                time.sleep(1)
-        family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(True)]
-        printed = (tmp_path / "server.log").read_text()
-        assert f"export MLFLOW_TRACKING_URI={address}" in printed
+    log = tmp_path / "server.log"
+    with serving(cmd, project, f"{address}/health", log, wait=180):
+        assert f"export MLFLOW_TRACKING_URI={address}" in log.read_text()
         yield address
-    finally:
-        stop_group(proc)
-        log.close()
-    _, alive = psutil.wait_procs(family, timeout=10)
-    assert not alive, [p.cmdline() for p in alive]
 
 
 @pytest.mark.slow

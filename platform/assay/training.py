@@ -30,6 +30,7 @@ from assay import distributed, engine, plots, tracking
 from assay.artifacts import commands, read_run_info, stamp_png
 from assay.config import AssayConfig, ConfigError
 from assay.data import ArrayDataModule, datamodule
+from assay.data.common import check_few_shot
 from assay.engine import Fit, History, RunStamp, history_csv
 from assay.models import get_entry
 from assay.paths import (
@@ -84,7 +85,7 @@ def preflight(cfg: AssayConfig, root: Path) -> tuple[ArrayDataModule, pl.Lightni
     t = cfg.train
     dm, model = engine.build(cfg, root)
     if t.labels_per_class is not None:
-        check_few_shot(model, t)
+        check_few_shot(model.objective.name, t)
     dm.verify()  # a damaged file is named, with how to rebuild it (and a K no class can give)
     if t.refit:
         check_refit(model, t)
@@ -92,27 +93,6 @@ def preflight(cfg: AssayConfig, root: Path) -> tuple[ArrayDataModule, pl.Lightni
     if t.workers > 0:
         distributed.check_local_gpus(cfg)  # GPUs this machine lacks
     return dm, model, callbacks
-
-
-def check_few_shot(model: pl.LightningModule, t) -> None:
-    """`train.labels_per_class` is for classifiers, and not with a refit (which would train on
-    every label of val). Checked here, not in the config: a params.yaml `runs` entry of another
-    objective must not make the setting invalid for this run."""
-    k, objective = t.labels_per_class, model.objective.name
-    if objective != "classification":
-        raise ConfigError(
-            [
-                f"train.labels_per_class: {k}, but {t.arch} on {t.dataset} trains {objective}: "
-                "only a classifier learns from K labels per class (leave it null)"
-            ]
-        )
-    if t.refit:
-        raise ConfigError(
-            [
-                f"train.labels_per_class: {k} with train.refit: the refit would train on every "
-                "label of the val split; set train.refit=false"
-            ]
-        )
 
 
 def train(

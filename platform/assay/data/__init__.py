@@ -38,21 +38,7 @@ _MODULES = {
 }
 
 
-def datamodule(
-    name: str,
-    root: Path,
-    batch_size: int = 128,
-    seed: int = 0,
-    refit: bool = False,
-    labels_per_class: int | None = None,
-) -> ArrayDataModule:
-    """The DataModule for a prepared data set, by its kind. `refit`: it trains on train + val;
-    `labels_per_class`: on K rows per class of train (drawn with `seed`)."""
-    return _MODULES[kind_of(name)](
-        name,
-        root,
-        batch_size=batch_size,
-        seed=seed,
-        refit=refit,
-        labels_per_class=labels_per_class,
-    )
+def datamodule(name: str, root: Path, **options) -> ArrayDataModule:
+    """The DataModule for a prepared data set, by its kind; `options` are its constructor's
+    (batch_size, seed, refit: train + val, labels_per_class: K rows per class of train)."""
+    return _MODULES[kind_of(name)](name, root, **options)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, TensorDataset
 
+from assay.config.common import ConfigError
 from assay.config.task import Task
 from assay.errors import UserError
 from assay.paths import DataError
@@ -103,6 +104,27 @@ def few_shot_rows(y: np.ndarray, k: int, seed: int, where: str) -> np.ndarray:
     rng = np.random.default_rng(seed)
     picked = [rng.choice(np.flatnonzero(y == c), size=k, replace=False) for c in classes]
     return np.sort(np.concatenate(picked))
+
+
+def check_few_shot(objective: str, t) -> None:
+    """`train.labels_per_class` is for classifiers (`objective`: the model's), and not with a
+    refit (which would train on every label of val). Checked by training.preflight before a run,
+    not in the config: a params.yaml `runs` entry of another objective must not make it invalid."""
+    k = t.labels_per_class
+    if objective != "classification":
+        raise ConfigError(
+            [
+                f"train.labels_per_class: {k}, but {t.arch} on {t.dataset} trains {objective}: "
+                "only a classifier learns from K labels per class (leave it null)"
+            ]
+        )
+    if t.refit:
+        raise ConfigError(
+            [
+                f"train.labels_per_class: {k} with train.refit: the refit would train on every "
+                "label of the val split; set train.refit=false"
+            ]
+        )
 
 
 def _split_tensors(dm: ArrayDataModule, split: str) -> tuple[torch.Tensor, ...]:

@@ -47,6 +47,14 @@ def run_loggers(
             if metrics:
                 super().log_metrics(metrics, step)
 
+        def finalize(self, status: str = "success") -> None:
+            # Lightning's logger ends the run here (FAILED on any interrupt, FINISHED before
+            # the run's outputs exist). The run's end is `TrackedRun`'s (or the Ray driver's)
+            # alone: a trial killed with its driver between the two writes was left FAILED,
+            # and a stale trial's FAILED run is not ended KILLED again. Nothing is buffered
+            # (log_batch is synchronous), so there is nothing else to do.
+            return
+
     class EpochWandbLogger(WandbLogger):
         @property
         def experiment(self):

@@ -167,8 +167,9 @@ def logged_steps(uri: str, run_id: str) -> dict[str, int]:
 
 def end_run(uri: str, run_id: str, status: str, tags: dict[str, str] | None = None) -> None:
     """End a run whose process died before it finished its work: its tags, then `status`
-    (KILLED, FAILED). Also one already marked FINISHED: Lightning's MLflow logger does that when
-    the fit ends, before the run's outputs are written. A run already FAILED or KILLED stays."""
+    (KILLED, FAILED). Also one already marked FINISHED: a trial's process can end its run and
+    die before Optuna hears of it; the trial is retried, so its run did not count. A run already
+    FAILED or KILLED stays."""
     client = MlflowClient(uri, registry_uri=uri)
     if client.get_run(run_id).info.status not in ("RUNNING", "SCHEDULED", "FINISHED"):
         return

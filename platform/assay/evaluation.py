@@ -14,6 +14,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from assay import artifacts, baselines, tracking
@@ -80,6 +81,8 @@ def evaluate(cfg: AssayConfig, root: Path | None = None, out: Path | None = None
         for p in sorted(folder.iterdir()):
             if p.name != "run.json":
                 client.log_artifact(run_id, str(p))
+        if (folder / "slices.csv").is_file():  # also as a table MLflow's UI shows and compares
+            client.log_table(run_id, pd.read_csv(folder / "slices.csv"), "slices.json")
         tracking.log_wandb_summary(
             cfg.tracking, root, info.get("wandb_run_id"), info["run_name"], metrics, pngs
         )

@@ -135,3 +135,87 @@ def attention(maps: list[np.ndarray], ticks: list[list[str]], path: Path, title:
         ax.set_ylabel("query")
     fig.suptitle(title)
     return _save(fig, path)
+
+
+def slice_bars(table, overall: float, path: Path, title: str, metric: str) -> Path:
+    """A metric per group (`table`: feature, group, value, count, judged), one panel per feature,
+    bars sorted by value, the overall score as a dashed line; groups not judged are hatched."""
+    features = list(dict.fromkeys(table["feature"]))
+    sizes = [int((table["feature"] == f).sum()) for f in features]
+    fig, axes = plt.subplots(
+        len(features),
+        1,
+        figsize=(8, 1.2 + 0.28 * sum(sizes) + 0.6 * len(features)),
+        gridspec_kw={"height_ratios": sizes},
+        squeeze=False,
+    )
+    for ax, feature in zip(axes[:, 0], features, strict=True):
+        part = table[table["feature"] == feature].sort_values("value")
+        labels = [f"{g} (n={n})" for g, n in zip(part["group"], part["count"], strict=True)]
+        bars = ax.barh(labels, part["value"], color="#4c72b0")
+        for bar, judged in zip(bars, part["judged"], strict=True):
+            if not judged:
+                bar.set_hatch("//")
+                bar.set_alpha(0.5)
+        ax.axvline(overall, color="k", linestyle="--", linewidth=1, label=f"overall {overall:.4f}")
+        ax.set_title(feature, fontsize=9, loc="left")
+        ax.tick_params(axis="y", labelsize=7)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0, 0].legend(fontsize=7, loc="lower right")
+    axes[-1, 0].set_xlabel(f"test {metric}")
+    fig.suptitle(title, fontsize=9)
+    return _save(fig, path)
+
+
+def attribution_images(x, ig, saliency, labels: list[str], path: Path, title: str) -> Path:
+    """Per example (a row): the image, its Integrated Gradients (red for the class, blue
+    against) over it, and its saliency map."""
+    n = len(x)
+    fig, axes = plt.subplots(n, 3, figsize=(6.6, 2.3 * n), squeeze=False)
+    for row, img, a, s, label in zip(axes, x, ig, saliency, labels, strict=True):
+        img = img.mean(0)  # channels: one grey image
+        a = a.sum(0)
+        lim = float(np.abs(a).max()) or 1.0
+        row[0].imshow(img, cmap="gray")
+        row[0].set_title(label, fontsize=8)
+        row[1].imshow(img, cmap="gray", alpha=0.4)
+        row[1].imshow(a, cmap="bwr", vmin=-lim, vmax=lim, alpha=0.8)
+        row[1].set_title("integrated gradients", fontsize=8)
+        row[2].imshow(s.max(0), cmap="magma")
+        row[2].set_title("saliency |grad|", fontsize=8)
+        for ax in row:
+            ax.axis("off")
+    fig.suptitle(title, fontsize=9)
+    return _save(fig, path)
+
+
+def attribution_tokens(tokens, ig, labels: list[str], path: Path, title: str) -> Path:
+    """Per text (a row): its tokens left to right, coloured by Integrated Gradients."""
+    width = max(len(t) for t in tokens)
+    grid = np.full((len(tokens), width), np.nan)
+    for k, (toks, a) in enumerate(zip(tokens, ig, strict=True)):
+        grid[k, : len(toks)] = a[: len(toks)]
+    lim = float(np.nanmax(np.abs(grid))) if np.isfinite(grid).any() else 1.0
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * width), 0.9 + 0.8 * len(tokens)))
+    ax.imshow(grid, cmap="bwr", vmin=-lim, vmax=lim, aspect="auto")
+    for k, toks in enumerate(tokens):
+        for j, t in enumerate(toks):
+            ax.text(j, k, t, ha="center", va="center", fontsize=6, rotation=90)
+    ax.set_yticks(range(len(labels)), labels, fontsize=7)
+    ax.set_xticks([])
+    ax.set_title(f"{title}\nintegrated gradients per token (red: for the class)", fontsize=9)
+    return _save(fig, path)
+
+
+def attribution_series(ig, features: list[str], labels: list[str], path: Path, title: str) -> Path:
+    """Per window (a panel): Integrated Gradients of the mean forecast, features x steps."""
+    n = len(ig)
+    fig, axes = plt.subplots(n, 1, figsize=(9, 1.2 + 0.35 * ig.shape[2] * n), squeeze=False)
+    for ax, a, label in zip(axes[:, 0], ig, labels, strict=True):
+        lim = float(np.abs(a).max()) or 1.0
+        ax.imshow(a.T, cmap="bwr", vmin=-lim, vmax=lim, aspect="auto")
+        ax.set_yticks(range(a.shape[1]), features or range(a.shape[1]), fontsize=7)
+        ax.set_title(label, fontsize=8, loc="left")
+    axes[-1, 0].set_xlabel("step of the input window (right: the latest)")
+    fig.suptitle(f"{title}: integrated gradients of the mean forecast", fontsize=9)
+    return _save(fig, path)

@@ -55,7 +55,8 @@ def load_input(path: Path) -> np.ndarray:
     return data
 
 
-def _load(model_uri: str, root: Path):
+def load(model_uri: str, root: Path):
+    """The pyfunc at `model_uri` in the project's store and its card (assay.json)."""
     uri = tracking.tracking_uri(TrackingConfig(), root)
     tracking.ensure_store(uri)
     try:
@@ -157,22 +158,24 @@ def predict(
     label: int | None = None,
 ) -> Prediction:
     """Apply a logged Assay model to the file `input` (see the module doc for formats)."""
-    model, card = _load(model_uri, root)
+    model, card = load(model_uri, root)
     objective, kind = card["objective"], card["input"]["kind"]
     codes = kind == "codes"  # a generator: its input may be made here
     if input is None and not codes:
         raise PredictError(f"{model_uri} is a {objective} model: give --input")
     if label is not None and not codes:
         raise PredictError(f"--label is for a conditional GAN; {model_uri} is a {objective} model")
-    if codes:
-        raw = _codes(card, input, samples, seed, label)
-    elif kind == "text":
-        raw = _texts(input)
-    elif kind == "pixels":
-        raw = load_input(input)
-    else:
-        raw = _table_or_array(input, kind)
+    raw = _codes(card, input, samples, seed, label) if codes else read_raw(kind, input)
     return get_objective(objective).decode(_apply(model, raw), raw, card)
+
+
+def read_raw(kind: str, input: Path):
+    """The file `input` in the raw form a model of the contract kind `kind` takes."""
+    if kind == "text":
+        return _texts(input)
+    if kind == "pixels":
+        return load_input(input)
+    return _table_or_array(input, kind)
 
 
 def _first_line(e: Exception) -> str:

@@ -150,6 +150,8 @@ def gate(
                 )
     if promoted and aliases.require_lift:
         promoted, reason = beats_baseline(scores, metric, value, champ, reason)
+    if promoted and aliases.max_slice_gap is not None:
+        promoted, reason = within_slice_gap(scores, metric, aliases.max_slice_gap, champ, reason)
     if promoted:
         client.set_registered_model_alias(name, aliases.champion_alias, version)
     return Decision(
@@ -179,6 +181,25 @@ def beats_baseline(scores: dict, metric: str, value: float, champ, reason: str):
         f"{metric} {value:.4f} does not beat its classical baseline's {base:.4f} on the same "
         f"split (test/lift {lift:+.4f}): register.require_lift keeps it a candidate and {stays}. "
         "Set register.require_lift=false to promote models that lose to their baseline"
+    )
+
+
+def within_slice_gap(scores: dict, metric: str, limit: float, champ, reason: str):
+    """(promoted, reason) under `register.max_slice_gap`: the widest gap of `metric` between
+    slices of the test split (`assay.objectives.slices`) must not exceed `limit`. An objective
+    scored without slices (forecast, anomaly) is not held to it, and the reason says so."""
+    short = metric.removeprefix("test/")
+    gap = scores.get(f"test/slices/gap_{short}")
+    if gap is None:
+        return True, f"{reason} (no slice scores: max_slice_gap unchecked)"
+    if gap <= limit:
+        return True, f"{reason}; slice gap {gap:.4f} <= {limit:g}"
+    worst = scores.get(f"test/slices/worst_{short}", float("nan"))
+    stays = f"champion v{champ.version} stays" if champ else "there is no champion yet"
+    return False, (
+        f"its {short} differs by {gap:.4f} between slices of the test split (worst slice "
+        f"{worst:.4f}; see slices.png of the run), more than register.max_slice_gap {limit:g}: "
+        f"it stays a candidate and {stays}"
     )
 
 

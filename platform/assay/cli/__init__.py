@@ -2,7 +2,7 @@
 heavy import of a command is inside it, so `assay --help` and the light commands stay fast.
 
   common     the app, consoles, shared options and error handling
-  pipeline   fetch, prepare, train, evaluate, register, predict, models, config
+  pipeline   fetch, prepare, train, evaluate, register, predict, explain, models, config
   sweeps     assay sweep (run, resume, status)
   remote     assay cluster, jobs, submit, mlflow-server
   runs       assay runs gc

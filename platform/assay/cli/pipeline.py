@@ -1,5 +1,5 @@
 """The pipeline's stages and what sits around them: fetch, prepare, train, evaluate, register,
-predict, models, config."""
+predict, explain, models, config."""
 
 from __future__ import annotations
 
@@ -199,6 +199,45 @@ def predict(
             w.writerow(p.columns)
             w.writerows(p.rows)
         out.print(f"wrote {len(p.rows)} predictions to {output}")
+
+
+@app.command()
+def explain(
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model", "-m", help="models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID/model"
+        ),
+    ],
+    input: Annotated[
+        Path,
+        typer.Option(
+            "--input",
+            "-i",
+            help="what `assay predict` takes: images .npy/.npz (raw pixels), texts .txt/.csv, "
+            "series windows .npy/.npz/.csv",
+        ),
+    ],
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output", "-o", help="folder for explain.png, explain.html (text), attributions.npz"
+        ),
+    ] = Path("explain"),
+    limit: Annotated[int, typer.Option(help="explain the first N examples of the input")] = 8,
+) -> None:
+    """Why a model answered as it did: captum's Integrated Gradients (and a saliency map) over
+    the pixels of an image classifier's input, the tokens of a text classifier's, the steps and
+    features of a forecaster's window. Red: towards the answer; blue: against it."""
+    from assay.explain import explain as do_explain
+    from assay.paths import find_root
+
+    e = guarded(lambda: do_explain(model, input, find_root(), output, limit))
+    table = Table(*e.columns, title=f"{model} ({e.objective}): Integrated Gradients on {input}")
+    for row in e.rows:
+        table.add_row(*(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row))
+    out.print(table)
+    out.print(f"wrote {', '.join(str(f) for f in e.files)}")
 
 
 @app.command()

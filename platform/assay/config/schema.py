@@ -316,6 +316,13 @@ class RegisterConfig(StrictModel):
         description="champion only if it beats its classical baseline on the same split "
         "(evaluate's test/lift > 0); else it stays candidate. The GAN has no baseline",
     )
+    max_slice_gap: float | None = Field(
+        None,
+        ge=0,
+        description="champion only if the widest gap of its primary metric between slices of "
+        "the test split (evaluate's test/slices/gap_<metric>: classes; MovieLens users' gender, "
+        "age, occupation, films' popularity) is at most this; null: not checked",
+    )
 
 
 # `register` is the stage's name in params.yaml; pydantic only warns that ABCMeta has one too.

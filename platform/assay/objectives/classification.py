@@ -19,8 +19,9 @@ from torchmetrics.functional.classification import (
 )
 
 from assay import plots
+from assay.objectives import slices
 from assay.objectives.base import Objective, Prediction, batched, register_objective
-from assay.objectives.figures import attention_png
+from assay.objectives.figures import attention_png, explain_png
 
 
 class SoftmaxHead(nn.Module):
@@ -79,6 +80,12 @@ class Classification(Objective):
             cm, classes, out / "confusion.png", f"{title}: test acc {metrics['test/acc']:.4f}"
         )
         attention_png(model, x[:3], dm, out, title)
+        explain_png(model, x, dm, out, title)
+        names = np.asarray(classes, dtype=object)
+        per_class = slices.slice_scores(
+            "acc", "max", slices.accuracy, y.numpy(), pred, {"class": names[y.numpy()]}
+        )
+        metrics.update(slices.write(per_class, out, title))
         return metrics, len(y)
 
     def decode(self, out, raw, card):

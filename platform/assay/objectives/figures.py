@@ -1,5 +1,6 @@
 """Figures more than one objective draws: attention maps (classification and forecast by a
-Transformer) and the latent space (reconstruction and anomaly by an autoencoder)."""
+Transformer), the latent space (reconstruction and anomaly by an autoencoder), and a classifier's
+Integrated Gradients over a few test inputs (what `assay explain` draws for a user's)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch
 from tokenizers import Tokenizer
 
 from assay import plots
+from assay.objectives import attribution
 from assay.objectives.base import batched
 
 
@@ -40,3 +42,16 @@ def latent_png(model, x, labels, out: Path, title: str, names=None) -> None:
         z = PCA(2, random_state=0).fit_transform(z)
         title += " (PCA of the latent codes)"
     plots.latent_scatter(z, labels, out / "latent.png", title, names)
+
+
+def explain_png(model, x: torch.Tensor, dm, out: Path, title: str, n: int = 4) -> None:
+    """Integrated Gradients (and saliency) for the first `n` test inputs: explain.png, for text
+    also explain.html, and attributions.npz."""
+    kind = "text" if dm.meta["kind"] == "text" else "pixels"
+    x = x[:n]
+    a = attribution.attribute(model, x, kind)
+    tokens = None
+    if kind == "text":
+        tok = Tokenizer.from_file(str(dm.tokenizer_path))
+        tokens = [[tok.id_to_token(int(i)) for i in ids if i != 0] for ids in x.numpy()]
+    attribution.write(a, x.numpy(), out, f"{title}: why", tokens=tokens, names=dm.task.class_names)

@@ -13,6 +13,7 @@ from torch import nn
 from torchmetrics import MeanSquaredError
 from torchmetrics.retrieval import RetrievalHitRate, RetrievalNormalizedDCG
 
+from assay.objectives import slices
 from assay.objectives.base import Objective, Prediction, batched, register_objective
 
 
@@ -26,6 +27,22 @@ class PairsHead(nn.Module):
     def forward(self, pairs: torch.Tensor) -> torch.Tensor:
         pairs = pairs.long()
         return self.net(pairs[:, 0], pairs[:, 1])
+
+
+def rating_slices(dm, u, i, r, pred) -> slices.Slices:
+    """Test RMSE per user gender, age band and occupation (where the prepared data has the
+    users' file, `ml-100k.user`) and per film popularity band (its ratings in training)."""
+    u = u.numpy()
+    features = {}
+    users = dm.meta.get("user_attributes") or {}
+    for name in ("gender", "occupation"):
+        if name in users:
+            features[name] = np.asarray(users[name], dtype=object)[u]
+    if "age" in users:
+        features["age"] = slices.band(np.asarray(users["age"])[u], slices.AGE_BANDS)
+    counts = np.asarray(dm.task.item_counts)[i.numpy()]
+    features["film popularity"] = slices.band(counts, slices.POPULARITY_BANDS)
+    return slices.slice_scores("rmse", "min", slices.rmse, r.numpy(), pred.numpy(), features)
 
 
 @register_objective
@@ -64,6 +81,7 @@ class Rating(Objective):
             metrics[f"test/{name}"] = float(
                 metric(scores, target.reshape(-1), indexes=users.reshape(-1))
             )
+        metrics.update(slices.write(rating_slices(dm, u, i, r, pred), out, title))
         return metrics, len(r)
 
     def output(self, task):

@@ -8,7 +8,8 @@ ranked against `prepare.ratings.negatives` films they never rated (sampled once,
 HR@10, NDCG@10. Each split keeps the ratings' Unix timestamps (`t`).
 Ids are 0-based indices; `meta` maps them back to MovieLens ids. Where the fetch brought the
 films' file (`ml-100k.item`), `meta` also lists each film's attributes: its genres and its release
-period, which the recommenders' attribute bias reads.
+period, which the recommenders' attribute bias reads; where it brought the users' (`ml-100k.user`),
+each user's age, gender and occupation, by which `evaluate` scores slices of the test split.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ def prepare(name: str, raw: Path, source: dict, cfg) -> tuple[dict, dict]:
     splits["test"]["rank_items"] = candidates  # column 0 is the held-out positive
     meta = {
         **film_attributes(raw, source, item_ids),
+        **user_attributes(raw, source, user_ids),
         "n_users": int(n_users),
         "n_items": int(n_items),
         "rating_range": [float(r.min()), float(r.max())],
@@ -113,6 +115,31 @@ def film_attributes(raw: Path, source: dict, item_ids: np.ndarray) -> dict:
     return {
         "item_attribute_names": vocabulary,
         "item_attributes": [[index[t] for t in films.get(int(i), [])] for i in item_ids],
+    }
+
+
+def user_attributes(raw: Path, source: dict, user_ids: np.ndarray) -> dict:
+    """{"user_attributes": {"age": [...], "gender": [...], "occupation": [...]}} per user index,
+    from RecBole's ml-100k.user, or {} without that file. `evaluate` scores the slices by them;
+    no model reads them."""
+    names = [f for f in source.get("also", []) if f.endswith(".user")]
+    if not names:
+        return {}
+    with open(raw / names[0], encoding="utf-8", newline="") as f:
+        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    header, rows = rows[0], rows[1:]
+    col = {h.split(":")[0]: k for k, h in enumerate(header)}
+    users = {int(row[col["user_id"]]): row for row in rows}
+    missing = [int(u) for u in user_ids if int(u) not in users]
+    if missing:
+        raise ValueError(f"{names[0]} lacks users {missing[:5]} of the ratings")
+    picked = [users[int(u)] for u in user_ids]
+    return {
+        "user_attributes": {
+            "age": [int(row[col["age"]]) for row in picked],
+            "gender": [row[col["gender"]] for row in picked],
+            "occupation": [row[col["occupation"]] for row in picked],
+        }
     }
 
 

@@ -397,6 +397,10 @@ def test_gan_is_judged_by_the_registered_classifier(fproject, monkeypatch):
     _same_as_mlflow(fproject, gan, "codes.npy", codes, {"inputs": codes.tolist()})
     r = _predict(fproject, monkeypatch, *args, "--label", "10")
     assert r.exit_code == 2 and "allowed classes 0..9" in r.stderr
+    # `assay explain` has no class or forecast of a GAN's to attribute: refused, nothing written
+    r = CliRunner().invoke(app, ["explain", "-m", gan, "-i", "codes.npy", "-o", "why"])
+    assert r.exit_code == 2 and "is a generation model" in r.stderr, r.output
+    assert not (fproject / "why").exists()
 
     judge_uri = "models:/{dataset}-cnn_tiny@champion"
     plain = _cfg(

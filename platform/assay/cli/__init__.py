@@ -7,7 +7,7 @@ heavy import of a command is inside it, so `assay --help` and the light commands
   remote     assay cluster, jobs, submit, mlflow-server
   runs       assay runs gc
   lineage    assay lineage (a model back to its data, code and params; data forward)
-  ui         assay ui (MLflow's UI and optuna-dashboard, together)
+  ui         assay ui (MLflow's UI and optuna-dashboard, together), assay serve (Ray Serve)
 """
 
 import sys
@@ -19,6 +19,7 @@ from assay.cli.common import TELEMETRY_OFF, app
 app.command()(lineage.lineage)
 app.command()(lineage.reproduce)
 app.command()(ui.ui)
+app.command()(ui.serve)
 # the command groups, in that order too
 app.add_typer(sweeps.sweep_app, name="sweep")
 app.add_typer(remote.cluster_app, name="cluster")

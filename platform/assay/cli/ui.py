@@ -105,3 +105,44 @@ def ui(
             if s.proc.poll() is None:
                 lifecycle.stop_group(s.proc)
     raise typer.Exit(code)
+
+
+def serve(
+    model: Annotated[
+        str, typer.Argument(help="models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID/model")
+    ],
+    replicas: Annotated[int, typer.Option(min=1, max=64, help="Ray Serve replicas")] = 1,
+    port: Annotated[
+        int, typer.Option(min=0, max=65535, help="HTTP port on 127.0.0.1; 0: a free one")
+    ] = 8000,
+    max_batch_size: Annotated[
+        int, typer.Option(min=1, max=4096, help="requests one forward pass takes at most")
+    ] = 32,
+    batch_wait_ms: Annotated[
+        float,
+        typer.Option(min=0, max=1000, help="how long a batch waits for more requests (ms)"),
+    ] = 5.0,
+) -> None:
+    """Serve a logged model on Ray Serve: N replicas, each batching the requests that arrive
+    within --batch-wait-ms into one forward pass.
+
+    It speaks MLflow's scoring protocol (POST /invocations with {"inputs": ...},
+    {"instances": ...} or {"dataframe_split": ...}; GET /ping), answers exactly as `assay
+    predict` and `mlflow models serve`, and refuses out-of-contract input with HTTP 400 and the
+    same message. Bound to 127.0.0.1 on a local Ray (or served on ray.address's cluster).
+    Ctrl-C stops it and everything it started.
+    """
+    from assay import servers
+    from assay.paths import find_root
+    from assay.serving import ServeOptions
+    from assay.serving import serve as do_serve
+
+    cfg = load(require=["tracking", "ray"])
+    port = port or servers.free_port()
+    if not servers.port_free("127.0.0.1", port):
+        fail(f"port {port} is taken: pick another (`--port 0`: a free one)")
+    opts = ServeOptions(replicas, port, max_batch_size, batch_wait_ms)
+    try:
+        guarded(do_serve, cfg, find_root(), model, opts)
+    except KeyboardInterrupt:
+        out.print("stopped", highlight=False)

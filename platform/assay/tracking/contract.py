@@ -27,13 +27,14 @@ error this module exists to prevent. The contract is also in the MLmodel's `meta
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
 import numpy as np
 import torch
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.protos.databricks_pb2 import BAD_REQUEST, INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
 from tokenizers import Tokenizer
 
@@ -289,6 +290,12 @@ def apply(card: dict, net, raw, tokenizer=None):
     x = prepare(card, raw, tokenizer)
     if not len(x):
         raise ContractError("the input has no rows")
+    return run(card, net, x)
+
+
+def run(card: dict, net, x: np.ndarray):
+    """`apply` after `prepare`: the net on the prepared input `x`, and what its objective does
+    to the answer. `assay serve` prepares each request, then runs a batch of them at once."""
     with torch.no_grad():
         t = torch.from_numpy(np.ascontiguousarray(x))
         out = torch.cat([net(part) for part in torch.split(t, 4096)]).numpy()
@@ -327,3 +334,43 @@ class AssayModel(PythonModel):
     # input (nor warns that hints are missing); the contract takes arrays, lists and tables.
     def predict(self, context, model_input: np.ndarray, params=None):
         return apply(self.card, self.net, model_input, self.tokenizer)
+
+
+# ---------------------------------------------- MLflow's scoring protocol, for `assay serve`
+# A request body read as `mlflow models serve` reads it (its own `infer_and_parse_data`), then
+# by the contract; an answer written as it writes one; errors as its JSON.
+RequestError = MlflowException  # what a bad request raises: bad JSON, no known format, contract
+
+
+def parse_request(card: dict, body: bytes, tokenizer=None) -> np.ndarray:
+    """A POST /invocations body -> the network's input (raises RequestError, HTTP 400)."""
+    # MLflow's scoring server (FastAPI, ~0.5 s): loaded by a server, not by every model load
+    from mlflow.pyfunc.scoring_server import SUPPORTED_FORMATS, infer_and_parse_data
+
+    try:
+        payload = json.loads(body)
+    except ValueError as e:
+        raise MlflowException(f"the body is not JSON: {e}", error_code=BAD_REQUEST) from None
+    if not isinstance(payload, dict):
+        raise MlflowException(
+            f"expected a JSON object with one of {sorted(SUPPORTED_FORMATS)}",
+            error_code=BAD_REQUEST,
+        )
+    data = infer_and_parse_data({k: v for k, v in payload.items() if k in SUPPORTED_FORMATS})
+    x = prepare(card, data, tokenizer)
+    if not len(x):
+        raise ContractError("the input has no rows")
+    return x
+
+
+def answer_json(out) -> str:
+    """{"predictions": ...} as MLflow's scoring server writes it."""
+    from mlflow.pyfunc.scoring_server import predictions_to_json
+
+    buf = io.StringIO()
+    predictions_to_json(out, buf)
+    return buf.getvalue()
+
+
+def error_json(e: MlflowException) -> str:
+    return e.serialize_as_json()

@@ -1,0 +1,103 @@
+"""`assay serve`: the champion on Ray Serve (2 replicas, batching) answers as `assay predict` does,
+refuses out-of-contract input as MLflow's scoring server does, batches concurrent requests, and
+leaves nothing running when stopped."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from assay.cli import app
+from assay.evaluation import evaluate
+from assay.registry import register
+from assay.training import train
+from tests.conftest import free_port, post_json, serving, tiny_config
+
+MODEL = "models:/digits-cnn_tiny@champion"
+
+
+def _post(port: int, payload: dict) -> tuple[int, dict, dict]:
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/invocations",
+        data=json.dumps(payload).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=60) as r:
+        return r.status, json.loads(r.read()), dict(r.headers)
+
+
+@pytest.mark.slow
+def test_assay_serve_answers_as_predict_batches_and_stops_clean(project, monkeypatch, no_ray_left):
+    cfg = tiny_config(project, wandb="disabled", max_epochs=5, lr=0.01)
+    train(cfg, project)
+    evaluate(cfg, project)
+    register(cfg, project)
+    raw = np.load(project / "data/digits/test.npz")["x"][:40].astype(np.uint8)  # 0..16
+    np.save(project / "x.npy", raw)
+    monkeypatch.chdir(project)
+    r = CliRunner().invoke(app, ["predict", "-m", MODEL, "-i", "x.npy", "--output", "p.npy"])
+    assert r.exit_code == 0, r.output
+    expected = np.load(project / "p.npy")
+    np.save(project / "bad.npy", np.full((1, 8, 8), 200, np.uint8))
+    refused = CliRunner().invoke(app, ["predict", "-m", MODEL, "-i", "bad.npy"])
+    assert refused.exit_code == 2
+
+    port = free_port()
+    cmd = [sys.executable, "-m", "assay.cli", "serve", MODEL, "--replicas", "2"]
+    cmd += ["--port", str(port), "--max-batch-size", "16", "--batch-wait-ms", "20"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    ready = f"http://127.0.0.1:{port}/ping"
+    with serving(cmd, project, ready, project / "serve.log", env, wait=240):
+        status, body, _ = _post(port, {"inputs": raw.tolist()})
+        assert status == 200
+        np.testing.assert_allclose(np.asarray(body["predictions"]), expected, atol=1e-6)
+        status, body, _ = _post(port, {"instances": raw[:3].tolist()})
+        assert status == 200 and np.argmax(body["predictions"], 1).tolist() == (
+            expected[:3].argmax(1).tolist()
+        )
+        # out of contract: HTTP 400 with the contract's message, as `assay predict` says it
+        code, err = post_json(port, {"inputs": np.full((1, 8, 8), 200).tolist()})
+        assert code == 400 and err["error_code"] == "INVALID_PARAMETER_VALUE"
+        said = " ".join(refused.stderr.split())
+        assert "pixel values span [200, 200]" in err["message"], err
+        assert " ".join(err["message"].split()) in said, (err["message"], said)
+        code, err = post_json(port, {"rows": [1]})
+        assert code == 400 and err["error_code"] == "BAD_REQUEST"
+        with pytest.raises(urllib.error.HTTPError) as nope:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/nope", timeout=10)
+        assert nope.value.code == 404
+
+        # 40 one-image requests from 16 threads: each gets its own answer; some share a pass
+        def one(k: int):
+            return k, *_post(port, {"inputs": raw[k : k + 1].tolist()})
+
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(one, range(len(raw))))
+        batches = []
+        for k, status, body, headers in answers:
+            assert status == 200
+            np.testing.assert_allclose(body["predictions"][0], expected[k], atol=1e-6)
+            batches.append(int(headers["assay-batch-requests"]))
+        assert max(batches) > 1, batches  # batching happened
+        assert max(batches) <= 16
+    log = (project / "serve.log").read_text()
+    assert "2 replica(s)" in log and "Traceback" not in log, log[-3000:]
+
+
+def test_assay_serve_refuses_a_bad_model_or_port_before_starting_ray(project, monkeypatch):
+    monkeypatch.chdir(project)
+    r = CliRunner().invoke(app, ["serve", "models:/nope@champion", "--port", "0"])
+    assert r.exit_code == 2 and "cannot load model models:/nope@champion" in r.stderr, r.output
+    r = CliRunner().invoke(app, ["serve", MODEL, "--replicas", "0"])
+    assert r.exit_code == 2 and "--replicas" in r.output
+    import ray
+
+    assert not ray.is_initialized()

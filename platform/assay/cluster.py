@@ -171,6 +171,9 @@ GRACE_S = 16.0
 
 
 def down(root: Path, timeout: float = GRACE_S) -> Head | None:
+    from assay import nodes
+
+    nodes.stop_all(root)  # the nodes `assay cluster add-node` started, before their head
     head = Head.load(root)
     if head is None:
         return None

@@ -48,6 +48,7 @@ def check_local_gpus(cfg) -> None:
     """A local Ray (no cluster) asked for more GPUs than this machine has would wait for them
     forever; say so before any run starts. A cluster may add GPU nodes (autoscaling), so there
     Ray's own "waiting for resources" is the right answer."""
+    before_ray(cfg)
     import ray
 
     t = cfg.train
@@ -112,11 +113,19 @@ def _on_loopback(address: str) -> bool:
         return False
 
 
+def before_ray(cfg) -> None:
+    """What Ray reads once, when it loads: Assay's defaults, and for a cluster its token mode
+    (`RAY_AUTH_MODE` set after `import ray` is not seen: "Authentication token is missing")."""
+    ray_defaults()  # Ray Train reads its version switch once, too
+    if address(cfg):
+        auth_env()
+
+
 @contextlib.contextmanager
 def ray_session(cfg, dashboard: bool = True):
     """Joined to the configured cluster, or a local Ray for this run only. `dashboard=False`:
     a local Ray without the dashboard (and its CPU), for work that needs no Ray Train."""
-    ray_defaults()  # before Ray (and Ray Train, which reads its version switch once) loads
+    before_ray(cfg)
     import ray
 
     if ray.is_initialized():  # inside a Ray job or a caller's own session
@@ -124,7 +133,6 @@ def ray_session(cfg, dashboard: bool = True):
         return
     target = address(cfg)
     if target:  # a cluster: its workers import assay from the job's runtime_env or install
-        auth_env()
         # a head on loopback (`assay cluster up`): Ray would turn 127.0.0.1 into the LAN address
         # and look for the GCS there
         with _loopback_only() if _on_loopback(target) else contextlib.nullcontext():
@@ -157,6 +165,7 @@ def fit(
     checkpoint is copied to `dest/best.ckpt`. `extra`: the caller's callbacks, run on every
     worker (picklable; a sweep's pruning callback reports from rank 0). `bar`: rank 0's progress
     bar."""
+    before_ray(cfg)
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -181,7 +190,10 @@ def fit(
         _worker,
         train_loop_config=worker_config,
         scaling_config=ScalingConfig(
-            num_workers=t.workers, use_gpu=use_gpu, resources_per_worker=resources
+            num_workers=t.workers,
+            use_gpu=use_gpu,
+            resources_per_worker=resources,
+            placement_strategy=cfg.ray.placement,
         ),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         run_config=RunConfig(

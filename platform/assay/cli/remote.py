@@ -76,6 +76,27 @@ def cluster_up(
     )
 
 
+@cluster_app.command("add-node")
+def cluster_add_node(
+    num_cpus: Annotated[int, typer.Option(min=1, help="CPUs the node offers")] = 1,
+) -> None:
+    """Add a Ray node on this machine to the head `cluster up` started: its own raylet, object
+    store and workers on 127.0.0.1, offering NUM_CPUS and a resource named after it (node-2,
+    ...). Run it again for more nodes, or to replace one that was lost; `cluster down` stops
+    them with the head. (A second machine joins with `ray start --address HEAD`, against a head
+    started with --host.)"""
+    from assay import cluster, nodes
+    from assay.paths import find_root
+
+    root = find_root()
+    head = cluster.Head.load(root)
+    if head is None:
+        fail("no Ray head of ours is up: `assay cluster up` starts one", code=1)
+    with out.status("starting a Ray node ..."):
+        node = guarded(nodes.add_node, root, head.address, num_cpus)
+    out.print(f"Ray node {node.name} up (pid {node.pid}, {node.num_cpus} CPU); log {node.log}")
+
+
 @cluster_app.command("down")
 def cluster_down() -> None:
     """Stop the head `assay cluster up` started (by its process id)."""
@@ -100,6 +121,10 @@ def cluster_status() -> None:
         f"Ray head up (pid {head.pid}): address {head.address}, dashboard {head.dashboard}, "
         f"{len(jobs)} job(s)"
     )
+    from assay import nodes
+
+    for n in nodes.load(find_root()):
+        out.print(f"  node {n.name} (pid {n.pid}, {n.num_cpus} CPU), log {n.log}")
 
 
 @app.command()

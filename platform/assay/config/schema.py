@@ -302,6 +302,11 @@ class RayConfig(StrictModel):
         description="where Ray Train keeps checkpoints; default <root>/ray_results "
         "(on a multi-node cluster: storage every node reaches, e.g. NFS or s3://)",
     )
+    placement: Literal["PACK", "SPREAD", "STRICT_SPREAD"] = Field(
+        "PACK",
+        description="how Ray Train places the workers: PACK (as few nodes as fit), SPREAD (over "
+        "the nodes, where possible), STRICT_SPREAD (one node each, or wait)",
+    )
 
 
 class EvaluateConfig(StrictModel):

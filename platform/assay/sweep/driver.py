@@ -205,6 +205,7 @@ def run_workers(sweep: Sweep, study, storage, spec: dict[str, Any], log: Log) ->
     them spent the budget or the deadline passed. The driver alone starts trials, so the budget
     is met exactly. A task that died leaves its trial RUNNING without a heartbeat: the next
     trial's `optimize` (or, at the end, `settle`) fails it and queues its parameters again."""
+    distributed.before_ray(sweep.base)  # a cluster's token mode: read when Ray loads
     import ray  # ~2 s: only a sweep that runs pays it
     from ray.util.queue import Empty, Queue
 

@@ -125,6 +125,7 @@ class Objective:
         if retry_of is not None:  # Optuna copies the dead trial's attributes: not its run
             trial.set_user_attr("mlflow_run_id", None)
         params = suggest(trial, sweep.cfg.space, self.base_raw)
+        trial.set_user_attr("ray_node_id", _node_id())  # where it ran, on a cluster of several
         self.say(n=trial.number, state="started", params=params, retry_of=retry_of)
         cfg = trial_config(sweep, params, sweep.cfg.cpus_per_trial)
         trial.set_user_attr("params_yaml", yaml.safe_dump(params, sort_keys=False))
@@ -155,6 +156,12 @@ class Objective:
             raise ValueError(f"no finite {metric}: {value}")
         self.say(**done, state="complete", value=value)
         return value
+
+
+def _node_id() -> str | None:
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
 
 
 def run_trial(sweep: Sweep, spec: dict[str, Any], events) -> dict[str, Any]:

@@ -1,6 +1,6 @@
-"""`assay serve`: the champion on Ray Serve (2 replicas, batching) answers as `assay predict` does,
-refuses out-of-contract input as MLflow's scoring server does, batches concurrent requests, and
-leaves nothing running when stopped."""
+"""`assay serve`: the champion on Ray Serve (2 replicas, batching) answers as `assay predict` and
+`mlflow models serve` do on raw MNIST pixels, refuses out-of-contract input as MLflow's scoring
+server does, batches concurrent requests, and leaves nothing running when stopped."""
 
 from __future__ import annotations
 
@@ -16,12 +16,14 @@ import pytest
 from typer.testing import CliRunner
 
 from assay.cli import app
+from assay.config import load_config
+from assay.data import fetch, prepare
 from assay.evaluation import evaluate
 from assay.registry import register
 from assay.training import train
-from tests.conftest import free_port, post_json, serving, tiny_config
+from tests.conftest import free_port, mlflow_serving, post_json, serving, tiny_config
 
-MODEL = "models:/digits-cnn_tiny@champion"
+MODEL = "models:/mnist-mlp_tiny@champion"
 
 
 def _post(port: int, payload: dict) -> tuple[int, dict, dict]:
@@ -36,19 +38,33 @@ def _post(port: int, payload: dict) -> tuple[int, dict, dict]:
 
 @pytest.mark.slow
 def test_assay_serve_answers_as_predict_batches_and_stops_clean(project, monkeypatch, no_ray_left):
-    cfg = tiny_config(project, wandb="disabled", max_epochs=5, lr=0.01)
+    """An MNIST model, served on the raw 0..255 pixels a user has: `assay serve` (Ray Serve, 2
+    replicas) and `mlflow models serve` answer as `assay predict` does, with the right classes."""
+    cfg = load_config(root=project)
+    fetch("mnist", cfg.fetch, project)
+    prepare("mnist", cfg.prepare, project)
+    cfg = tiny_config(
+        project, dataset="mnist", arch="mlp_tiny", wandb="disabled", max_epochs=1, batch_size=256
+    )
     train(cfg, project)
     evaluate(cfg, project)
     register(cfg, project)
-    raw = np.load(project / "data/digits/test.npz")["x"][:40].astype(np.uint8)  # 0..16
+    test = np.load(project / "data/mnist/test.npz")
+    raw, labels = test["x"][:40].astype(np.uint8), test["y"][:40]  # pixels 0..255, as MNIST has
+    assert raw.max() > 200
     np.save(project / "x.npy", raw)
     monkeypatch.chdir(project)
     r = CliRunner().invoke(app, ["predict", "-m", MODEL, "-i", "x.npy", "--output", "p.npy"])
     assert r.exit_code == 0, r.output
     expected = np.load(project / "p.npy")
-    np.save(project / "bad.npy", np.full((1, 8, 8), 200, np.uint8))
+    assert (expected.argmax(1) == labels).mean() >= 0.8  # the right classes from raw pixels
+    np.save(project / "bad.npy", np.full((1, 28, 28), 300, np.int64))
     refused = CliRunner().invoke(app, ["predict", "-m", MODEL, "-i", "bad.npy"])
     assert refused.exit_code == 2
+    with mlflow_serving(project, MODEL, project / "mlflow-serve.log") as mport:
+        code, body = post_json(mport, {"inputs": raw.tolist()})
+        assert code == 200
+        np.testing.assert_allclose(np.asarray(body["predictions"]), expected, atol=1e-6)
 
     port = free_port()
     cmd = [sys.executable, "-m", "assay.cli", "serve", MODEL, "--replicas", "2"]
@@ -64,10 +80,10 @@ def test_assay_serve_answers_as_predict_batches_and_stops_clean(project, monkeyp
             expected[:3].argmax(1).tolist()
         )
         # out of contract: HTTP 400 with the contract's message, as `assay predict` says it
-        code, err = post_json(port, {"inputs": np.full((1, 8, 8), 200).tolist()})
+        code, err = post_json(port, {"inputs": np.full((1, 28, 28), 300).tolist()})
         assert code == 400 and err["error_code"] == "INVALID_PARAMETER_VALUE"
         said = " ".join(refused.stderr.split())
-        assert "pixel values span [200, 200]" in err["message"], err
+        assert "pixel values span [300, 300]" in err["message"], err
         assert " ".join(err["message"].split()) in said, (err["message"], said)
         code, err = post_json(port, {"rows": [1]})
         assert code == 400 and err["error_code"] == "BAD_REQUEST"

@@ -125,6 +125,7 @@ def run_node(address: str, num_cpus: int, name: str) -> None:
     auth_env()
     from ray._private.node import Node
     from ray._private.parameter import RayParams
+
     params = RayParams(
         gcs_address=address,
         node_ip_address="127.0.0.1",

@@ -7,6 +7,7 @@ a `ConfigError` whose message names each key path, the value given and what is a
   common         StrictModel, ConfigError and how messages quote values
   architectures  each architecture's typed settings, presets and the data it trains on (no torch)
   schema         the sections (AssayConfig) and `validate`
+  sections       tracking, ray, evaluate and register (schema's, kept apart for size)
   task           what a prepared data set gives a model (shapes, classes, statistics)
   loading   params.yaml <- experiment file <- overrides, YAML read safely
 """
@@ -26,16 +27,18 @@ from assay.config.loading import (
 )
 from assay.config.schema import (
     AssayConfig,
-    EvaluateConfig,
     FetchConfig,
     PrepareConfig,
+    TrainConfig,
+    config_digest,
+    validate,
+)
+from assay.config.sections import (
+    EvaluateConfig,
     RayConfig,
     RegisterConfig,
     TrackingConfig,
-    TrainConfig,
     WandbConfig,
-    config_digest,
-    validate,
 )
 from assay.config.task import Task
 

@@ -6,12 +6,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import warnings
-from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
@@ -21,6 +18,12 @@ from assay.config.architectures import (
     get_architecture,
 )
 from assay.config.common import ConfigError, StrictModel, deep_merge, describe_errors, short
+from assay.config.sections import (
+    EvaluateConfig,
+    RayConfig,
+    RegisterConfig,
+    TrackingConfig,
+)
 from assay.datasets import get_dataset, list_datasets
 
 _SHA256 = r"^[0-9a-f]{64}$"
@@ -246,88 +249,6 @@ class TrainConfig(OptimConfig):
         run (`labels_per_class`), which is never the full run's output or registered model."""
         base = self.name or f"{self.dataset}-{self.arch}"
         return base if self.labels_per_class is None else f"{base}-k{self.labels_per_class}"
-
-
-class WandbConfig(StrictModel):
-    mode: Literal["offline", "online", "disabled"] = "offline"
-    project: str = "assay"
-    entity: str | None = None
-
-
-class TrackingConfig(StrictModel):
-    experiment: str = Field("assay", min_length=1)
-    uri: str | None = Field(None, description="MLflow URI; $MLFLOW_TRACKING_URI, else mlflow.db")
-    ui: str = Field(
-        "http://127.0.0.1:5000",
-        pattern=r"^https?://[^/\s]+/?$",
-        description="where MLflow's UI is opened for a file store: `assay ui` serves it there, "
-        "and optuna-dashboard's trials link to their runs there (a tracking server is its own)",
-    )
-    wandb: WandbConfig = WandbConfig()
-    system_metrics: bool = Field(
-        True,
-        description="MLflow's system metrics (CPU, memory, disk, network, GPU when present) "
-        "into each run: system/* in this process, system/node<N>/* per Ray Train node",
-    )
-    system_metrics_interval: float = Field(
-        10.0, gt=0, le=3600, description="seconds between two samples of the system metrics"
-    )
-
-    def store_uri(self, root: Path) -> str:
-        """The MLflow store a run under `root` uses: $MLFLOW_TRACKING_URI, else `uri`, else
-        the project's own SQLite file (its artifacts in mlruns/ beside it)."""
-        return (
-            os.environ.get("MLFLOW_TRACKING_URI")
-            or self.uri
-            or f"sqlite:///{Path(root).resolve() / 'mlflow.db'}"
-        )
-
-    def ui_url(self, root: Path) -> str:
-        """Where a person sees this store's runs: the tracking server itself, else `ui`."""
-        store = self.store_uri(root)
-        if not store.startswith(("http://", "https://")):
-            return self.ui.rstrip("/")
-        parts = urlsplit(store)  # never a user or password into a printed or stored link
-        return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl().rstrip("/")
-
-
-class RayConfig(StrictModel):
-    address: str | None = Field(
-        None,
-        description="a cluster to join (ray://, host:port, auto); $RAY_ADDRESS wins; "
-        "none: a local Ray started for the run and stopped after it",
-    )
-    storage_path: str | None = Field(
-        None,
-        description="where Ray Train keeps checkpoints; default <root>/ray_results "
-        "(on a multi-node cluster: storage every node reaches, e.g. NFS or s3://)",
-    )
-    placement: Literal["PACK", "SPREAD", "STRICT_SPREAD"] = Field(
-        "PACK",
-        description="how Ray Train places the workers: PACK (as few nodes as fit), SPREAD (over "
-        "the nodes, where possible), STRICT_SPREAD (one node each, or wait)",
-    )
-
-
-class EvaluateConfig(StrictModel):
-    batch_size: int = Field(1024, ge=1, le=65_536)
-
-
-class RegisterConfig(StrictModel):
-    candidate_alias: str = "candidate"
-    champion_alias: str = "champion"
-    require_lift: bool = Field(
-        True,
-        description="champion only if it beats its classical baseline on the same split "
-        "(evaluate's test/lift > 0); else it stays candidate. The GAN has no baseline",
-    )
-    max_slice_gap: float | None = Field(
-        None,
-        ge=0,
-        description="champion only if the widest gap of its primary metric between slices of "
-        "the test split (evaluate's test/slices/gap_<metric>: classes; MovieLens users' gender, "
-        "age, occupation, films' popularity) is at most this; null: not checked",
-    )
 
 
 # `register` is the stage's name in params.yaml; pydantic only warns that ABCMeta has one too.

@@ -22,8 +22,6 @@ import http.client
 import json
 import os
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,13 +34,10 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+from assay.lifecycle import stop_group  # noqa: E402  (Assay installed, as the README's)
+from assay.servers import free_port  # noqa: E402
+
 ASSAY = [sys.executable, "-m", "assay.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def scratch_project(dataset: str) -> tuple[Path, str]:
@@ -62,10 +57,10 @@ def scratch_project(dataset: str) -> tuple[Path, str]:
 def start(cmd: list[str], root: Path, port: int, log: Path) -> subprocess.Popen:
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}"}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # mlflow's uvicorn
-    proc = subprocess.Popen(
-        cmd, cwd=root, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )  # fmt: skip
+    with log.open("w") as sink:  # the child holds its own copy of the descriptor
+        proc = subprocess.Popen(
+            cmd, cwd=root, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
+        )
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
         try:
@@ -80,22 +75,15 @@ def start(cmd: list[str], root: Path, port: int, log: Path) -> subprocess.Popen:
 
 
 def stop(proc: subprocess.Popen) -> None:
-    """SIGTERM the server's group, SIGKILL after 30 s; then nothing of it may be left."""
+    """The server's process group and everything under it, SIGTERM then SIGKILL
+    (`lifecycle.stop_group`); then nothing of it may be left."""
     import psutil
 
-    family = [proc.pid]
     try:
-        family += [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+        family = [proc.pid, *(c.pid for c in psutil.Process(proc.pid).children(recursive=True))]
     except psutil.Error:
-        pass
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(30)
-    except ProcessLookupError:
-        pass
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        family = [proc.pid]
+    stop_group(proc, timeout=30)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and any(psutil.pid_exists(p) for p in family):
         time.sleep(0.5)

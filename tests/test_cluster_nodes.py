@@ -33,6 +33,14 @@ def _family(pid: int) -> list[psutil.Process]:
         return []
 
 
+def _is_train_worker(p: psutil.Process) -> bool:
+    """A Ray Train worker (a process may exit between being listed and being read)."""
+    try:
+        return "RayTrainWorker" in p.name()
+    except psutil.Error:
+        return False
+
+
 def _kill_node(node: nodes.NodeProcess) -> list[int]:
     """Lose the node: SIGKILL its process and everything it started (raylet, agents, workers;
     Ray's workers sit in process groups of their own), at once."""
@@ -75,14 +83,13 @@ def test_a_node_lost_mid_training_is_replaced_and_the_run_resumes(project, no_ra
                     snapshots = list(
                         (project / "ray_results").glob("*/checkpoint_manager_snapshot.json")
                     )
-                    on_node = [p for p in _family(node.pid) if "RayTrainWorker" in p.name()]
+                    on_node = [p for p in _family(node.pid) if _is_train_worker(p)]
                     if snapshots and on_node:
                         # the other worker is on the head: spread over both nodes
                         elsewhere = [
                             p
                             for p in ray_processes()
-                            if "RayTrainWorker" in p.name()
-                            and p.pid not in {q.pid for q in on_node}
+                            if _is_train_worker(p) and p.pid not in {q.pid for q in on_node}
                         ]
                         assert elsewhere, "both workers on one node"
                         lost = _kill_node(node)

@@ -7,7 +7,9 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
+import socket
 import sys
+import time
 import urllib.error
 import urllib.request
 
@@ -36,7 +38,7 @@ def _post(port: int, payload: dict) -> tuple[int, dict, dict]:
         return r.status, json.loads(r.read()), dict(r.headers)
 
 
-@pytest.mark.slow
+@pytest.mark.network  # MNIST from its wheel
 def test_assay_serve_answers_as_predict_batches_and_stops_clean(project, monkeypatch, no_ray_left):
     """An MNIST model, served on the raw 0..255 pixels a user has: `assay serve` (Ray Serve, 2
     replicas) and `mlflow models serve` answer as `assay predict` does, with the right classes."""
@@ -72,6 +74,11 @@ def test_assay_serve_answers_as_predict_batches_and_stops_clean(project, monkeyp
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     ready = f"http://127.0.0.1:{port}/ping"
     with serving(cmd, project, ready, project / "serve.log", env, wait=240):
+        # /ping answers once a replica is up; the command says so once both are
+        deadline = time.monotonic() + 120
+        while "2 replica(s)" not in (project / "serve.log").read_text():
+            assert time.monotonic() < deadline, (project / "serve.log").read_text()[-3000:]
+            time.sleep(0.5)
         status, body, _ = _post(port, {"inputs": raw.tolist()})
         assert status == 200
         np.testing.assert_allclose(np.asarray(body["predictions"]), expected, atol=1e-6)
@@ -109,11 +116,23 @@ def test_assay_serve_answers_as_predict_batches_and_stops_clean(project, monkeyp
 
 
 def test_assay_serve_refuses_a_bad_model_or_port_before_starting_ray(project, monkeypatch):
+    from assay import distributed
+
+    def no_ray(*a, **k):
+        raise AssertionError("Ray started for a request that was refused")
+
+    monkeypatch.setattr(distributed, "ray_session", no_ray)
     monkeypatch.chdir(project)
     r = CliRunner().invoke(app, ["serve", "models:/nope@champion", "--port", "0"])
     assert r.exit_code == 2 and "cannot load model models:/nope@champion" in r.stderr, r.output
     r = CliRunner().invoke(app, ["serve", MODEL, "--replicas", "0"])
     assert r.exit_code == 2 and "--replicas" in r.output
-    import ray
-
-    assert not ray.is_initialized()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = CliRunner().invoke(app, ["serve", MODEL, "--port", str(port)])
+    assert r.exit_code == 2 and f"port {port} is taken" in r.stderr, r.output
+    monkeypatch.setenv("RAY_ADDRESS", "10.1.2.3:6379")  # another machine's cluster
+    r = CliRunner().invoke(app, ["serve", MODEL, "--port", "0"])
+    assert r.exit_code == 2 and "10.1.2.3:6379 is another machine" in r.stderr, r.output

@@ -39,6 +39,7 @@ def test_slice_scores_name_the_worst_group_and_the_widest_gap():
     assert found.gap == ("g", pytest.approx(0.3))  # 1.0 - 0.7: "tiny" is left out
     assert found.overall == pytest.approx(np.mean(y == pred))
     assert found.metrics() == {
+        "test/slices/judged_acc": 5.0,  # a, b, c; even, odd
         "test/slices/worst_acc": pytest.approx(0.7),
         "test/slices/gap_acc": pytest.approx(0.3),
     }
@@ -56,15 +57,19 @@ def test_slice_scores_name_the_worst_group_and_the_widest_gap():
         (0.05, 0.1, True, "first; slice gap 0.0500 <= 0.1"),
         (0.25, 0.1, False, "its acc differs by 0.2500 between slices of the test split"),
         (None, 0.1, True, "first (no slice scores: max_slice_gap unchecked)"),  # a forecaster
+        ("none judged", 0.1, False, "no slice of the test split has enough examples"),
     ],
 )
 def test_the_slice_gap_rule(gap, limit, promoted, fragment):
     scores = {"test/acc": 0.9}
-    if gap is not None:
+    if gap == "none judged":  # slices scored, each under MIN_COUNT examples
+        scores["test/slices/judged_acc"] = 0.0
+    elif gap is not None:
         scores |= {"test/slices/gap_acc": gap, "test/slices/worst_acc": 0.9 - gap}
+        scores["test/slices/judged_acc"] = 3.0
     ok, reason = within_slice_gap(scores, "test/acc", limit, None, "first")
     assert ok is promoted and fragment in reason, reason
-    assert ok or "register.max_slice_gap 0.1" in reason
+    assert ok or "register.max_slice_gap" in reason
 
 
 def test_evaluate_scores_each_class_and_the_gate_can_refuse_a_wide_gap(project):

@@ -102,7 +102,7 @@ def _loopback_only():
             os.environ[var] = saved[1]
 
 
-def _on_loopback(address: str) -> bool:
+def on_loopback(address: str) -> bool:
     """host:port (or ray://host:port) names this machine's loopback."""
     host = address.split("://")[-1].rsplit(":", 1)[0].strip("[]")
     if host == "localhost":
@@ -135,7 +135,7 @@ def ray_session(cfg, dashboard: bool = True):
     if target:  # a cluster: its workers import assay from the job's runtime_env or install
         # a head on loopback (`assay cluster up`): Ray would turn 127.0.0.1 into the LAN address
         # and look for the GCS there
-        with _loopback_only() if _on_loopback(target) else contextlib.nullcontext():
+        with _loopback_only() if on_loopback(target) else contextlib.nullcontext():
             ray.init(address=target, log_to_driver=True)
     else:
         t = cfg.train

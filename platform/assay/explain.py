@@ -91,8 +91,9 @@ def _table(a: attribution.Attribution, card: dict, tokens) -> tuple[list[list], 
         elif a.kind == "windows":
             feats = card["input"].get("features") or []
             per_feature = np.abs(a.ig[k]).sum(0)
+            share = per_feature / (per_feature.sum() or 1.0)  # all zero: 0%, not NaN
             top = ", ".join(
-                f"{feats[j] if j < len(feats) else j} {per_feature[j] / per_feature.sum():.0%}"
+                f"{feats[j] if j < len(feats) else j} {share[j]:.0%}"
                 for j in np.argsort(-per_feature)[:3]
             )
         else:

@@ -12,12 +12,14 @@ no public one for a node in a Python process). A real second machine joins with 
 
 `add_node` starts `python -m assay.nodes` in its own process group and records it in
 `.assay/cluster-nodes.json`; `assay cluster down` stops the nodes, then the head. Killing a node's
-process group (SIGKILL) is losing the node: its raylet and workers go at once.
+process and everything under it (SIGKILL; Ray's workers sit in process groups of their own) is
+losing the node: its raylet and workers go at once.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -47,12 +49,13 @@ class NodeProcess:
 
 
 def load(root: Path) -> list[NodeProcess]:
-    """The nodes this project started that are still running."""
+    """The nodes this project started that still have a process running (the node's own, or
+    its raylet's: the group outlives a leader that died)."""
     path = root / NODES
     if not path.exists():
         return []
     nodes = [NodeProcess(**n) for n in json.loads(path.read_text())]
-    return [n for n in nodes if pid_alive(n.pid)]
+    return [n for n in nodes if pid_alive(n.pid) or group_alive(n.pid)]
 
 
 def _save(root: Path, nodes: list[NodeProcess]) -> None:
@@ -62,7 +65,16 @@ def _save(root: Path, nodes: list[NodeProcess]) -> None:
 
 def add_node(root: Path, address: str, num_cpus: int = 1, timeout: float = 90) -> NodeProcess:
     """Start a node that joins the head at `address` (GCS host:port on 127.0.0.1) and wait
-    until the cluster lists it."""
+    until it says it joined (Ray's `Node` returns once its raylet registered with the GCS).
+    One at a time per project (a lock on the record), so two never take the same name."""
+    from filelock import FileLock
+
+    (root / NODES).parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root / NODES) + ".lock"):
+        return _add_node(root, address, num_cpus, timeout)
+
+
+def _add_node(root: Path, address: str, num_cpus: int, timeout: float) -> NodeProcess:
     known = load(root)
     name = f"node-{max([int(n.name.split('-')[1]) for n in known] + [1]) + 1}"
     log = root / ".assay" / f"ray-{name}.log"
@@ -79,6 +91,7 @@ def add_node(root: Path, address: str, num_cpus: int = 1, timeout: float = 90) -
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
+            stop(node)  # whatever it started before it failed
             raise NodeError(f"the Ray node exited with {proc.returncode}; see {log}")
         if "node up" in log.read_text():
             _save(root, [*known, node])
@@ -89,21 +102,29 @@ def add_node(root: Path, address: str, num_cpus: int = 1, timeout: float = 90) -
 
 
 def stop(node: NodeProcess, timeout: float = GRACE_S) -> None:
-    """SIGTERM the node's process group (its atexit stops the raylet and workers), SIGKILL
-    whatever is left after `timeout`."""
+    """SIGTERM the node's process group (its atexit stops the raylet and workers) and every
+    process under it (Ray's workers sit in groups of their own); SIGKILL whatever is left after
+    `timeout`."""
+    import psutil
+
     try:
-        os.killpg(node.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.time() + timeout
-    while time.time() < deadline and group_alive(node.pid):
-        try:
-            os.waitpid(node.pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
-        time.sleep(0.3)
-    if group_alive(node.pid):
-        os.killpg(node.pid, signal.SIGKILL)
+        family = psutil.Process(node.pid).children(recursive=True)
+    except psutil.Error:
+        family = []
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(node.pid, sig)
+        for p in family:
+            with contextlib.suppress(psutil.Error):
+                p.send_signal(sig)
+        deadline = time.time() + wait
+        while time.time() < deadline and group_alive(node.pid):
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(node.pid, os.WNOHANG)  # ours when `add_node` ran in this process
+            time.sleep(0.3)
+        _, family = psutil.wait_procs(family, timeout=1)
+        if not family and not group_alive(node.pid):
+            return
 
 
 def stop_all(root: Path) -> list[NodeProcess]:

@@ -190,12 +190,18 @@ def within_slice_gap(scores: dict, metric: str, limit: float, champ, reason: str
     scored without slices (forecast, anomaly) is not held to it, and the reason says so."""
     short = metric.removeprefix("test/")
     gap = scores.get(f"test/slices/gap_{short}")
+    stays = f"champion v{champ.version} stays" if champ else "there is no champion yet"
+    if gap is None and scores.get(f"test/slices/judged_{short}") is not None:
+        return False, (
+            f"no slice of the test split has enough examples to judge its {short} (see "
+            f"slices.csv of the run): register.max_slice_gap cannot be checked; it stays a "
+            f"candidate and {stays}"
+        )
     if gap is None:
         return True, f"{reason} (no slice scores: max_slice_gap unchecked)"
     if gap <= limit:
         return True, f"{reason}; slice gap {gap:.4f} <= {limit:g}"
     worst = scores.get(f"test/slices/worst_{short}", float("nan"))
-    stays = f"champion v{champ.version} stays" if champ else "there is no champion yet"
     return False, (
         f"its {short} differs by {gap:.4f} between slices of the test split (worst slice "
         f"{worst:.4f}; see slices.png of the run), more than register.max_slice_gap {limit:g}: "

@@ -103,6 +103,13 @@ def serve(
 ) -> None:
     """Serve `model_uri` until interrupted (Ctrl-C, SIGTERM) or `until()` is true; everything
     it started (replicas, proxy, a local Ray) is stopped on the way out."""
+    target = distributed.address(cfg)
+    if target and not distributed.on_loopback(target):
+        raise ServeError(
+            f"ray.address (or RAY_ADDRESS) {target} is another machine: `assay serve` listens on "
+            "127.0.0.1 of this machine's Ray (a local one, or a head on loopback from `assay "
+            "cluster up`). Run it on the cluster's head instead"
+        )
     uri = tracking.tracking_uri(cfg.tracking, root)
     tracking.ensure_store(uri)
     try:  # here first: a bad URI fails before Ray starts
@@ -134,7 +141,7 @@ def serve(
         try:
             ray_serve.run(
                 deployment.bind(model_uri, uri, opts),
-                name="assay",
+                name=f"assay-{opts.port}",  # one app per server: others on the head stay
                 route_prefix="/",
                 blocking=False,
             )
@@ -152,7 +159,7 @@ def serve(
             # shutdown would wait 30 s for a controller whose raylet a group SIGTERM (Ctrl-C in
             # a terminal, `timeout`) has already stopped.
             if on_cluster:
-                ray_serve.delete("assay")
+                ray_serve.delete(f"assay-{opts.port}")
 
 
 def _batched_class() -> type:

@@ -53,5 +53,6 @@ def explain_png(model, x: torch.Tensor, dm, out: Path, title: str, n: int = 4) -
     tokens = None
     if kind == "text":
         tok = Tokenizer.from_file(str(dm.tokenizer_path))
-        tokens = [[tok.id_to_token(int(i)) for i in ids if i != 0] for ids in x.numpy()]
+        pad = dm.task.pad_id
+        tokens = [[tok.id_to_token(int(i)) for i in ids if i != pad] for ids in x.numpy()]
     attribution.write(a, x.numpy(), out, f"{title}: why", tokens=tokens, names=dm.task.class_names)

@@ -71,6 +71,8 @@ LONGEST_FIRST = [
     "test_ray_jobs.py",
     "test_lifecycle.py",
     "test_tracking_server.py",  # added 2026-12-07: ~70 s alone
+    "test_cluster_nodes.py",  # added 2026-12-07: ~90 s alone
+    "test_serve.py",  # ~65 s alone
     "test_cluster_security.py",
     "test_sweep_failures.py",
     "test_objectives.py",

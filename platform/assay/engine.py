@@ -17,8 +17,9 @@ import torch
 import torch.utils.deterministic
 from lightning.pytorch.callbacks import Callback, EarlyStopping
 
+from assay import tracking, transfer
 from assay.data import ArrayDataModule, datamodule
-from assay.models import create_model
+from assay.models import create_model, get_entry
 from assay.paths import csv_bytes
 
 
@@ -45,7 +46,20 @@ def build(cfg, root: Path, *, refit: bool = False) -> tuple[ArrayDataModule, pl.
         refit=refit,
         labels_per_class=t.labels_per_class,
     )
-    return dm, create_model(t.arch, task=dm.task, optim=t.optim(), settings=t.arch_config())
+    model = create_model(t.arch, task=dm.task, optim=t.optim(), settings=t.arch_config())
+    model.init_from = None
+    if t.init_from is not None:  # the encoder of a logged model (checked: layers, vocabulary)
+        source = transfer.load_source(t.init_from, tracking.tracking_uri(cfg.tracking, root))
+        text = dm.meta["kind"] == "text"
+        layers = transfer.load_encoder(
+            source, model.net, get_entry(t.arch).family, dm.tokenizer_path if text else None
+        )
+        model.init_from = {
+            "assay.init_from": t.init_from,
+            "assay.init_from.run_id": source.run_id or "",
+            "assay.init_from.layers": str(len(layers)),
+        }
+    return dm, model
 
 
 class History(Callback):
@@ -141,6 +155,8 @@ def fit_callbacks(
         out.append(EarlyStopping(monitor, mode=mode, patience=t.early_stopping_patience))
     if t.monitor != "auto":
         out.append(MonitorCheck(monitor))
+    if t.freeze == "encoder":  # a linear probe (until unfreeze_epoch): Lightning's fine-tuning
+        out.append(transfer.FreezeEncoder(t.unfreeze_epoch))
     return out, history
 
 

@@ -224,6 +224,7 @@ def _tags(cfg: AssayConfig, root: Path, model, opts: RunOptions) -> dict[str, st
         "objective": model.objective.name,
         "assay.key": t.key,
         "params.digest": cfg.digest(),
+        **(model.init_from or {}),  # the parent model a transfer started from (lineage)
         **(opts.provenance or tracking.provenance(root, t.dataset)),
         **opts.tags,
     }

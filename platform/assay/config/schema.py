@@ -177,6 +177,18 @@ class TrainConfig(OptimConfig):
         description="few-shot: train on K labelled examples per class of the training split "
         "(stratified, drawn with train.seed); val and test stay whole. null: every label",
     )
+    init_from: str | None = Field(
+        None,
+        pattern=r"^(models|runs):/\S+$",
+        description="transfer: start from this logged model's encoder (every layer but the "
+        "output head): models:/NAME@ALIAS, models:/NAME/VERSION or runs:/RUN_ID/model",
+    )
+    freeze: Literal["none", "encoder"] = Field(
+        "none", description="encoder: train the head only (a linear probe), until unfreeze_epoch"
+    )
+    unfreeze_epoch: int | None = Field(
+        None, ge=1, le=10_000, description="with freeze: encoder, train all of it from this epoch"
+    )
     # Ray Train: 0 workers trains in this process; N > 0 runs DDP across N Ray workers.
     workers: int = Field(0, ge=0, le=4096, description="Ray Train workers; 0 = in-process")
     cpus_per_worker: float = Field(1.0, gt=0, le=1024, description="also its torch threads")
@@ -215,6 +227,20 @@ class TrainConfig(OptimConfig):
         return value
 
     @model_validator(mode="after")
+    def _transfer(self) -> TrainConfig:
+        if self.freeze == "encoder" and self.init_from is None:
+            raise ValueError(
+                "freeze is 'encoder' but init_from is null: a frozen encoder must come from a "
+                "trained model (set train.init_from=models:/NAME@ALIAS)"
+            )
+        if self.unfreeze_epoch is not None and self.freeze != "encoder":
+            raise ValueError(
+                f"unfreeze_epoch is {self.unfreeze_epoch} but freeze is '{self.freeze}': "
+                "set train.freeze=encoder, or leave unfreeze_epoch null"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _ray_resources(self) -> TrainConfig:
         if self.gpus_per_worker > 0 and self.workers == 0:
             raise ValueError(
@@ -246,8 +272,12 @@ class TrainConfig(OptimConfig):
     def key(self) -> str:
         """The run's output folder and its registered model's name: `name` (a params.yaml run's
         or an experiment file's name), else `<dataset>-<arch>`; `-k<K>` after it for a few-shot
-        run (`labels_per_class`), which is never the full run's output or registered model."""
+        run (`labels_per_class`), `-probe` (encoder frozen throughout) or `-ft` (fine-tuned) for
+        one from another model (`init_from`): never the from-scratch run's output or model."""
         base = self.name or f"{self.dataset}-{self.arch}"
+        if self.init_from is not None:
+            frozen = self.freeze == "encoder" and self.unfreeze_epoch is None
+            base += "-probe" if frozen else "-ft"
         return base if self.labels_per_class is None else f"{base}-k{self.labels_per_class}"
 
 

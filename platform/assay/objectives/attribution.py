@@ -84,28 +84,22 @@ def attribute(
     target = None if kind == "windows" else out.argmax(-1)
     score = out if target is None else out.gather(1, target[:, None])[:, 0]
     base = _baseline(net, x, kind)
-    # IG's interpolated inputs per forward pass: memory stays bounded, whatever len(x)
+    # the text model's IG is through its embedding layer: the ids themselves have no gradient
     if kind == "text":
         ig = LayerIntegratedGradients(fwd, _embedding(net))
-        attr, delta = ig.attribute(
-            x,
-            base,
-            target=target,
-            n_steps=steps,
-            internal_batch_size=512,
-            return_convergence_delta=True,
-        )
-        return Attribution(kind, attr.sum(-1).detach().numpy(), None, target.numpy(),
-                           score.numpy(), delta.detach().numpy())  # fmt: skip
-    ig = IntegratedGradients(fwd)
+    else:
+        ig = IntegratedGradients(fwd)
     attr, delta = ig.attribute(
         x,
         base,
         target=target,
         n_steps=steps,
-        internal_batch_size=512,
+        internal_batch_size=512,  # interpolated inputs per pass: memory bounded, whatever len(x)
         return_convergence_delta=True,
     )
+    if kind == "text":  # per token: the sum over the embedding's dimensions
+        return Attribution(kind, attr.sum(-1).detach().numpy(), None, target.numpy(),
+                           score.numpy(), delta.detach().numpy())  # fmt: skip
     sal = Saliency(fwd).attribute(x.clone().requires_grad_(), target=target, abs=True)
     return Attribution(
         kind,

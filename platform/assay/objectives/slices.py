@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from fairlearn.metrics import MetricFrame, count
 
 from assay import plots
 
@@ -56,6 +55,9 @@ def slice_scores(
 ) -> Slices:
     """`fn(y_true, y_pred)` over each group of each feature (one MetricFrame per feature: the
     groups of one feature are compared with each other, not crossed with the others')."""
+    # fairlearn loads scikit-learn (~1 s, and it sets KMP_* variables): when scoring, not on import
+    from fairlearn.metrics import MetricFrame, count
+
     frames = []
     for name, groups in features.items():
         mf = MetricFrame(

@@ -87,6 +87,18 @@ def prepare(name: str, raw: Path, source: dict, cfg) -> tuple[dict, dict]:
     return splits, meta
 
 
+def _atomic_file(raw: Path, source: dict, suffix: str):
+    """(name, column index by field, rows) of the fetched RecBole atomic file ending in
+    `suffix` (a header like `item_id:token`, then tab-separated rows), or None without it."""
+    names = [Path(f).name for f in source.get("also", []) if f.endswith(suffix)]
+    if not names:
+        return None
+    with open(raw / names[0], encoding="utf-8", newline="") as f:
+        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    col = {h.split(":")[0]: k for k, h in enumerate(rows[0])}
+    return names[0], col, rows[1:]
+
+
 # Release periods, as film attributes: about equally many films in the recent ones.
 PERIODS = ((0, 1960), (1960, 1980), (1980, 1990), (1990, 1995), (1995, 1997), (1997, 10_000))
 
@@ -94,13 +106,10 @@ PERIODS = ((0, 1960), (1960, 1980), (1980, 1990), (1990, 1995), (1995, 1997), (1
 def film_attributes(raw: Path, source: dict, item_ids: np.ndarray) -> dict:
     """{"item_attribute_names": [...], "item_attributes": [[index, ...] per item]} from
     RecBole's ml-100k.item (genres; release period from the year), or {} without that file."""
-    names = [f for f in source.get("also", []) if f.endswith(".item")]
-    if not names:
+    found = _atomic_file(raw, source, ".item")
+    if found is None:
         return {}
-    with open(raw / names[0], encoding="utf-8", newline="") as f:
-        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
-    header, rows = rows[0], rows[1:]
-    col = {h.split(":")[0]: k for k, h in enumerate(header)}
+    _, col, rows = found
     films: dict[int, list[str]] = {}
     for row in rows:
         tags = [f"genre {g}" for g in row[col["class"]].split() if g != "unknown"]
@@ -122,17 +131,14 @@ def user_attributes(raw: Path, source: dict, user_ids: np.ndarray) -> dict:
     """{"user_attributes": {"age": [...], "gender": [...], "occupation": [...]}} per user index,
     from RecBole's ml-100k.user, or {} without that file. `evaluate` scores the slices by them;
     no model reads them."""
-    names = [f for f in source.get("also", []) if f.endswith(".user")]
-    if not names:
+    found = _atomic_file(raw, source, ".user")
+    if found is None:
         return {}
-    with open(raw / names[0], encoding="utf-8", newline="") as f:
-        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
-    header, rows = rows[0], rows[1:]
-    col = {h.split(":")[0]: k for k, h in enumerate(header)}
+    name, col, rows = found
     users = {int(row[col["user_id"]]): row for row in rows}
     missing = [int(u) for u in user_ids if int(u) not in users]
     if missing:
-        raise ValueError(f"{names[0]} lacks users {missing[:5]} of the ratings")
+        raise ValueError(f"{name} lacks users {missing[:5]} of the ratings")
     picked = [users[int(u)] for u in user_ids]
     return {
         "user_attributes": {

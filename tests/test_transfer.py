@@ -100,3 +100,35 @@ def test_a_model_that_does_not_fit_is_refused_before_any_run(project, source):
         tiny_config(project, freeze="encoder")
     with pytest.raises(ConfigError, match="unfreeze_epoch is 2 but freeze is 'none'"):
         tiny_config(project, init_from=SOURCE, unfreeze_epoch=2)
+
+
+def test_a_text_model_of_another_vocabulary_is_refused(fproject, family_data):
+    """Token ids mean words only under their tokenizer: an LSTM whose data was tokenized on
+    another training split (prepare.seed=1) may not start from this one's embeddings."""
+    import shutil
+
+    from assay.config import apply_overrides, load_config, validate
+    from assay.data import prepare
+    from tests.conftest import REPO, family_cfg
+
+    cfg = family_cfg(fproject, "rotten_tomatoes", "lstm_tiny")
+    train(cfg, fproject)
+    evaluate(cfg, fproject)
+    register(cfg, fproject)
+    raw = fproject.parent / "rt-raw"
+    other = validate(
+        apply_overrides(
+            load_config(params=REPO / "params.yaml", root=fproject).model_dump(),
+            ["prepare.seed=1"],
+        )
+    )
+    shutil.copytree(family_data / "raw/rotten_tomatoes", raw / "data/raw/rotten_tomatoes")
+    prepare("rotten_tomatoes", other.prepare, raw)
+    shutil.rmtree(fproject / "data/rotten_tomatoes")
+    shutil.copytree(raw / "data/rotten_tomatoes", fproject / "data/rotten_tomatoes")
+    source = "models:/rotten_tomatoes-lstm_tiny@champion"
+    again = family_cfg(fproject, "rotten_tomatoes", "lstm_tiny", init_from=source)
+    runs_before = len(_client(fproject).search_runs(["0", "1"]))
+    with pytest.raises(TransferError, match="reads text with another vocabulary"):
+        train(again, fproject)
+    assert len(_client(fproject).search_runs(["0", "1"])) == runs_before

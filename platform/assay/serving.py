@@ -9,8 +9,9 @@ the port: POST /invocations with {"inputs": ...}, {"instances": ...} or {"datafr
 by the model's own contract (`assay.tracking.contract.prepare`) before it joins a batch, so a bad
 request gets its own HTTP 400 with the contract's message (INVALID_PARAMETER_VALUE, as MLflow's
 server answers) and costs the others nothing; the batch then runs `contract.run`, the same code
-as `assay predict` and the pyfunc. Bound to 127.0.0.1 (a local Ray), or served on a cluster's
-head (`--address`, `ray.address`).
+as `assay predict` and the pyfunc. Bound to 127.0.0.1: on a local Ray, or on the head `assay
+cluster up` runs on this machine (`ray.address`); another machine's cluster is refused (its proxy
+would listen there, not here).
 """
 
 from __future__ import annotations

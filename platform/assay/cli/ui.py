@@ -129,8 +129,8 @@ def serve(
     It speaks MLflow's scoring protocol (POST /invocations with {"inputs": ...},
     {"instances": ...} or {"dataframe_split": ...}; GET /ping), answers exactly as `assay
     predict` and `mlflow models serve`, and refuses out-of-contract input with HTTP 400 and the
-    same message. Bound to 127.0.0.1 on a local Ray (or served on ray.address's cluster).
-    Ctrl-C stops it and everything it started.
+    same message. Bound to 127.0.0.1 on a local Ray, or on the head `assay cluster up` runs on
+    this machine (ray.address). Ctrl-C stops it and everything it started.
     """
     from assay import servers
     from assay.paths import find_root

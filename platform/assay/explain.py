@@ -23,6 +23,7 @@ import torch
 
 from assay.objectives import attribution
 from assay.predict import PredictError, load, read_raw
+from assay.tokens import PAD
 from assay.tracking.contract import ContractError, prepare
 
 EXPLAINED = {"classification": ("pixels", "text"), "forecast": ("windows",)}
@@ -56,8 +57,6 @@ def explain(model_uri: str, input: Path, root: Path, out: Path, limit: int = 8) 
         x = prepare(card, raw, python_model.tokenizer)
     except ContractError as e:  # the message predict and the scoring server give
         raise PredictError(e.message) from None
-    if not len(x):
-        raise PredictError(f"input {input} has no rows")
     x = torch.from_numpy(np.ascontiguousarray(x[:limit]))
     a = attribution.attribute(python_model.net, x, kind, probabilities=objective != "forecast")
     tokens = _tokens(python_model.tokenizer, x.numpy()) if kind == "text" else None
@@ -76,8 +75,7 @@ def explain(model_uri: str, input: Path, root: Path, out: Path, limit: int = 8) 
 
 
 def _tokens(tokenizer, ids: np.ndarray) -> list[list[str]]:
-    pad = tokenizer.token_to_id("[PAD]")
-    pad = 0 if pad is None else pad
+    pad = tokenizer.token_to_id(PAD)
     return [[tokenizer.id_to_token(int(i)) for i in row if i != pad] for row in ids]
 
 

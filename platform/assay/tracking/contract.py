@@ -266,7 +266,15 @@ def _codes(c: dict, raw) -> np.ndarray:
 
 
 def prepare(card: dict, raw, tokenizer=None) -> np.ndarray:
-    """Raw input -> the network's input, or a ContractError saying what is wrong."""
+    """Raw input -> the network's input, or a ContractError saying what is wrong (an input
+    with no rows too: every caller, predict, explain and the servers, refuses it)."""
+    x = _read(card, raw, tokenizer)
+    if not len(x):
+        raise ContractError("the input has no rows")
+    return x
+
+
+def _read(card: dict, raw, tokenizer) -> np.ndarray:
     c = card["input"]
     kind = c["kind"]
     if kind == "pixels":
@@ -287,10 +295,7 @@ def apply(card: dict, net, raw, tokenizer=None):
     horizon) in the target's units; anomaly: scores (N,); rating: (N,) clipped to the rating
     range; generation: images (N, C, H, W) in [0, 1]; reconstruction: {"reconstruction": images
     in [0, 1] (the scaled input's), "mse": (N,) per image}."""
-    x = prepare(card, raw, tokenizer)
-    if not len(x):
-        raise ContractError("the input has no rows")
-    return run(card, net, x)
+    return run(card, net, prepare(card, raw, tokenizer))
 
 
 def run(card: dict, net, x: np.ndarray):
@@ -357,10 +362,7 @@ def parse_request(card: dict, body: bytes, tokenizer=None) -> np.ndarray:
             error_code=BAD_REQUEST,
         )
     data = infer_and_parse_data({k: v for k, v in payload.items() if k in SUPPORTED_FORMATS})
-    x = prepare(card, data, tokenizer)
-    if not len(x):
-        raise ContractError("the input has no rows")
-    return x
+    return prepare(card, data, tokenizer)
 
 
 def answer_json(out) -> str:

@@ -55,9 +55,10 @@ def load_input(path: Path) -> np.ndarray:
     return data
 
 
-def load(model_uri: str, root: Path):
-    """The pyfunc at `model_uri` in the project's store and its card (assay.json)."""
-    uri = tracking.tracking_uri(TrackingConfig(), root)
+def load(model_uri: str, root: Path, config: TrackingConfig | None = None):
+    """The pyfunc at `model_uri` in the project's store (`config`'s, by default the
+    environment's or the project's own file) and its card (assay.json)."""
+    uri = tracking.tracking_uri(config or TrackingConfig(), root)
     tracking.ensure_store(uri)
     try:
         model = tracking.load_model(model_uri, uri)

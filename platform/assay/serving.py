@@ -26,6 +26,7 @@ import numpy as np
 
 from assay import distributed, tracking
 from assay.errors import UserError
+from assay.predict import load
 
 ROUTES = ("/invocations", "/ping", "/health")
 
@@ -111,18 +112,10 @@ def serve(
             "127.0.0.1 of this machine's Ray (a local one, or a head on loopback from `assay "
             "cluster up`). Run it on the cluster's head instead"
         )
-    uri = tracking.tracking_uri(cfg.tracking, root)
-    tracking.ensure_store(uri)
-    try:  # here first: a bad URI fails before Ray starts
-        model = tracking.load_model(model_uri, uri)
-    except (tracking.TrackingError, OSError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ServeError(f"cannot load model {model_uri} from {uri}: {first}") from None
-    card = tracking.card_of(model)
-    if card is None or "input" not in card:
-        raise ServeError(
-            f"{model_uri} is not an Assay model with an input contract: retrain and register it"
-        )
+    # here first, as `assay predict` loads it: a bad URI or a model without a contract fails
+    # before Ray starts
+    _, card = load(model_uri, root, cfg.tracking)
+    uri = tracking.tracking_uri(cfg.tracking, root)  # where each replica loads it from
     with distributed.ray_session(cfg, dashboard=False):
         from ray import serve as ray_serve
 
@@ -138,7 +131,6 @@ def serve(
             logging_config={"log_level": "WARNING", "enable_access_log": False},
         )
         ray_serve.start(http_options={"host": "127.0.0.1", "port": opts.port})
-        on_cluster = distributed.address(cfg) is not None
         try:
             ray_serve.run(
                 deployment.bind(model_uri, uri, opts),
@@ -159,7 +151,7 @@ def serve(
             # whole with the session (`ray.shutdown`), replicas and proxy with it: Serve's own
             # shutdown would wait 30 s for a controller whose raylet a group SIGTERM (Ctrl-C in
             # a terminal, `timeout`) has already stopped.
-            if on_cluster:
+            if target:
                 ray_serve.delete(f"assay-{opts.port}")
 
 

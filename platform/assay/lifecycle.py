@@ -277,25 +277,45 @@ def die_with_parent(sig: int = signal.SIGTERM) -> None:
 
 # ------------------------------------------------------------------------ a child process group
 def stop_group(proc: subprocess.Popen, timeout: float = 10.0) -> int:
-    """Stop `proc`, started with `start_new_session=True`, and everything it started: SIGTERM to
-    its process group and to each descendant (one may have left the group), SIGKILL to whatever
-    is left after `timeout` seconds. Returns `proc`'s exit code."""
+    """Stop `proc`, started with `start_new_session=True`, and everything it started (`stop_tree`).
+    Returns `proc`'s exit code."""
+    stop_tree(proc.pid, timeout, leader=proc)
+    return proc.wait()
+
+
+def stop_tree(pid: int, timeout: float = 10.0, leader: subprocess.Popen | None = None) -> None:
+    """Stop the process `pid`, the leader of its own process group, and everything it started:
+    SIGTERM to the group and to each descendant (one may have left the group: Ray's workers
+    do), SIGKILL to whatever is left after `timeout` seconds. `leader`: `pid` as our child's
+    Popen, waited on (reaped) as it goes; a pid known only by number is reaped if it is ours."""
     try:
-        family = psutil.Process(proc.pid).children(recursive=True)
+        family = psutil.Process(pid).children(recursive=True)
     except psutil.NoSuchProcess:
         family = []
+
+    def leader_done(wait: float) -> bool:
+        if leader is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                leader.wait(wait)
+            return leader.returncode is not None
+        deadline = time.monotonic() + wait
+        while True:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)  # our child's zombie would keep the group alive
+            if not group_alive(pid) or time.monotonic() >= deadline:
+                return not pid_alive(pid)
+            time.sleep(0.3)
+
     for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, sig)
+            os.killpg(pid, sig)
         for p in family:
             with contextlib.suppress(psutil.Error):
                 p.send_signal(sig)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(wait)
-        _, family = psutil.wait_procs(family, timeout=wait if proc.returncode is not None else 0)
-        if proc.returncode is not None and not family and not group_alive(proc.pid):
+        done = leader_done(wait)
+        _, family = psutil.wait_procs(family, timeout=wait if done else 0)
+        if done and not family and not group_alive(pid):
             break
-    return proc.wait()
 
 
 def group_alive(pgid: int) -> bool:

@@ -19,7 +19,6 @@ losing the node: its raylet and workers go at once.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import signal
@@ -30,7 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from assay.errors import UserError
-from assay.lifecycle import group_alive, pid_alive
+from assay.lifecycle import group_alive, pid_alive, stop_tree
 
 NODES = Path(".assay") / "cluster-nodes.json"
 GRACE_S = 16.0
@@ -102,29 +101,10 @@ def _add_node(root: Path, address: str, num_cpus: int, timeout: float) -> NodePr
 
 
 def stop(node: NodeProcess, timeout: float = GRACE_S) -> None:
-    """SIGTERM the node's process group (its atexit stops the raylet and workers) and every
-    process under it (Ray's workers sit in groups of their own); SIGKILL whatever is left after
-    `timeout`."""
-    import psutil
-
-    try:
-        family = psutil.Process(node.pid).children(recursive=True)
-    except psutil.Error:
-        family = []
-    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(node.pid, sig)
-        for p in family:
-            with contextlib.suppress(psutil.Error):
-                p.send_signal(sig)
-        deadline = time.time() + wait
-        while time.time() < deadline and group_alive(node.pid):
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(node.pid, os.WNOHANG)  # ours when `add_node` ran in this process
-            time.sleep(0.3)
-        _, family = psutil.wait_procs(family, timeout=1)
-        if not family and not group_alive(node.pid):
-            return
+    """The node's process group (its atexit stops the raylet and workers) and every process
+    under it (Ray's workers sit in groups of their own): SIGTERM, then SIGKILL after
+    `timeout` (`lifecycle.stop_tree`)."""
+    stop_tree(node.pid, timeout)
 
 
 def stop_all(root: Path) -> list[NodeProcess]:

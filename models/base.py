@@ -60,10 +60,11 @@ class AssayModule(pl.LightningModule):
 
     Config: ClassVar[type[StrictModel]]
     OBJECTIVES: ClassVar[dict[str, str]] = {}
+    PRETRAINS: ClassVar[dict[str, list[str]]] = {}  # kind -> self-supervised objectives
     # What ModelCheckpoint and EarlyStopping watch, and which way is better.
     monitor: ClassVar[tuple[str, Literal["max", "min"]]] = ("val/loss", "min")
 
-    def __init__(self, config: Any, task: Any, optim: Any = None):
+    def __init__(self, config: Any, task: Any, optim: Any = None, objective: str = "auto"):
         super().__init__()
         # Checkpoints reload through these plain dicts; the trackers get flattened params instead.
         self.config = self.Config.model_validate(config)
@@ -74,12 +75,16 @@ class AssayModule(pl.LightningModule):
                 f"{type(self).__name__} trains on {', '.join(self.OBJECTIVES)} data, "
                 f"not {self.task.kind}"
             )
-        self.objective: Objective = get_objective(self.OBJECTIVES[self.task.kind])
+        allowed = [self.OBJECTIVES[self.task.kind], *self.PRETRAINS.get(self.task.kind, [])]
+        if objective not in ("auto", *allowed):
+            raise ValueError(f"{type(self).__name__} trains for {allowed}, not {objective!r}")
+        self.objective: Objective = get_objective(allowed[0] if objective == "auto" else objective)
         self.save_hyperparameters(
             {
                 "config": self.config.model_dump(),
                 "task": self.task.model_dump(),
                 "optim": self.optim.model_dump(),
+                "objective": self.objective.name,
             },
             logger=False,
         )
@@ -94,6 +99,12 @@ class AssayModule(pl.LightningModule):
     @property
     def primary_metric(self) -> tuple[str, str]:
         return self.objective.primary
+
+    @property
+    def out_features(self) -> int:
+        """The width of the net's output layer: the classes, unless the objective says (a
+        contrastive projection, a vocabulary)."""
+        return self.objective.out_features(self.task) or self.task.num_classes
 
     def build_net(self) -> nn.Module:
         raise NotImplementedError
@@ -113,6 +124,8 @@ class AssayModule(pl.LightningModule):
         return self.objective.loss(out, target, self.task)
 
     def _step(self, batch, stage: str) -> torch.Tensor:
+        if self.objective.owns_step:  # self-supervised: the objective makes its own targets
+            return self.objective.step(self, batch, stage)
         *inputs, target = batch
         out = self(*inputs)
         loss = self._loss(out, target)

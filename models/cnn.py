@@ -52,4 +52,4 @@ class CNNClassifier(ImageClassifier):
     def build_net(self) -> nn.Module:
         if len(self.task.in_shape) != 3:
             raise ValueError(f"cnn needs images (C, H, W); this data gives {self.task.in_shape}")
-        return build_cnn(self.task.in_shape, self.task.num_classes, self.config)
+        return build_cnn(self.task.in_shape, self.out_features, self.config)

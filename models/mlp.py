@@ -26,4 +26,4 @@ class MLPClassifier(ImageClassifier):
     Config = MLPConfig
 
     def build_net(self) -> nn.Module:
-        return build_mlp(math.prod(self.task.in_shape), self.task.num_classes, self.config)
+        return build_mlp(math.prod(self.task.in_shape), self.out_features, self.config)

@@ -69,6 +69,7 @@ def register_model(name: str):
                 f"assay.config.architectures declares for {name!r}"
             )
         cls.OBJECTIVES = dict(arch.trains_on)
+        cls.PRETRAINS = {kind: [o] for kind, o in arch.pretrains.items()}
         for preset_name in list_architectures(family=name):
             if preset_name in _REGISTRY:
                 raise ValueError(f"model {preset_name!r} is registered twice")
@@ -94,13 +95,20 @@ def get_entry(name: str) -> ModelEntry:
 
 
 def create_model(
-    name: str, *, task: Any, optim: Any = None, settings: BaseModel | None = None, **cfg: Any
+    name: str,
+    *,
+    task: Any,
+    optim: Any = None,
+    settings: BaseModel | None = None,
+    objective: str = "auto",
+    **cfg: Any,
 ):
     """Build the registered LightningModule `name` for a data `task` (shapes, classes).
 
     `settings` are its typed settings (a config's `train.arch_config()`); without them, `cfg`
-    overrides the preset's. `optim` is an `OptimConfig` (None: defaults).
+    overrides the preset's. `optim` is an `OptimConfig` (None: defaults). `objective`: 'auto'
+    (the one it serves on the task's data) or a self-supervised one it declares.
     """
     entry = get_entry(name)
     config = settings if settings is not None else entry.config(**cfg)
-    return entry.module_cls(config=config, task=task, optim=optim)
+    return entry.module_cls(config=config, task=task, optim=optim, objective=objective)

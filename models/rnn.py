@@ -52,7 +52,9 @@ class RecurrentModel(SequenceModule):
         c = self.config
         encoder = RecurrentEncoder(self.cell, self.in_dim(), c)
         width = c.hidden_size * (2 if c.bidirectional else 1)
-        return SequenceNet(self.task, c, encoder, self.config.embedding_dim, width, self.pool())
+        return SequenceNet(
+            self.task, c, encoder, c.embedding_dim, width, self.pool(), self.out_features
+        )
 
 
 @register_model("rnn")

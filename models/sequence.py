@@ -35,7 +35,14 @@ class SequenceNet(nn.Module):
     """input -> encoder -> pool -> head, for text classification or forecasting."""
 
     def __init__(
-        self, task: Task, cfg: Any, encoder: nn.Module, in_dim: int, out_dim: int, pool: str
+        self,
+        task: Task,
+        cfg: Any,
+        encoder: nn.Module,
+        in_dim: int,
+        out_dim: int,
+        pool: str,
+        n_out: int = 0,
     ):
         super().__init__()
         self.kind = task.kind
@@ -58,7 +65,8 @@ class SequenceNet(nn.Module):
             self.skip = nn.Linear(window * features, task.horizon) if cfg.linear_skip else None
         self.encoder = encoder
         self.drop = nn.Dropout(cfg.dropout)
-        n_out = task.num_classes if task.kind == "text" else task.horizon
+        # the head's width: the classes or the horizon, unless the objective's (a vocabulary)
+        n_out = n_out or (task.num_classes if task.kind == "text" else task.horizon)
         self.head = nn.Linear(out_dim, n_out)
 
     def inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -79,6 +87,12 @@ class SequenceNet(nn.Module):
             h = h.clone()
             h[:, :, t] -= level
         return h, None, level
+
+    def states(self, x: torch.Tensor) -> torch.Tensor:
+        """What the head reads at every step, not pooled: (B, T, H). A masked-token objective
+        puts the head (as wide as the vocabulary) over the masked steps only."""
+        h, mask, _ = self._inputs(x)
+        return self.drop(self.encoder(h, mask))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, mask, level = self._inputs(x)

@@ -89,6 +89,7 @@ class Transformer(SequenceModule):
             self.config.embedding_dim,
             self.config.d_model,
             self.pool(),
+            self.out_features,
         )
 
     def attention_maps(self, x: torch.Tensor) -> torch.Tensor:

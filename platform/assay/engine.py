@@ -46,7 +46,9 @@ def build(cfg, root: Path, *, refit: bool = False) -> tuple[ArrayDataModule, pl.
         refit=refit,
         labels_per_class=t.labels_per_class,
     )
-    model = create_model(t.arch, task=dm.task, optim=t.optim(), settings=t.arch_config())
+    model = create_model(
+        t.arch, task=dm.task, optim=t.optim(), settings=t.arch_config(), objective=t.objective
+    )
     model.init_from = None
     if t.init_from is not None:  # the encoder of a logged model (checked: layers, vocabulary)
         source = transfer.load_source(t.init_from, tracking.tracking_uri(cfg.tracking, root))

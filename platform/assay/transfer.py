@@ -21,6 +21,7 @@ from torch import nn
 
 from assay import tracking
 from assay.errors import UserError
+from assay.objectives.base import output_layer
 
 
 class TransferError(UserError, ValueError):
@@ -38,14 +39,14 @@ class Source:
 
 def head_name(net: nn.Module) -> str:
     """The output head: the last linear layer, which must be a direct part of the network."""
-    linear = [name for name, m in net.named_modules() if isinstance(m, nn.Linear)]
-    if not linear or "." in linear[-1]:
+    found = output_layer(net)
+    if found is None:
         raise TransferError(
             f"{type(net).__name__} has no output layer of its own to keep apart from its "
             "encoder: init_from takes classifiers, forecasters and recommenders with a last "
             "linear layer"
         )
-    return linear[-1]
+    return found[0]
 
 
 def encoder_state(net: nn.Module) -> dict[str, torch.Tensor]:

@@ -8,7 +8,9 @@ LightningModule to the declaration here and refuses one that was never declared.
 `declare("cnn", CNNConfig, trains_on={"image": "classification"}, tiny={...})` registers `cnn`
 (the class's defaults) and `cnn_tiny` (defaults updated with `tiny`, for tests and smoke runs).
 `trains_on` maps a kind of data (`assay.datasets`) to the objective (`assay.objectives`) the
-architecture serves on it.
+architecture serves on it; `pretrains` to the self-supervised objective it can also train for on
+that data without labels (`train.objective`), whose encoder a later run starts from
+(`train.init_from`).
 """
 
 from __future__ import annotations
@@ -167,6 +169,11 @@ class Architecture:
     settings: type[StrictModel]
     trains_on: dict[str, str]  # kind of data -> the objective served on it
     preset: dict[str, Any] = field(default_factory=dict)
+    pretrains: dict[str, str] = field(default_factory=dict)  # kind -> self-supervised objective
+
+    def objectives(self, kind: str) -> list[str]:
+        """What it can train for on `kind` data: its objective first, then self-supervised."""
+        return [o for o in (self.trains_on.get(kind), self.pretrains.get(kind)) if o]
 
     def config(self, **overrides: Any) -> StrictModel:
         """The validated settings: preset values, then `overrides`."""
@@ -182,6 +189,7 @@ def declare(
     *,
     trains_on: dict[str, str],
     tiny: dict[str, Any] | None = None,
+    pretrains: dict[str, str] | None = None,
 ) -> None:
     """Declare `name` (and, with `tiny`, `name_tiny`); a name declared twice is refused."""
     presets = {name: {}} | ({f"{name}_tiny": tiny} if tiny is not None else {})
@@ -190,7 +198,7 @@ def declare(
             raise ValueError(f"architecture {preset_name!r} is declared twice")
         settings(**preset)  # a preset that does not validate is a bug here, not a user's error
         _ARCHITECTURES[preset_name] = Architecture(
-            preset_name, name, settings, dict(trains_on), dict(preset)
+            preset_name, name, settings, dict(trains_on), dict(preset), dict(pretrains or {})
         )
 
 
@@ -215,8 +223,22 @@ _SEQUENCE_TINY = {"hidden_size": 16, "embedding_dim": 16}
 _AE_TINY = {"hidden_sizes": [16], "latent_dim": 2}
 _MF_TINY = {"embedding_dim": 4, "recent_user_bias": 0.2}
 
-declare("mlp", MLPConfig, trains_on=IMAGE_CLASSIFIER, tiny={"hidden_sizes": [16], "dropout": 0.0})
-declare("cnn", CNNConfig, trains_on=IMAGE_CLASSIFIER, tiny={"channels": [4, 8], "hidden": 16})
+_CONTRASTIVE = {"image": "contrastive"}  # SimCLR on the training images
+
+declare(
+    "mlp",
+    MLPConfig,
+    trains_on=IMAGE_CLASSIFIER,
+    tiny={"hidden_sizes": [16], "dropout": 0.0},
+    pretrains=_CONTRASTIVE,
+)
+declare(
+    "cnn",
+    CNNConfig,
+    trains_on=IMAGE_CLASSIFIER,
+    tiny={"channels": [4, 8], "hidden": 16},
+    pretrains=_CONTRASTIVE,
+)
 for _cell in ("rnn", "lstm", "gru"):
     declare(_cell, RNNConfig, trains_on=SEQUENCE, tiny=_SEQUENCE_TINY)
 declare(
@@ -224,6 +246,7 @@ declare(
     TransformerConfig,
     trains_on=SEQUENCE,
     tiny={"d_model": 16, "heads": 2, "num_layers": 1, "ff_dim": 32, "embedding_dim": 16},
+    pretrains={"text": "masked_tokens"},  # BERT's masked-token prediction on the texts
 )
 for _ae in ("autoencoder", "denoising_autoencoder", "vae"):
     declare(_ae, AEConfig, trains_on=AUTOENCODER, tiny=_AE_TINY)

@@ -170,6 +170,13 @@ class TrainConfig(OptimConfig):
     accelerator: Literal["auto", "cpu", "gpu"] = "cpu"
     num_threads: int = Field(0, ge=0, le=256, description="torch threads; 0 = torch's default")
     deterministic: bool = True
+    objective: str = Field(
+        "auto",
+        pattern=r"^[a-z_]+$",
+        description="what to train for: 'auto' (the architecture's objective on the data: "
+        "classification, forecast, ...) or the self-supervised one it declares, which uses no "
+        "labels: contrastive (image models), masked_tokens (the Transformer on text)",
+    )
     labels_per_class: int | None = Field(
         None,
         ge=1,
@@ -271,10 +278,13 @@ class TrainConfig(OptimConfig):
     @property
     def key(self) -> str:
         """The run's output folder and its registered model's name: `name` (a params.yaml run's
-        or an experiment file's name), else `<dataset>-<arch>`; `-k<K>` after it for a few-shot
-        run (`labels_per_class`), `-probe` (encoder frozen throughout) or `-ft` (fine-tuned) for
-        one from another model (`init_from`): never the from-scratch run's output or model."""
+        or an experiment file's name), else `<dataset>-<arch>[-<objective>]` (a self-supervised
+        objective); then `-probe` (encoder frozen throughout) or `-ft` (fine-tuned) for one from
+        another model (`init_from`) and `-k<K>` for a few-shot run (`labels_per_class`): never
+        the from-scratch run's output or model."""
         base = self.name or f"{self.dataset}-{self.arch}"
+        if self.name is None and self.objective in get_architecture(self.arch).pretrains.values():
+            base += f"-{self.objective}"
         if self.init_from is not None:
             frozen = self.freeze == "encoder" and self.unfreeze_epoch is None
             base += "-probe" if frozen else "-ft"
@@ -344,8 +354,11 @@ def validate(raw: dict) -> AssayConfig:
         if not isinstance(override, dict):
             problems.append(f"{where}: expected a mapping of train settings, got {short(override)}")
             continue
+        merged = deep_merge(train_raw, override)
+        if "objective" not in override:  # `train.objective` is for the run it trains, not these
+            merged["objective"] = "auto"
         try:
-            run = TrainConfig.model_validate(deep_merge(train_raw, override))
+            run = TrainConfig.model_validate(merged)
         except ValidationError as e:
             problems += describe_errors(e, TrainConfig, prefix=where)
             continue
@@ -356,13 +369,27 @@ def validate(raw: dict) -> AssayConfig:
 
 
 def check_pairing(train: TrainConfig, where: str) -> list[str]:
-    """The architecture must train on the dataset's kind of data (an LSTM on images: no)."""
-    objectives = get_architecture(train.arch).trains_on
+    """The architecture must train on the dataset's kind of data (an LSTM on images: no), for
+    an objective it declares there; a self-supervised one takes every training example."""
+    arch = get_architecture(train.arch)
+    objectives = arch.trains_on
     kind = get_dataset(train.dataset).kind
-    if kind in objectives:
-        return []
-    fits = list_datasets(set(objectives))
-    return [
-        f"{where}.arch: {train.arch!r} cannot train on {train.dataset!r} ({kind} data); it trains "
-        f"on {', '.join(sorted(objectives))} data: datasets {', '.join(fits)}"
-    ]
+    if kind not in objectives:
+        fits = list_datasets(set(objectives))
+        return [
+            f"{where}.arch: {train.arch!r} cannot train on {train.dataset!r} ({kind} data); it "
+            f"trains on {', '.join(sorted(objectives))} data: datasets {', '.join(fits)}"
+        ]
+    allowed = arch.objectives(kind)
+    if train.objective != "auto" and train.objective not in allowed:
+        return [
+            f"{where}.objective: {train.arch!r} on {kind} data trains for "
+            f"{' or '.join(allowed)}, not {train.objective!r} (or use 'auto')"
+        ]
+    if train.objective not in ("auto", objectives[kind]) and train.labels_per_class is not None:
+        return [
+            f"{where}.labels_per_class: {train.labels_per_class}, but objective "
+            f"{train.objective!r} uses no labels: it learns from every training example. Set "
+            "labels_per_class on the run that starts from it (init_from)"
+        ]
+    return []

@@ -15,6 +15,9 @@ everything that follows from it, so a new objective is one new file:
   output         what the logged model does to its net's answer (clip, add the error), in its card
   callbacks      what a fit needs beyond the common callbacks (the GAN's judge)
   refit          why `train.refit` has no meaning for it (None: it has one)
+  step           a self-supervised objective's own training step (`owns_step`): it makes its
+                 targets from the inputs (two views of an image, masked tokens) and never reads
+                 the labels; `out_features` is then the width of the net's output layer
 
 Architectures declare the objectives they serve per data kind (`OBJECTIVES = {"text":
 "classification", "timeseries": "forecast"}`); nothing else switches on an objective's name.
@@ -60,6 +63,16 @@ class Objective:
     # How far `assay reproduce` lets the primary metric move (absolute): the seed-to-seed range
     # of a default run, measured by bench/seed_spread.py (a same-seed rerun lands far closer).
     reproduce_tolerance: ClassVar[float]
+
+    owns_step: ClassVar[bool] = False  # True: `step` replaces the (out, target) step
+
+    def out_features(self, task) -> int | None:
+        """The width of the net's output layer; None: the data's (classes, horizon)."""
+        return None
+
+    def step(self, module, batch, stage: str) -> torch.Tensor:
+        """A self-supervised objective's train/val/test step on `module`: returns the loss."""
+        raise NotImplementedError
 
     def step_metric(self, task) -> Any:
         """A fresh torchmetrics metric logged as <stage>/<step_metric_name>, or None."""
@@ -138,3 +151,30 @@ def batched(fn, *tensors: torch.Tensor, size: int = 1024) -> torch.Tensor:
     with torch.no_grad():
         parts = zip(*(torch.split(t, size) for t in tensors), strict=True)
         return torch.cat([fn(*p) for p in parts])
+
+
+def output_layer(net: nn.Module) -> tuple[str, nn.Linear] | None:
+    """The net's output head: its last linear layer, when that is a direct part of it (what
+    transfer keeps apart from the encoder, and what a self-supervised objective trains its
+    projection with). None: there is no such layer."""
+    linear = [(name, m) for name, m in net.named_modules() if isinstance(m, nn.Linear)]
+    if not linear or "." in linear[-1][0]:
+        return None
+    return linear[-1]
+
+
+def features(net: nn.Module, x: torch.Tensor, size: int = 1024) -> torch.Tensor:
+    """What the net's output head reads (B, D): the encoder's representation of `x`."""
+    found = output_layer(net)
+    if found is None:
+        raise ValueError(f"{type(net).__name__} has no output layer of its own")
+    seen: list[torch.Tensor] = []
+    hook = found[1].register_forward_hook(lambda m, args, out: seen.append(args[0]))
+    was = net.training
+    net.eval()
+    try:
+        batched(net, x, size=size)
+    finally:
+        hook.remove()
+        net.train(was)
+    return torch.cat(seen)

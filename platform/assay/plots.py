@@ -137,6 +137,18 @@ def attention(maps: list[np.ndarray], ticks: list[list[str]], path: Path, title:
     return _save(fig, path)
 
 
+def bars(names: list[str], values: list[float], path: Path, title: str, ylabel: str) -> Path:
+    """One bar per name, its value written on it."""
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 + 1.2 * len(names)), 3.6))
+    drawn = ax.bar(names, values, color="#4c72b0")
+    ax.bar_label(drawn, fmt="%.3f", fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, max([1.0, *values]) * 1.1)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title(title, fontsize=9)
+    return _save(fig, path)
+
+
 def slice_bars(table, overall: float, path: Path, title: str, metric: str) -> Path:
     """A metric per group (`table`: feature, group, value, count, judged), one panel per feature,
     bars sorted by value, the overall score as a dashed line; groups not judged are hatched."""

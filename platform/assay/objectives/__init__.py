@@ -4,8 +4,10 @@ objective module is imported here so that it registers itself."""
 from assay.objectives import (  # noqa: F401
     anomaly,
     classification,
+    contrastive,
     forecast,
     generation,
+    masked_tokens,
     rating,
     reconstruction,
 )

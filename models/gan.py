@@ -105,8 +105,8 @@ class GAN(AssayModule):
     Config = GANConfig
     monitor = ("val/fd", "min")
 
-    def __init__(self, config, task, optim=None):
-        super().__init__(config, task, optim)
+    def __init__(self, config, task, optim=None, objective="auto"):
+        super().__init__(config, task, optim, objective)
         self.automatic_optimization = False  # two players, two optimisers, one loop
 
     def build_net(self) -> nn.Module:

@@ -294,7 +294,8 @@ def apply(card: dict, net, raw, tokenizer=None):
     """The model's answer to raw input: classification: probabilities (N, K); forecast: (N,
     horizon) in the target's units; anomaly: scores (N,); rating: (N,) clipped to the rating
     range; generation: images (N, C, H, W) in [0, 1]; reconstruction: {"reconstruction": images
-    in [0, 1] (the scaled input's), "mse": (N,) per image}."""
+    in [0, 1] (the scaled input's), "mse": (N,) per image}; contrastive: projections (N, 64);
+    masked tokens: the most likely token id at every position (N, T)."""
     return run(card, net, prepare(card, raw, tokenizer))
 
 

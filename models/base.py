@@ -52,10 +52,12 @@ class AssayModule(pl.LightningModule):
     A subclass gives `Config` (its settings class from `assay.config.architectures`) and
     `build_net()`; `@register_model` sets `OBJECTIVES` from the architecture's declaration there
     (data kind -> the registered objective it serves, e.g. an LSTM: {"text": "classification",
-    "timeseries": "forecast"}). `build_net()` gives a plain `nn.Module` that takes raw inputs and
-    returns logits, forecasts or ratings. The objective (`assay.objectives`) gives the loss, the
-    per-epoch metric and the logged inference head; families with their own training loop
-    (autoencoders, the GAN) override the steps. Nothing here knows about MLflow, W&B, DVC or Ray.
+    "timeseries": "forecast"}) and `PRETRAINS` (kind -> the self-supervised objectives it may train
+    for instead, `objective`; the net's output layer is then `out_features` wide). `build_net()`
+    gives a plain `nn.Module` that takes raw inputs and returns logits, forecasts or ratings. The
+    objective (`assay.objectives`) gives the loss, the per-epoch metric and the logged inference
+    head; families with their own training loop (autoencoders, the GAN) override the steps. Nothing
+    here knows about MLflow, W&B, DVC or Ray.
     """
 
     Config: ClassVar[type[StrictModel]]
@@ -95,6 +97,7 @@ class AssayModule(pl.LightningModule):
         # the epoch's mean loss, weighted by batch size (over every DDP worker too)
         self.epoch_loss = nn.ModuleDict({s: MeanMetric() for s in ("train_", "val_", "test_")})
         self._registered: set[str] = set()  # what `log_epoch` handed Lightning this epoch
+        self._draws: dict[str, torch.Generator] = {}  # val/test: seeded at each epoch's start
 
     @property
     def primary_metric(self) -> tuple[str, str]:
@@ -125,7 +128,8 @@ class AssayModule(pl.LightningModule):
 
     def _step(self, batch, stage: str) -> torch.Tensor:
         if self.objective.owns_step:  # self-supervised: the objective makes its own targets
-            return self.objective.step(self, batch, stage)
+            loss = self.objective.step(self, batch, stage, self._draws.get(stage))
+            return loss + self.optim.l1 * self._l1() if stage == "train" and self.optim.l1 else loss
         *inputs, target = batch
         out = self(*inputs)
         loss = self._loss(out, target)
@@ -160,9 +164,13 @@ class AssayModule(pl.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self._new_epoch("val")
+        # a self-supervised objective's random views or masks: the same ones every epoch, so
+        # val/loss (which picks the best epoch) compares epochs, not draws
+        self._draws["val"] = torch.Generator().manual_seed(0)
 
     def on_test_epoch_start(self) -> None:
         self._new_epoch("test")
+        self._draws["test"] = torch.Generator().manual_seed(0)
 
     def training_step(self, batch, batch_idx):
         return self._step(batch, "train")

@@ -11,11 +11,12 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from assay import engine
-from assay.config import ConfigError
+from assay.config import ConfigError, load_config, with_overrides
 from assay.evaluation import evaluate
 from assay.models import create_model
 from assay.objectives.contrastive import augment, knn_predict, nt_xent
 from assay.objectives.masked_tokens import MASK_ID, mask_tokens
+from assay.registry import register
 from assay.training import train
 from tests.conftest import family_cfg, tiny_config
 
@@ -110,16 +111,66 @@ def test_masking_chooses_real_tokens_only_in_berts_proportions():
     [
         ({"arch": "cnn_tiny", "objective": "masked_tokens"}, "classification or contrastive"),
         ({"arch": "autoencoder_tiny", "objective": "contrastive"}, "trains for reconstruction"),
-        ({"arch": "cnn_tiny", "objective": "contrastive", "labels_per_class": 5}, "uses no labels"),
         ({"arch": "cnn_tiny", "objective": "nope"}, "not 'nope'"),
+        (
+            {
+                "arch": "cnn_tiny",
+                "objective": "contrastive",
+                "init_from": "models:/digits-cnn_tiny@champion",
+                "freeze": "encoder",
+            },
+            "pretrains the encoder itself",
+        ),
     ],
 )
-def test_an_objective_the_architecture_does_not_declare_is_refused_before_any_run(
-    project, settings, says
-):
+def test_an_objective_the_architecture_does_not_declare_is_refused(project, settings, says):
     with pytest.raises(ConfigError, match=says):
         tiny_config(project, wandb="disabled", **settings)
+
+
+def test_a_self_supervised_run_on_few_labels_is_refused_before_a_run_opens(project):
+    cfg = tiny_config(project, wandb="disabled", objective="contrastive", labels_per_class=5)
+    with pytest.raises(ConfigError, match="only a classifier learns from K labels per class"):
+        train(cfg, project)
     assert not _runs(project)
+
+
+def test_the_objective_is_a_runs_own_and_changing_it_changes_the_key(project):
+    cfg = load_config(root=project)
+    other = with_overrides(cfg, ["train.objective=contrastive"]).for_run("shuttle-autoencoder")
+    assert other.train.objective == "auto"  # train's objective is not every named run's
+    named = with_overrides(cfg.for_run("digits-cnn"), ["train.objective=contrastive"])
+    assert named.train.key == "digits-cnn-contrastive"  # never the classifier's outputs or model
+
+
+def test_the_gate_never_puts_a_self_supervised_model_in_a_classifiers_place(project):
+    classifier = tiny_config(project, wandb="disabled", name="digits-net")
+    train(classifier, project)
+    evaluate(classifier, project)
+    assert register(classifier, project).promoted
+    pretrained = tiny_config(project, wandb="disabled", name="digits-net", objective="contrastive")
+    train(pretrained, project)
+    evaluate(pretrained, project)
+    decision = register(pretrained, project, force=True)
+    assert not decision.promoted
+    assert "trained for contrastive, champion v1 for classification" in decision.reason
+
+
+def test_the_self_supervised_models_build_and_reload_from_their_settings():
+    from assay.config.task import Task
+
+    text = Task(kind="text", in_shape=(12,), num_classes=2, vocab_size=50, pad_id=0)
+    for arch, task, objective, x in [
+        ("mlp_tiny", IMAGES, "contrastive", torch.rand(3, 1, 8, 8)),
+        ("cnn_tiny", IMAGES, "contrastive", torch.rand(3, 1, 8, 8)),
+        ("transformer_tiny", text, "masked_tokens", torch.randint(2, 50, (3, 12))),
+    ]:
+        model = create_model(arch, task=task, objective=objective)
+        again = type(model)(**model.hparams)  # what a checkpoint's reload does
+        assert again.objective.name == objective
+        out = again.inference_model()(x)
+        wide = 64 if objective == "contrastive" else (3, 12)
+        assert (out.shape[1] if objective == "contrastive" else tuple(out.shape)) == wide
 
 
 def test_an_lstm_has_no_masked_token_objective(project):

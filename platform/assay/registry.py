@@ -135,7 +135,8 @@ def gate(
         champ_run = client.get_run(champ.run_id).data
         champ_value = champ_run.metrics.get(metric, float("nan"))
         promoted, reason = _compare(value, champ_value, mode, metric, champ.version)
-        ours = client.get_run(mv.run_id).data.tags.get(tracking.SCORED_ON) if mv.run_id else None
+        our_tags = client.get_run(mv.run_id).data.tags if mv.run_id else {}
+        ours = our_tags.get(tracking.SCORED_ON)
         theirs = champ_run.tags.get(tracking.SCORED_ON)
         if not (ours and theirs):  # scored before Assay recorded it, or outside `evaluate`
             which = f"champion v{champ.version}" if ours else f"v{version}"
@@ -148,6 +149,16 @@ def gate(
                     False,
                     _other_data(metric, value, champ, champ_value, ours, theirs),
                 )
+        trained_for, champ_for = our_tags.get("objective"), champ_run.tags.get("objective")
+        if trained_for and champ_for and trained_for != champ_for:  # even with --force
+            promoted, reason = (
+                False,
+                (
+                    f"not compared: v{version} was trained for {trained_for}, champion "
+                    f"v{champ.version} for {champ_for} (tag objective): neither replaces the "
+                    "other. The champion stays; give the run its own name (train.name)"
+                ),
+            )
     if promoted and aliases.require_lift:
         promoted, reason = beats_baseline(scores, metric, value, champ, reason)
     if promoted and aliases.max_slice_gap is not None:

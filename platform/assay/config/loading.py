@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from assay.config.common import ConfigError, deep_merge, short
-from assay.config.schema import KEY_PATTERN, AssayConfig, validate
+from assay.config.schema import KEY_PATTERN, AssayConfig, run_train, validate
 from assay.paths import find_root
 
 # A YAML alias repeats a node without copying it, so nested aliases (a "billion laughs" file of a
@@ -170,7 +170,7 @@ def _with_run(raw: dict, name: Any, exp_file: Path) -> dict:
     if not isinstance(name, str) or name not in runs:
         known = ", ".join(runs) or "none"
         raise ConfigError([f"{exp_file}: run: {short(name)} is not a run of params.yaml ({known})"])
-    train = deep_merge({**(raw.get("train") or {}), "name": name}, runs[name] or {})
+    train = run_train({**(raw.get("train") or {}), "name": name}, runs[name] or {})
     return {**raw, "train": train}
 
 
@@ -215,11 +215,11 @@ def _key_of(exp_file: Path) -> str:
 
 def rekey(before: dict, after: dict) -> dict:
     """`after` (a raw config: `before` with overrides) keeps `before`'s run key unless the
-    overrides changed the data set or the architecture without naming the run: then it is no
-    longer that run (its outputs and registered model would be another's), and its key falls
-    back to <dataset>-<arch>."""
+    overrides changed the data set, the architecture or the objective without naming the run:
+    then it is no longer that run (its outputs and registered model would be another's), and its
+    key falls back to <dataset>-<arch>[-<objective>]."""
     b, a = before.get("train", {}), after.get("train", {})
-    changed = any(b.get(k) != a.get(k) for k in ("dataset", "arch"))
+    changed = any(b.get(k) != a.get(k) for k in ("dataset", "arch", "objective"))
     if changed and b.get("name") and a.get("name") == b.get("name"):
         after = {**after, "train": {**a, "name": None}}
     return after

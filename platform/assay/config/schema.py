@@ -314,7 +314,7 @@ class AssayConfig(StrictModel):
             raise ConfigError([f"runs.{name}: no such run; defined in params.yaml: {known}"])
         raw = self.model_dump()
         # the run's outputs and registered model are its own, whatever its data and architecture
-        raw["train"] = deep_merge({**raw["train"], "name": name}, self.runs[name])
+        raw["train"] = run_train({**raw["train"], "name": name}, self.runs[name])
         return validate(raw)
 
     def digest(self) -> str:
@@ -354,11 +354,8 @@ def validate(raw: dict) -> AssayConfig:
         if not isinstance(override, dict):
             problems.append(f"{where}: expected a mapping of train settings, got {short(override)}")
             continue
-        merged = deep_merge(train_raw, override)
-        if "objective" not in override:  # `train.objective` is for the run it trains, not these
-            merged["objective"] = "auto"
         try:
-            run = TrainConfig.model_validate(merged)
+            run = TrainConfig.model_validate(run_train(train_raw, override))
         except ValidationError as e:
             problems += describe_errors(e, TrainConfig, prefix=where)
             continue
@@ -368,9 +365,19 @@ def validate(raw: dict) -> AssayConfig:
     return cfg
 
 
+def run_train(train: dict, override: dict) -> dict:
+    """A named run's train settings: its `override` over `train`, but its own objective: a
+    `train.objective` (a self-supervised one) is for the run `train` describes, not for every
+    classifier and forecaster of `runs`."""
+    merged = deep_merge(train, override)
+    if "objective" not in override:
+        merged["objective"] = "auto"
+    return merged
+
+
 def check_pairing(train: TrainConfig, where: str) -> list[str]:
     """The architecture must train on the dataset's kind of data (an LSTM on images: no), for
-    an objective it declares there; a self-supervised one takes every training example."""
+    an objective it declares there; a self-supervised one trains its encoder (no freeze)."""
     arch = get_architecture(train.arch)
     objectives = arch.trains_on
     kind = get_dataset(train.dataset).kind
@@ -386,10 +393,10 @@ def check_pairing(train: TrainConfig, where: str) -> list[str]:
             f"{where}.objective: {train.arch!r} on {kind} data trains for "
             f"{' or '.join(allowed)}, not {train.objective!r} (or use 'auto')"
         ]
-    if train.objective not in ("auto", objectives[kind]) and train.labels_per_class is not None:
+    if train.objective not in ("auto", objectives[kind]) and train.freeze != "none":
         return [
-            f"{where}.labels_per_class: {train.labels_per_class}, but objective "
-            f"{train.objective!r} uses no labels: it learns from every training example. Set "
-            "labels_per_class on the run that starts from it (init_from)"
+            f"{where}.freeze: {train.freeze!r}, but objective {train.objective!r} pretrains the "
+            "encoder itself: a frozen one would leave only its projection to learn. Freeze on "
+            "the run that starts from it (init_from)"
         ]
     return []

@@ -70,8 +70,10 @@ class Objective:
         """The width of the net's output layer; None: the data's (classes, horizon)."""
         return None
 
-    def step(self, module, batch, stage: str) -> torch.Tensor:
-        """A self-supervised objective's train/val/test step on `module`: returns the loss."""
+    def step(self, module, batch, stage: str, generator=None) -> torch.Tensor:
+        """A self-supervised objective's train/val/test step on `module`: returns the loss.
+        `generator` draws its random views or masks (val and test: the same each epoch; train:
+        None, the seeded global one)."""
         raise NotImplementedError
 
     def step_metric(self, task) -> Any:

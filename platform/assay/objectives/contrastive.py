@@ -2,10 +2,10 @@
 
 Each training image is seen twice, through two random augmentations (a small affine move: shift,
 rotation, scale; then a random erased square and a little noise). The net's output layer is the
-projection: both views go through the whole net, and the NT-Xent loss pulls a view towards its
-twin and away from the batch's other 2B - 2 views. The layers before that projection are the
-encoder a later run starts from (`train.init_from`), so the classifier's own head is the only
-fresh layer there.
+projection: both views go through the whole net, and the NT-Xent loss pulls a view towards its twin
+and away from the batch's other 2B - 2 views (under DDP: each worker's batch). The layers before
+that projection are the encoder a later run starts from (`train.init_from`), so the classifier's own
+head is the only fresh layer there.
 
 No label is read while training. They are read when scoring only, two ways:
 - `test/probe_acc` (the gate's metric): a logistic regression on the encoder's features of 10
@@ -36,14 +36,15 @@ NEIGHBOURS = 20
 PROBE_LABELS, PROBE_DRAWS = 10, 5
 
 
-def augment(x: torch.Tensor) -> torch.Tensor:
+def augment(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """A random view of each image (B, C, H, W) in [0, 1]: an affine move (shift up to 12% of
     the side, rotation up to 15 degrees, scale 0.85-1.15), a square of a quarter of the side
-    erased to the background (0) half the time, and Gaussian noise of 0.05."""
-    b = x.shape[0]
-    angle = (torch.rand(b) * 2 - 1) * math.radians(15)
-    scale = 0.85 + torch.rand(b) * 0.3
-    shift = (torch.rand(b, 2) * 2 - 1) * 0.24  # affine_grid's units: the side is 2
+    erased to the background (0) half the time, and Gaussian noise of 0.05. Drawn on the CPU
+    from `generator` (None: torch's global one)."""
+    b, g = x.shape[0], generator
+    angle = (torch.rand(b, generator=g) * 2 - 1) * math.radians(15)
+    scale = 0.85 + torch.rand(b, generator=g) * 0.3
+    shift = (torch.rand(b, 2, generator=g) * 2 - 1) * 0.24  # affine_grid's units: the side is 2
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.stack(
         [torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1
@@ -52,8 +53,8 @@ def augment(x: torch.Tensor) -> torch.Tensor:
     v = F.grid_sample(x, grid, padding_mode="zeros", align_corners=False)
     h, w = x.shape[-2:]
     side = max(1, min(h, w) // 4)
-    top = torch.randint(0, h - side + 1, (b,))
-    left = torch.randint(0, w - side + 1, (b,))
+    top = torch.randint(0, h - side + 1, (b,), generator=g)
+    left = torch.randint(0, w - side + 1, (b,), generator=g)
     rows = torch.arange(h)[None, :, None]
     cols = torch.arange(w)[None, None, :]
     square = (
@@ -61,10 +62,11 @@ def augment(x: torch.Tensor) -> torch.Tensor:
         & (rows < (top + side)[:, None, None])
         & (cols >= left[:, None, None])
         & (cols < (left + side)[:, None, None])
-        & (torch.rand(b) < 0.5)[:, None, None]
+        & (torch.rand(b, generator=g) < 0.5)[:, None, None]
     )
     v = v.masked_fill(square[:, None].to(v.device), 0.0)
-    return (v + 0.05 * torch.randn_like(v)).clamp(0, 1)
+    noise = torch.randn(v.shape, generator=g).to(v)
+    return (v + 0.05 * noise).clamp(0, 1)
 
 
 def nt_xent(z: torch.Tensor, temperature: float = TEMPERATURE) -> tuple[torch.Tensor, torch.Tensor]:
@@ -130,9 +132,9 @@ class Contrastive(Objective):
     def step_metric(self, task):
         return MeanMetric()
 
-    def step(self, module, batch, stage: str) -> torch.Tensor:
+    def step(self, module, batch, stage: str, generator=None) -> torch.Tensor:
         x = batch[0]  # the labels, batch[1], are never read
-        z = module(torch.cat([augment(x), augment(x)]))
+        z = module(torch.cat([augment(x, generator), augment(x, generator)]))
         loss, hits = nt_xent(z)
         n = x.shape[0]
         module.epoch_loss[stage + "_"].update(loss.detach(), weight=n)
@@ -151,19 +153,27 @@ class Contrastive(Objective):
         knn = float((pred == y).float().mean())
         acc = probe_acc(bank, y_train, test, y)
         pixels = probe_acc(x_train.flatten(1), y_train, x.flatten(1), y)
-        torch.manual_seed(0)
-        views = [x[:10].numpy(), augment(x[:10]).numpy(), augment(x[:10]).numpy()]
+        g = torch.Generator().manual_seed(0)
+        views = [x[:10].numpy(), augment(x[:10], g).numpy(), augment(x[:10], g).numpy()]
         plots.image_grid(views, out / "views.png", f"{title}: two views", ["image", "view", "view"])
         self._latent(test, y, out, f"{title}: probe acc {acc:.4f}", dm.task.class_names)
+        # NT-Xent depends on the batch: test's, over batches of the run's own size
+        losses, hits, size = [], [], cfg.train.batch_size
+        model.eval()
         with torch.no_grad():
-            z = model(torch.cat([augment(x[:1024]), augment(x[:1024])]))
-            loss, hits = nt_xent(z)
+            for part in torch.split(x, size):
+                if len(part) > 1:
+                    z = model(torch.cat([augment(part, g), augment(part, g)]))
+                    loss_part, hit_part = nt_xent(z)
+                    losses.append(float(loss_part))
+                    hits.append(float(hit_part))
+        loss, hits = float(np.mean(losses)), float(np.mean(hits))
         metrics = {
             "test/probe_acc": acc,
             "test/pixels_probe_acc": pixels,
             "test/knn_acc": knn,
-            "test/loss": float(loss),
-            "test/pos_acc": float(hits),
+            "test/loss": loss,
+            "test/pos_acc": hits,
         }
         return metrics, len(y)
 

@@ -82,7 +82,8 @@ def test_objective_trains_scores_registers_and_predicts(fproject, monkeypatch, n
     mlflow.set_registry_uri(uri)
     local = mlflow.artifacts.download_artifacts(model_uri)
     example = Model.load(local).load_input_example(local)
-    example = example.tolist() if example.dtype.kind in "OU" else example
+    if isinstance(example, np.ndarray) and example.dtype.kind in "OU":
+        example = example.tolist()  # texts come back as a list already
     monkeypatch.chdir(fproject)
     path = _write_input(fproject / "example", example)
     r = CliRunner().invoke(app, ["predict", "-m", model_uri, "-i", path, "--output", "p.npy"])

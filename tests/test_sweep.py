@@ -340,7 +340,8 @@ def test_four_parallel_trials_share_the_default_stores_without_losing_a_metric(
     assert proc.returncode == 0, text[-3000:]
     assert "database is locked" not in text
     study = optuna_study(project, "four")
-    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4
+    errors = [t.user_attrs.get("error") for t in study.trials if t.state != TrialState.COMPLETE]
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4, (errors, text[-3000:])
     starts = sorted((t.datetime_start, t.datetime_complete) for t in study.trials)
     overlap = max(sum(s <= a < e for s, e in starts) for a, _ in starts)
     assert overlap == 4  # four ran at once

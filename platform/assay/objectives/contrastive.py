@@ -122,8 +122,9 @@ class Contrastive(Objective):
     primary = ("test/probe_acc", "max")
     step_metric_name = "pos_acc"
     owns_step = True
-    # the range of test/probe_acc over seeds 0, 1, 2 of digits-cnn_tiny-contrastive (1 epoch)
-    reproduce_tolerance = 0.05
+    # the range of test/probe_acc over seeds 0, 1, 2 of digits-cnn_tiny-contrastive, 1 epoch
+    # (bench/seed_spread.py, 2026-12-07: 0.4811, 0.4028, 0.4606)
+    reproduce_tolerance = 0.08
     smoke = {"dataset": "digits", "arch": "cnn_tiny", "objective": "contrastive"}
 
     def out_features(self, task) -> int:

@@ -84,8 +84,8 @@ class MaskedTokens(Objective):
     step_metric_name = "masked_acc"
     owns_step = True
     # the range of test/masked_acc over seeds 0, 1, 2 of rotten_tomatoes-transformer_tiny-
-    # masked_tokens (1 epoch)
-    reproduce_tolerance = 0.05
+    # masked_tokens, 1 epoch (bench/seed_spread.py, 2026-12-07: 0.0398, 0.0209, 0.0413)
+    reproduce_tolerance = 0.021
     smoke = {
         "dataset": "rotten_tomatoes",
         "arch": "transformer_tiny",

@@ -3,6 +3,7 @@ self-supervised encoder, beside the classical baseline on the same labelled rows
 
     python bench/label_efficiency.py                          # MNIST and Rotten Tomatoes
     python bench/label_efficiency.py --datasets mnist --ks 10 all --seeds 0
+    python bench/label_efficiency.py --report     # the table and plot of the CSV's rows
 
 For each data set, the pretrained encoder is a registered self-supervised model (SimCLR on the
 MNIST training images, masked tokens on the Rotten Tomatoes training texts; no label read): its
@@ -15,12 +16,14 @@ like any run (MLflow experiment `label-efficiency`, W&B off):
   scratch    from a random initialisation
   probe      from the pretrained encoder, frozen: a linear probe
   finetune   from the pretrained encoder, all of it trained
+  lp-ft      (only when asked: --modes) the probe first, then all of it from a third of the
+             epochs on (`train.unfreeze_epoch`): linear probing then fine-tuning
 Beside them, `evaluate`'s classical baseline fitted on the same K labelled rows and tuned on val
 (logistic regression on pixels; TF-IDF n-grams + logistic regression on the tokens).
 
 Protocol: val (whole, as for every run) picks the best epoch and stops early; test is scored once
 per run. With few labels the epochs are more and the batches smaller (`budget`), the same for
-all three; `all` keeps the experiment's own (MNIST: 4 epochs, `ALL_EPOCHS`). Printed: mean and
+all three; `all` keeps the experiment's own (MNIST: 2 epochs, `ALL_EPOCHS`). Printed: mean and
 standard deviation over seeds, as a Markdown table; written: bench/results/label_efficiency.csv
 (one row per run; `--resume` skips the rows already there) and .png.
 """
@@ -42,20 +45,23 @@ SETUPS = {
     "mnist": ("mnist-cnn", "mnist-cnn-contrastive"),
     "rotten_tomatoes": ("rotten_tomatoes-transformer", "rotten_tomatoes-transformer-masked_tokens"),
 }
-MODES = ("scratch", "probe", "finetune")
-# With every label, MNIST's CNN is within a few tenths of a point of its best after 4 epochs
-# (99.0% test); its experiment's 10 would make the 9 full runs most of the bench's time.
-ALL_EPOCHS = {"mnist": 4}
+MODES = ("scratch", "probe", "finetune", "lp-ft")
+DEFAULT_MODES = MODES[:3]
+LABELS = {"scratch": "scratch", "probe": "linear probe", "finetune": "fine-tuned", "lp-ft": "LP-FT"}
+# With every label, MNIST's CNN is within a few tenths of a point of its best after 2 epochs;
+# its experiment's 10 would make the 9 full runs most of the bench's time.
+ALL_EPOCHS = {"mnist": 2}
 FIELDS = ["dataset", "k", "mode", "seed", "test_acc", "baseline_acc", "epochs", "seconds"]
 
 
 def budget(k: int, classes: int, batch: int) -> dict:
-    """Few labelled rows: batches of a quarter of them (8 to the experiment's size) and epochs
-    for ~200 steps (15 to 40), early stopping after 6 without a gain on val."""
+    """Few labelled rows: ten batches an epoch (of 8 rows at least, the experiment's size at
+    most) and ~150 steps (10 to 20 epochs; each epoch's val pass over the whole val split is most
+    of a small run's time), early stopping after 5 epochs without a gain on val."""
     n = k * classes
-    size = max(8, min(batch, n // 4))
-    epochs = max(15, min(40, math.ceil(200 / math.ceil(n / size))))
-    return {"batch_size": size, "max_epochs": epochs, "early_stopping_patience": 6}
+    size = max(8, min(batch, n // 10))
+    epochs = max(10, min(20, math.ceil(150 / math.ceil(n / size))))
+    return {"batch_size": size, "max_epochs": epochs, "early_stopping_patience": 5}
 
 
 def source(root: Path, dataset: str) -> str:
@@ -96,11 +102,15 @@ def run_one(root: Path, dataset: str, k: int | None, mode: str, seed: int, encod
     elif dataset in ALL_EPOCHS:
         sets["max_epochs"] = ALL_EPOCHS[dataset]
     if mode != "scratch":
-        sets |= {"init_from": encoder, "freeze": "encoder" if mode == "probe" else "none"}
+        sets |= {"init_from": encoder, "freeze": "none" if mode == "finetune" else "encoder"}
+    if mode == "lp-ft":
+        epochs = sets.get("max_epochs", cfg.train.max_epochs)
+        sets |= {"unfreeze_epoch": max(1, epochs // 3)}
     overrides = [f"train.{key}={'null' if v is None else v}" for key, v in sets.items()]
     # its own name: never the pipeline's outputs/mnist-cnn/ or registered model (the key adds
-    # -probe/-ft and -k<K>)
-    overrides += [f"train.name=label-efficiency-{dataset}-s{seed}"]
+    # -probe/-ft and -k<K>; LP-FT's -ft is fine-tuning's, hence a name of its own)
+    tag = "-lpft" if mode == "lp-ft" else ""
+    overrides += [f"train.name=label-efficiency-{dataset}{tag}-s{seed}"]
     overrides += ["tracking.wandb.mode=disabled", "tracking.experiment=label-efficiency"]
     cfg = with_overrides(cfg, overrides)
     start = time.perf_counter()
@@ -143,21 +153,24 @@ def summary(rows: list[dict]) -> list[dict]:
 
 def markdown(stats: list[dict]) -> str:
     """One row per (data set, K): each mode's mean ± std, the baseline, pretrained - scratch."""
+    present = [m for m in MODES if any(s["mode"] == m for s in stats)]
     lines = [
-        "| data set | labels per class | scratch | linear probe | fine-tuned | baseline (LR) "
+        f"| data set | labels per class | {' | '.join(LABELS[m] for m in present)} | baseline (LR) "
         "| best pretrained - scratch |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|" + "---:|" * (len(present) + 2),
     ]
     cells: dict[tuple, dict] = {}
     for s in stats:
         cells.setdefault((s["dataset"], s["k"]), {})[s["mode"]] = s
     for (dataset, k), modes in cells.items():
         shown = [
-            f"{modes[m]['mean']:.4f} ± {modes[m]['std']:.4f}" if m in modes else "-" for m in MODES
+            f"{modes[m]['mean']:.4f} ± {modes[m]['std']:.4f}" if m in modes else "-"
+            for m in present
         ]
         gain = ""
-        if "scratch" in modes and ({"probe", "finetune"} & set(modes)):
-            best = max(modes[m]["mean"] for m in ("probe", "finetune") if m in modes)
+        pretrained = [m for m in modes if m != "scratch"]
+        if "scratch" in modes and pretrained:
+            best = max(modes[m]["mean"] for m in pretrained)
             gain = f"{100 * (best - modes['scratch']['mean']):+.1f} pts"
         base = next(iter(modes.values()))["baseline"]
         n = next(iter(modes.values()))["n"]
@@ -184,7 +197,7 @@ def plot(stats: list[dict], path: Path) -> None:
                 xs = [i for i, k in enumerate(ks) if k in got]
                 ys = [got[ks[i]]["mean"] for i in xs]
                 err = [got[ks[i]]["std"] for i in xs]
-                ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=mode)
+                ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=LABELS[mode])
         base = {s["k"]: s["baseline"] for s in part}
         label = "baseline: logistic regression (text: TF-IDF)"
         ax.plot(x, [base[k] for k in ks], "k--", label=label)
@@ -205,21 +218,28 @@ def main() -> None:
     ap.add_argument("--datasets", nargs="+", default=list(SETUPS), choices=list(SETUPS))
     ap.add_argument("--ks", nargs="+", default=["10", "50", "100", "all"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    ap.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    ap.add_argument("--modes", nargs="+", default=list(DEFAULT_MODES), choices=MODES)
     ap.add_argument("--resume", action="store_true", help="keep the rows the CSV already has")
+    ap.add_argument("--report", action="store_true", help="only the table and plot of the CSV")
+    ap.add_argument("--out", type=Path, default=RESULTS / "label_efficiency.csv", help="the CSV")
     args = ap.parse_args()
 
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    table = RESULTS / "label_efficiency.csv"
+    table = args.out
+    table.parent.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
     if args.resume and table.exists():
         with table.open() as f:
             rows = list(csv.DictReader(f))
+    if args.report:
+        with table.open() as f:
+            rows = list(csv.DictReader(f))
+        args.datasets = []
     done = {(r["dataset"], str(r["k"]), r["mode"], int(r["seed"])) for r in rows}
-    with table.open("w", newline="") as f:
+    with table.open("a" if args.report else "w", newline="") as f:
         writer = csv.DictWriter(f, FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
+        if not args.report:
+            writer.writeheader()
+            writer.writerows(rows)
         for dataset in args.datasets:
             encoder = source(args.root, dataset)
             print(f"{dataset}: pretrained encoder {encoder}", flush=True)
@@ -235,7 +255,7 @@ def main() -> None:
                         writer.writerow(row)
                         f.flush()
     stats = summary(rows)
-    plot(stats, RESULTS / "label_efficiency.png")
+    plot(stats, table.with_suffix(".png"))
     print(markdown(stats))
 
 

@@ -183,7 +183,8 @@ def test_sweep_tracks_a_parent_and_one_child_per_trial_and_registers_the_best(
 
     study = optuna.load_study(study_name=name, storage=PG)
     trials = study.get_trials()
-    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    errors = [t.user_attrs.get("error") for t in trials if t.state != TrialState.COMPLETE]
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3, (errors, out.lines[-40:])
     assert study.metric_names == ["val/acc"]  # optuna-dashboard's name for the objective
     assert result.storage == PG and not (project / "optuna.db").exists()
     client = mlflow_client(project)

@@ -23,7 +23,7 @@ Beside them, `evaluate`'s classical baseline fitted on the same K labelled rows 
 
 Protocol: val (whole, as for every run) picks the best epoch and stops early; test is scored once
 per run. With few labels the epochs are more and the batches smaller (`budget`), the same for
-all three; `all` keeps the experiment's own (MNIST: 2 epochs, `ALL_EPOCHS`). Printed: mean and
+every mode; `all` keeps the experiment's own (MNIST: 2 epochs, `ALL_EPOCHS`). Printed: mean and
 standard deviation over seeds, as a Markdown table; written: bench/results/label_efficiency.csv
 (one row per run; `--resume` skips the rows already there) and .png.
 """
@@ -212,6 +212,30 @@ def plot(stats: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def run_missing(args, table: Path, rows: list[dict]) -> None:
+    """Run every (data set, K, seed, mode) asked that `rows` lacks; the CSV is rewritten with
+    `rows` first and gains each new row as it ends (appended to `rows` too)."""
+    done = {(r["dataset"], str(r["k"]), r["mode"], int(r["seed"])) for r in rows}
+    with table.open("w", newline="") as f:
+        writer = csv.DictWriter(f, FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+        for dataset in args.datasets:
+            encoder = source(args.root, dataset)
+            print(f"{dataset}: pretrained encoder {encoder}", flush=True)
+            for k in args.ks:
+                for seed in args.seeds:
+                    for mode in args.modes:
+                        if (dataset, k, mode, seed) in done:
+                            continue
+                        kk = None if k == "all" else int(k)
+                        row = run_one(args.root, dataset, kk, mode, seed, encoder)
+                        print(row, flush=True)
+                        rows.append(row)
+                        writer.writerow(row)
+                        f.flush()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--root", type=Path, default=REPO, help="the project folder (data prepared)")
@@ -227,33 +251,11 @@ def main() -> None:
     table = args.out
     table.parent.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
-    if args.resume and table.exists():
+    if (args.resume or args.report) and table.exists():
         with table.open() as f:
             rows = list(csv.DictReader(f))
-    if args.report:
-        with table.open() as f:
-            rows = list(csv.DictReader(f))
-        args.datasets = []
-    done = {(r["dataset"], str(r["k"]), r["mode"], int(r["seed"])) for r in rows}
-    with table.open("a" if args.report else "w", newline="") as f:
-        writer = csv.DictWriter(f, FIELDS)
-        if not args.report:
-            writer.writeheader()
-            writer.writerows(rows)
-        for dataset in args.datasets:
-            encoder = source(args.root, dataset)
-            print(f"{dataset}: pretrained encoder {encoder}", flush=True)
-            for k in args.ks:
-                for seed in args.seeds:
-                    for mode in args.modes:
-                        if (dataset, k, mode, seed) in done:
-                            continue
-                        kk = None if k == "all" else int(k)
-                        row = run_one(args.root, dataset, kk, mode, seed, encoder)
-                        print(row, flush=True)
-                        rows.append(row)
-                        writer.writerow(row)
-                        f.flush()
+    if not args.report:
+        run_missing(args, table, rows)
     stats = summary(rows)
     plot(stats, table.with_suffix(".png"))
     print(markdown(stats))

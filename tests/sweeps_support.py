@@ -10,6 +10,7 @@ import optuna
 import yaml
 from mlflow.tracking import MlflowClient
 from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
 
 from tests.conftest import ray_processes
 
@@ -65,6 +66,11 @@ def retry_of(t) -> int | None:
 
 def trial_processes() -> list:
     return [p for p in ray_processes() if "run_trial" in " ".join(p.info["cmdline"] or [])]
+
+
+def trial_errors(trials) -> list:
+    """What each trial that did not complete noted as its error (for an assertion's message)."""
+    return [t.user_attrs.get("error") for t in trials if t.state != TrialState.COMPLETE]
 
 
 class Lines:

@@ -26,6 +26,7 @@ from tests.sweeps_support import (
     child_runs,
     mlflow_client,
     optuna_study,
+    trial_errors,
     write_sweep,
 )
 
@@ -183,7 +184,7 @@ def test_sweep_tracks_a_parent_and_one_child_per_trial_and_registers_the_best(
 
     study = optuna.load_study(study_name=name, storage=PG)
     trials = study.get_trials()
-    errors = [t.user_attrs.get("error") for t in trials if t.state != TrialState.COMPLETE]
+    errors = trial_errors(trials)
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 3, (errors, out.lines[-40:])
     assert study.metric_names == ["val/acc"]  # optuna-dashboard's name for the objective
     assert result.storage == PG and not (project / "optuna.db").exists()
@@ -341,7 +342,7 @@ def test_four_parallel_trials_share_the_default_stores_without_losing_a_metric(
     assert proc.returncode == 0, text[-3000:]
     assert "database is locked" not in text
     study = optuna_study(project, "four")
-    errors = [t.user_attrs.get("error") for t in study.trials if t.state != TrialState.COMPLETE]
+    errors = trial_errors(study.trials)
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4, (errors, text[-3000:])
     starts = sorted((t.datetime_start, t.datetime_complete) for t in study.trials)
     overlap = max(sum(s <= a < e for s, e in starts) for a, _ in starts)

@@ -10,6 +10,7 @@ and leaves the other ranks waiting in a collective (optuna/optuna#6043).
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import threading
@@ -21,6 +22,7 @@ from typing import Any
 import optuna
 from lightning.pytorch.callbacks import Callback
 
+from assay.sweep.study import open_storage
 from assay.training import RunOptions
 
 
@@ -85,7 +87,7 @@ class OptunaPruning(Callback):
             optuna.logging.set_verbosity(optuna.logging.WARNING)
             study = optuna.load_study(
                 study_name=self.ctx.study,
-                storage=self.ctx.storage,
+                storage=trial_storage(self.ctx.storage),
                 pruner=build_pruner(self.ctx.pruner),
             )
             self._trial = optuna.trial.Trial(study, self.ctx.trial_id)
@@ -121,15 +123,25 @@ class OptunaPruning(Callback):
             trainer.should_stop = True
 
 
+@functools.cache
+def trial_storage(url: str):
+    """The study's storage as a trial's process opens it, once per process: through
+    `open_storage`, so that on SQLite a write waits out another process's (60 s) instead of
+    failing after pysqlite's 5 s with "database is locked". A storage opened from the bare URL
+    (`optuna.load_study(storage=url)`) had that 5 s limit, and under CI's load a trial's report
+    or user attribute could fail the trial. No heartbeat here: the process that runs the trial
+    (`worker.run_trial`) beats."""
+    return open_storage(url)
+
+
 def set_user_attr(ctx: TrialContext, key: str, value: Any) -> None:
     """Note something on the trial in the study's storage (from whichever process trains it)."""
-    optuna.storages.get_storage(ctx.storage).set_trial_user_attr(ctx.trial_id, key, value)
+    trial_storage(ctx.storage).set_trial_user_attr(ctx.trial_id, key, value)
 
 
 def get_user_attr(ctx: TrialContext, key: str) -> Any:
     """What a process noted on the trial (`set_user_attr`), read back from the study's storage."""
-    storage = optuna.storages.get_storage(ctx.storage)
-    return storage.get_trial(ctx.trial_id).user_attrs.get(key)
+    return trial_storage(ctx.storage).get_trial(ctx.trial_id).user_attrs.get(key)
 
 
 def die_with_driver(driver: tuple[str, int] | None, every: float = 1.0) -> None:

@@ -5,6 +5,8 @@ objective's default `assay reproduce --tolerance` (`Objective.reproduce_toleranc
     python bench/seed_spread.py --root P --runs digits-mlp --seeds 0 1 2 3 4
     python bench/seed_spread.py --root P --runs digits-gan --set train.dataset=digits \
         train.arch=gan_tiny train.max_epochs=20     # a run of params.yaml's defaults, named
+    python bench/seed_spread.py --root P --runs shuttle-vae --also test/pr_auc \
+        test/baseline/pr_auc                        # more test metrics: per seed, mean, std
 
 Each run (a named run of params.yaml, or an experiments/ file) is trained and scored once per
 seed, in one process, in the project folder P (its data fetched and prepared first, W&B off).
@@ -55,6 +57,7 @@ def main() -> None:
     ap.add_argument("--runs", nargs="+", default=RUNS)
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--set", nargs="*", default=[], help="KEY=VALUE overrides for every run")
+    ap.add_argument("--also", nargs="*", default=[], help="more test metrics to show per seed")
     args = ap.parse_args()
 
     from rich.console import Console
@@ -70,10 +73,11 @@ def main() -> None:
     if not (root / "params.yaml").exists():
         (root / "params.yaml").write_text((REPO / "params.yaml").read_text())
     table = Table(title=f"primary test metric by seed ({', '.join(map(str, args.seeds))})")
-    for col in ("run", "objective", "metric", "per seed", "range", "std"):
+    for col in ("run", "objective", "metric", "per seed", "range", "std", "mean"):
         table.add_column(col)
     for run in args.runs:
         values = []
+        also: dict[str, list[float]] = {m: [] for m in args.also}
         for seed in args.seeds:
             cfg = config(root, run, seed, args.set)
             ds = cfg.train.dataset
@@ -85,13 +89,18 @@ def main() -> None:
             info = json.loads((output_dir(cfg.train.key, root) / "model/run.json").read_text())
             metric, objective = info["primary_metric"][0], info["objective"]
             values.append(scores[metric])
-            print(f"{run} seed {seed}: {metric} {values[-1]:.4f}", flush=True)
-        spread = max(values) - min(values)
-        std = statistics.stdev(values) if len(values) > 1 else 0.0
-        table.add_row(
-            run, objective, metric, " ".join(f"{v:.4f}" for v in values),
-            f"{spread:.4f}", f"{std:.4f}",
-        )  # fmt: skip
+            for m in args.also:
+                also[m].append(scores.get(m, float("nan")))
+            more = "".join(f", {m} {also[m][-1]:.4f}" for m in args.also)
+            print(f"{run} seed {seed}: {metric} {values[-1]:.4f}{more}", flush=True)
+        for i, (metric_, vals) in enumerate([(metric, values), *also.items()]):
+            spread = max(vals) - min(vals)
+            std = statistics.stdev(vals) if len(vals) > 1 else 0.0
+            table.add_row(
+                run if i == 0 else "", objective if i == 0 else "", metric_,
+                " ".join(f"{v:.4f}" for v in vals), f"{spread:.4f}", f"{std:.4f}",
+                f"{statistics.fmean(vals):.4f}",
+            )  # fmt: skip
     Console().print(table)
 
 

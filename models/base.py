@@ -243,6 +243,54 @@ class Standardize(nn.Module):
         return z * self.std[index] + self.mean[index]
 
 
+def _interp(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor:
+    """np.interp per row: x (F, B) at the knots xp (F, L, non-decreasing) of values fp (F, L),
+    flat beyond the ends. (torch has no interp.)"""
+    x = torch.minimum(torch.maximum(x, xp[:, :1]), xp[:, -1:]).contiguous()
+    i = torch.searchsorted(xp.contiguous(), x, right=True).clamp(1, xp.shape[1] - 1)
+    x0, x1 = xp.gather(1, i - 1), xp.gather(1, i)
+    f0, f1 = fp.gather(1, i - 1), fp.gather(1, i)
+    w = torch.where(x1 > x0, (x - x0) / (x1 - x0).clamp_min(1e-12), torch.ones_like(x))
+    return f0 + w.clamp(0, 1) * (f1 - f0)
+
+
+class QuantileNormal(nn.Module):
+    """Per feature, raw units -> a standard normal through the training split's quantiles: what
+    scikit-learn's `QuantileTransformer(output_distribution="normal")` does, inside the net, so the
+    logged model takes raw units. A heavy tail (a sensor at 500 where its std is 33) ends at
+    +-5.2 instead of hundreds of standard deviations, so one extreme feature of a normal row no
+    longer outweighs an anomaly's many moderate ones. `quantiles`: (levels, features), levels
+    evenly spaced from the minimum to the maximum (`Task.quantiles`)."""
+
+    BOUND = 1e-7  # scikit-learn's BOUNDS_THRESHOLD: z in about [-5.2, 5.2]
+
+    def __init__(self, quantiles: list[list[float]]):
+        super().__init__()
+        q = torch.tensor(quantiles, dtype=torch.float32).T.contiguous()  # (features, levels)
+        self.register_buffer("q", q)
+        self.register_buffer("refs", torch.linspace(0, 1, q.shape[1]).expand_as(q).contiguous())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # float64: in float32, 1 - 1e-7 rounds, and the tails' z with it
+        xt, q, refs = x.reshape(-1, self.q.shape[0]).T.double(), self.q.double(), self.refs.double()
+        # as scikit-learn: the mean of interpolating upwards and downwards, so a run of tied
+        # quantiles (integer sensors) maps to the middle of its run, not to one end
+        up = _interp(xt, q, refs)
+        down = 1 - _interp(-xt, -q.flip(1), refs)
+        p = 0.5 * (up + down)
+        # a value beyond a feature's training range goes to the end, even where the end is a run
+        # of ties: out of range reads as extreme. (scikit-learn also sends a value *at* the
+        # minimum there, and one at the maximum only in float64: its 1e-7 margin rounds away
+        # in float32. Here the ends' ties go to their run's middle, as every other run's do.)
+        p = torch.where(xt > q[:, -1:], 1.0, p)
+        p = torch.where(xt < q[:, :1], 0.0, p).clamp(self.BOUND, 1 - self.BOUND)
+        return torch.special.ndtri(p).T.reshape(x.shape).to(x.dtype)
+
+    def inverse(self, z: torch.Tensor) -> torch.Tensor:
+        p = torch.special.ndtr(z.reshape(-1, self.q.shape[0]).T.double())
+        return _interp(p, self.refs.double(), self.q.double()).T.reshape(z.shape).to(z.dtype)
+
+
 def norm_act_drop(width: int, cfg: Any, *, conv: bool) -> list[nn.Module]:
     """The block tail both MLP and CNN use: optional batch norm, activation, optional dropout."""
     layers: list[nn.Module] = []

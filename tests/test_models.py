@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 
@@ -357,3 +358,64 @@ def test_the_cnn_holds_its_weights_channels_last_and_answers_as_a_contiguous_cop
         again.load_state_dict({k: v.contiguous() for k, v in model.state_dict().items()})
         assert again.net[1].weight.is_contiguous(memory_format=torch.channels_last)
         assert torch.allclose(again(x), fast, atol=1e-6)
+
+
+def _sensor_rows(n: int, seed: int = 0) -> np.ndarray:
+    """Integer readings with long runs of ties and a heavy tail, like Shuttle's sensors."""
+    rng = np.random.default_rng(seed)
+    x = np.round(rng.normal(40, 6, (n, 3)))
+    x[:, 1] = np.where(rng.random(n) < 0.9, 0, np.round(rng.standard_t(1, n) * 30))
+    x[:, 2] = rng.integers(0, 4, n)
+    return x.astype(np.float32)
+
+
+def test_quantile_scaling_is_scikit_learns_quantile_transformer_inside_the_net():
+    from scipy.special import ndtri
+    from sklearn.preprocessing import QuantileTransformer
+
+    from assay.models.base import QuantileNormal
+
+    train, rows = _sensor_rows(5000), _sensor_rows(500, seed=1)
+    rows[0] = [400, -9000, 7]  # beyond every training value: the ends, not hundreds of stds
+    knots = np.percentile(train, np.linspace(0, 100, 101), axis=0)
+    ours = QuantileNormal(knots.tolist())
+    theirs = QuantileTransformer(n_quantiles=101, output_distribution="normal", subsample=None)
+    z = ours(torch.from_numpy(rows)).numpy()
+    at_min = rows == knots[0]  # scikit-learn sends these to the bottom (see QuantileNormal)
+    np.testing.assert_allclose(z[~at_min], theirs.fit(train).transform(rows)[~at_min], atol=1e-4)
+    assert z[0, 0] == z[0, 2] == pytest.approx(5.1993, abs=1e-3)  # beyond the training range
+    assert np.abs(z).max() < 5.2
+    # the ties at a minimum go to the middle of their run, as any run's
+    ties = (train[:, 2] == 0).mean()
+    assert z[rows[:, 2] == 0, 2] == pytest.approx(ndtri(ties / 2), abs=0.05)
+    inside = torch.from_numpy(rows[1:])
+    back = ours.inverse(ours(inside))  # a tie maps to its run's middle and back to its value
+    assert torch.allclose(back, inside, atol=0.5)
+
+
+def test_an_ensemble_of_autoencoders_trains_each_member_and_scores_by_their_mean():
+    train = _sensor_rows(2000)
+    knots = np.percentile(train, np.linspace(0, 100, 101), axis=0)
+    task = TASKS["tabular"].model_copy(update={"in_shape": (3,), "quantiles": knots.tolist()})
+    torch.manual_seed(0)
+    model = create_model("autoencoder_tiny", task=task, scaling="quantile", ensemble=3)
+    members = model.members()
+    assert len(members) == 3
+    assert not torch.equal(members[0].decoder[-1].weight, members[1].decoder[-1].weight)
+    x = torch.from_numpy(train[:64])
+    model._step((x, torch.zeros(64, dtype=torch.long)), "train").backward()
+    assert all(m.decoder[-1].weight.grad.abs().sum() > 0 for m in members)
+    with torch.no_grad():
+        mean = torch.stack([m.score(x) for m in members]).mean(0)
+        assert torch.allclose(model.anomaly_score(x), mean)
+        assert torch.allclose(model.inference_model()(x), mean)
+    # one member is the plain net, as before ensembles: its checkpoints load as they did
+    one = create_model("autoencoder_tiny", task=task)
+    assert "net.encoder.1.weight" in one.state_dict() and one.members() == [one.net]
+
+
+def test_quantile_scaling_is_refused_where_it_cannot_work():
+    with pytest.raises(ValueError, match="scaling: quantile is for tabular rows"):
+        create_model("autoencoder_tiny", task=TASKS["digits"], scaling="quantile")
+    with pytest.raises(ValueError, match="prepare it again"):
+        create_model("autoencoder_tiny", task=TASKS["tabular"], scaling="quantile")

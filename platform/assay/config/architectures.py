@@ -101,6 +101,18 @@ class AEConfig(StrictModel):
     batch_norm: bool = False
     noise_std: float = Field(0.3, ge=0, description="denoising_autoencoder: Gaussian input noise")
     beta: float = Field(1.0, ge=0, description="vae: weight of the KL term")
+    scaling: Literal["standard", "quantile"] = Field(
+        "standard",
+        description="tabular rows: standardise each feature (mean/std of the training split), or "
+        "map it to a standard normal through its training quantiles (robust to heavy tails)",
+    )
+    ensemble: int = Field(
+        1,
+        ge=1,
+        le=16,
+        description="independently initialised autoencoders trained side by side; a row's "
+        "anomaly score (and a reconstruction) is their mean",
+    )
 
 
 class GANConfig(StrictModel):

@@ -15,7 +15,8 @@ class Task(StrictModel):
     image/tabular: in_shape (+ classes); text: vocab_size, max_len, classes; timeseries: in_shape
     (window, features), horizon, target feature; ratings: n_users, n_items, rating range and each
     item's rating count in the training split.
-    `mean`/`std` (per input feature, from the training split) let a model take raw units."""
+    `mean`/`std` (per input feature, from the training split) let a model take raw units; so do
+    `quantiles` (tabular), for a model that maps each feature to a normal by its ranks."""
 
     kind: Kind = "image"
     in_shape: tuple[int, ...] = ()  # one example, e.g. (1, 28, 28); (window, features)
@@ -34,3 +35,4 @@ class Task(StrictModel):
     n_item_attributes: int = Field(0, ge=0)
     mean: list[float] = []
     std: list[float] = []
+    quantiles: list[list[float]] = []  # tabular: percentiles 0..100 of each feature (101 x F)

@@ -12,7 +12,7 @@ from assay.data.common import ArrayDataModule
 
 class TabularDataModule(ArrayDataModule):
     kind = "tabular"
-    meta_keys = ("shape", "classes", "mean", "std")
+    meta_keys = ("shape", "classes", "mean", "std", "quantiles")
 
     @property
     def task(self) -> Task:
@@ -23,6 +23,7 @@ class TabularDataModule(ArrayDataModule):
             class_names=self.meta["classes"],
             mean=self.meta["mean"],
             std=self.meta["std"],
+            quantiles=self.meta["quantiles"],
         )
 
     def tensors(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:

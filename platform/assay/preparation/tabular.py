@@ -2,7 +2,8 @@
 
 Stratified train/val/test; the *training* split keeps only normal rows (an autoencoder learns what
 normal looks like), val and test keep both, with `y` = 1 for an anomaly. Features are raw; `meta`
-holds the mean/std of the normal training rows, which the models fold into themselves.
+holds the mean/std and the percentiles of the normal training rows, which the models fold into
+themselves (standardise, or map each feature to a normal through its quantiles).
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ def prepare(name: str, raw: Path, source: dict, cfg) -> tuple[dict, dict]:
         "classes": ["normal", "anomaly"],
         "mean": normal.mean(0).astype(float).tolist(),
         "std": normal.std(0).astype(float).tolist(),
+        # percentiles 0..100 per feature (101 x features): `QuantileNormal`'s knots
+        "quantiles": np.percentile(normal, np.linspace(0, 100, 101), axis=0).tolist(),
         "anomaly_share": {s: float(a["y"].mean()) for s, a in splits.items()},
     }
     return splits, meta

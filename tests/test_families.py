@@ -344,7 +344,7 @@ def test_predict_for_text_forecast_anomaly_and_ratings(fproject, monkeypatch):
     r = _predict(
         fproject, monkeypatch, "-m", "models:/elecdemand-lstm_tiny@champion", "-i", "short.npy"
     )
-    assert r.exit_code == 2 and "expected (N, 96, 6)" in r.stderr
+    assert r.exit_code == 2 and "expected (N, 96, 7)" in r.stderr
 
 
 def test_gan_is_judged_by_the_registered_classifier(fproject, monkeypatch):
@@ -532,9 +532,10 @@ def test_series_splits_are_by_time_and_targets_stay_inside(family_data):
         assert t.min() >= lo and t.max() + meta["horizon"] <= hi  # targets wholly inside
     d = np.load(family_data / "elecdemand/test.npz")
     assert d["x"].shape[1:] == (96, len(meta["features"])) and d["y"].shape[1] == 48
-    assert meta["features"][-1] == "WorkDay_ahead"
-    # the known calendar: each row's WorkDay_ahead is the WorkDay of the row a day later
-    assert np.array_equal(d["x"][:, :48, 5], d["x"][:, 48:, 2])
+    assert meta["features"][-2:] == ["WorkDay_ahead", "Temperature_ahead"]
+    # what is known of the day ahead: each row's <name>_ahead is <name> of the row a day later
+    assert np.array_equal(d["x"][:, :48, 5], d["x"][:, 48:, 2])  # the calendar
+    assert np.array_equal(d["x"][:, :48, 6], d["x"][:, 48:, 1])  # the temperature
     # the first target of a window is the step after its last input
     nxt = np.load(family_data / "elecdemand/test.npz")
     assert np.allclose(nxt["x"][1, -1, 0], nxt["y"][0, 0])

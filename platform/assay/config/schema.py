@@ -20,8 +20,11 @@ from assay.config.architectures import (
 from assay.config.common import ConfigError, StrictModel, deep_merge, describe_errors, short
 from assay.config.sections import (
     EvaluateConfig,
+    RatingsPrepConfig,
     RayConfig,
     RegisterConfig,
+    SeriesPrepConfig,
+    TextPrepConfig,
     TrackingConfig,
 )
 from assay.datasets import get_dataset, list_datasets
@@ -74,38 +77,6 @@ class FetchConfig(StrictModel):
                 ]
             )
         return value
-
-
-class TextPrepConfig(StrictModel):
-    vocab_size: int = Field(8000, ge=100, le=200_000, description="WordPiece vocabulary")
-    max_len: int = Field(64, ge=4, le=4096, description="tokens kept per text (pad/truncate)")
-
-
-class SeriesPrepConfig(StrictModel):
-    window: int = Field(96, ge=2, le=10_000, description="past steps a model sees")
-    horizon: int = Field(48, ge=1, le=10_000, description="future steps it forecasts")
-    season: int = Field(48, ge=1, description="seasonal-naive period (48 half-hours: a day)")
-    stride: int = Field(1, ge=1, description="steps between training windows")
-
-    @model_validator(mode="after")
-    def _window_holds_a_season(self) -> SeriesPrepConfig:
-        if self.window < self.season:
-            raise ValueError(
-                f"window ({self.window}) must be >= season ({self.season}): the seasonal-naive "
-                "baseline repeats the last season of the window"
-            )
-        return self
-
-
-class RatingsPrepConfig(StrictModel):
-    negatives: int = Field(
-        99, ge=1, le=10_000, description="unrated items ranked with each test item"
-    )
-    split: Literal["time", "random"] = Field(
-        "time",
-        description="per user: `time` puts each user's latest ratings in test (forecasting "
-        "what they rate next); `random` draws them at random (the common benchmark protocol)",
-    )
 
 
 class PrepareConfig(StrictModel):

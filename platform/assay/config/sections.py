@@ -1,6 +1,6 @@
-"""The sections of params.yaml past data and training: where runs are tracked (MLflow, W&B),
-where Ray runs, how `evaluate` scores and what `register`'s gate asks (`assay.config.schema`
-puts them together into `AssayConfig`)."""
+"""The sections of params.yaml past training: how each kind of data is prepared (text, series,
+ratings), where runs are tracked (MLflow, W&B), where Ray runs, how `evaluate` scores and what
+`register`'s gate asks (`assay.config.schema` puts them together into `AssayConfig`)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,48 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from assay.config.common import StrictModel
+
+
+class TextPrepConfig(StrictModel):
+    vocab_size: int = Field(8000, ge=100, le=200_000, description="WordPiece vocabulary")
+    max_len: int = Field(64, ge=4, le=4096, description="tokens kept per text (pad/truncate)")
+
+
+class SeriesPrepConfig(StrictModel):
+    window: int = Field(96, ge=2, le=10_000, description="past steps a model sees")
+    horizon: int = Field(48, ge=1, le=10_000, description="future steps it forecasts")
+    season: int = Field(48, ge=1, description="seasonal-naive period (48 half-hours: a day)")
+    stride: int = Field(1, ge=1, description="steps between training windows")
+    ahead: list[Literal["WorkDay", "Temperature"]] = Field(
+        ["WorkDay", "Temperature"],
+        description="what a forecaster knows of the day it forecasts: each row also carries "
+        "these a day (48 half-hours) later, as <name>_ahead, so a window's last day holds the "
+        "forecast day's. Temperature_ahead is the temperature measured then, standing in for "
+        "a day-ahead weather forecast (ex post)",
+    )
+
+    @model_validator(mode="after")
+    def _window_holds_a_season(self) -> SeriesPrepConfig:
+        if self.window < self.season:
+            raise ValueError(
+                f"window ({self.window}) must be >= season ({self.season}): the seasonal-naive "
+                "baseline repeats the last season of the window"
+            )
+        return self
+
+
+class RatingsPrepConfig(StrictModel):
+    negatives: int = Field(
+        99, ge=1, le=10_000, description="unrated items ranked with each test item"
+    )
+    split: Literal["time", "random"] = Field(
+        "time",
+        description="per user: `time` puts each user's latest ratings in test (forecasting "
+        "what they rate next); `random` draws them at random (the common benchmark protocol)",
+    )
 
 
 class WandbConfig(StrictModel):

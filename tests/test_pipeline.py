@@ -101,6 +101,10 @@ def test_dvc_repro_end_to_end(repo):
     assert cells[3].startswith("logistic regression on pixels, C=")
     assert float(cells[4]) == pytest.approx(metrics["test/baseline/acc"], abs=1e-4)
     assert float(cells[5]) == pytest.approx(metrics["test/lift"], abs=1e-4)
+    scored = time.strftime(
+        "%Y-%m-%d", time.gmtime((repo / "outputs/digits-tiny/eval/run.json").stat().st_mtime)
+    )
+    assert cells[7] == scored  # the day of its evaluation
 
     # MLflow: the run, with the data hash DVC recorded; the registered champion
     uri = f"sqlite:///{repo / 'mlflow.db'}"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,7 @@ class Result:
     baseline_value: float | None
     lift: float | None  # > 0: the model beats its baseline
     champion: bool | None = None  # what `register` decided (None: not registered yet)
+    scored: str | None = None  # the day of its evaluation (UTC), from eval/run.json
 
 
 def _dvc_metrics(root: Path) -> dict[str, dict]:
@@ -76,6 +78,7 @@ def collect(root: Path) -> list[Result]:
                 metrics.get(base),
                 metrics.get("test/lift"),
                 decision.get("promoted"),
+                _day(stamp) if stamp.is_file() else None,
             )
         )
     if not rows:
@@ -83,12 +86,16 @@ def collect(root: Path) -> list[Result]:
     return rows
 
 
+def _day(path: Path) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(path.stat().st_mtime))
+
+
 def markdown(rows: list[Result]) -> str:
     """The README's table."""
     lines = [
         "| experiment | test metric | model | classical baseline (same split) | baseline | lift "
-        "| champion |",
-        "|---|---|---:|---|---:|---:|:-:|",
+        "| champion | scored |",
+        "|---|---|---:|---|---:|---:|:-:|---|",
     ]
     for r in rows:
         arrow = "higher" if r.better == "max" else "lower"
@@ -100,6 +107,7 @@ def markdown(rows: list[Result]) -> str:
             "" if r.baseline_value is None else f"{r.baseline_value:.4f}",
             "" if r.lift is None else f"{r.lift:+.4f}",
             {True: "yes", False: "no", None: ""}[r.champion],
+            r.scored or "",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -108,16 +116,42 @@ def markdown(rows: list[Result]) -> str:
 START, END = "<!-- assay results --markdown: start -->", "<!-- assay results --markdown: end -->"
 
 
-def write_into(path: Path, table: str) -> None:
+def _key(line: str) -> str:
+    return line.strip().strip("|").split("|")[0].strip()
+
+
+def merged(old: str, table: str) -> str:
+    """`table` with the rows of `old` (a table this module wrote) for the experiments `table`
+    lacks, in their places; `table`'s rows replace old rows of the same experiment and the rest
+    follow. A row of an older table with fewer columns gets empty cells (its date unknown)."""
+    head, new = table.splitlines()[:2], table.splitlines()[2:]
+    width = head[0].count("|")
+    fresh = {_key(line): line for line in new}
+    rows = []
+    for line in old.splitlines()[2:]:
+        if not line.startswith("|"):
+            continue
+        key = _key(line)
+        line = fresh.pop(key, line)
+        rows.append(line + " |" * (width - line.count("|")))
+    rows += fresh.values()
+    return "\n".join([*head, *rows]) + "\n"
+
+
+def write_into(path: Path, table: str, keep_rows: bool = False) -> None:
     """Replace the table between the START and END markers of `path` (the README) with `table`,
-    so that the README's numbers are what the metrics say, never typed by hand."""
+    so that the README's numbers are what the metrics say, never typed by hand. `keep_rows`:
+    keep the rows of experiments `table` lacks (scored elsewhere, or earlier: each row's
+    `scored` column says when), so a project that re-ran some stages updates only theirs."""
     text = path.read_bytes().decode()  # its own line endings kept
     if text.count(START) != 1 or text.count(END) != 1 or text.index(START) > text.index(END):
         raise ResultsError(
             f"{path} needs one line `{START}` and, after it, one line `{END}` around the table"
         )
     head, rest = text.split(START)
-    tail = rest.split(END)[1]
+    old, tail = rest.split(END)
+    if keep_rows:
+        table = merged(old.strip("\n"), table)
     mode = path.stat().st_mode & 0o7777
     atomic_write_bytes(path, f"{head}{START}\n{table}{END}{tail}".encode())
     path.chmod(mode)  # the new file is the old one's: not mkstemp's 0600

@@ -250,6 +250,13 @@ def results(
             "`<!-- assay results --markdown: start/end -->` lines",
         ),
     ] = None,
+    keep_rows: Annotated[
+        bool,
+        typer.Option(
+            help="with --write-into: keep the rows of experiments this project has not scored "
+            "(each row's `scored` date says when its numbers were measured)",
+        ),
+    ] = False,
 ) -> None:
     """Each evaluated experiment's test metric beside its classical baseline on the same split.
 
@@ -264,7 +271,7 @@ def results(
     if write_into is not None:
         from assay.results import write_into as put
 
-        guarded(put, write_into, as_markdown(rows))
+        guarded(put, write_into, as_markdown(rows), keep_rows)
         out.print(f"wrote the results of {len(rows)} experiments into {write_into}")
         return
     if markdown:

@@ -57,7 +57,9 @@ def main() -> None:
     ap.add_argument("--runs", nargs="+", default=RUNS)
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--set", nargs="*", default=[], help="KEY=VALUE overrides for every run")
-    ap.add_argument("--also", nargs="*", default=[], help="more test metrics to show per seed")
+    ap.add_argument(
+        "--also", nargs="*", default=[], help="more metrics: test/..., val/... (best epoch)"
+    )
     args = ap.parse_args()
 
     from rich.console import Console
@@ -84,8 +86,8 @@ def main() -> None:
             if not (root / "data" / ds / "meta.json").exists():
                 fetch(ds, cfg.fetch, root)
                 prepare(ds, cfg.prepare, root)
-            train(cfg, root)
-            scores = evaluate(cfg, root).metrics
+            trained = train(cfg, root)
+            scores = {**trained.metrics, **evaluate(cfg, root).metrics}  # val (best epoch), test
             info = json.loads((output_dir(cfg.train.key, root) / "model/run.json").read_text())
             metric, objective = info["primary_metric"][0], info["objective"]
             values.append(scores[metric])

@@ -32,9 +32,9 @@ class Anomaly(Objective):
     name = "anomaly"
     primary = ("test/roc_auc", "max")
     step_metric_name = "roc_auc"
-    # the range of test/roc_auc over seeds 0, 1, 2 of the run shuttle-autoencoder:
-    # 0.9994, 0.9991, 0.9994 (bench/seed_spread.py)
-    reproduce_tolerance = 0.0003
+    # the range of test/roc_auc over seeds 0, 1, 2 of the run shuttle-autoencoder (quantile
+    # scaling, an ensemble of five): 0.9993, 0.9991, 0.9995 (bench/seed_spread.py, 2026-12-07)
+    reproduce_tolerance = 0.0004
     smoke = {"dataset": "shuttle", "arch": "autoencoder_tiny"}
 
     def step_metric(self, task):

@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -92,12 +93,27 @@ def split_inputs(data: Path, digest: str) -> list[DatasetInput]:
     return inputs
 
 
+def _log_inputs(client: MlflowClient, run_id: str, inputs: list[DatasetInput], tries: int = 4):
+    """`client.log_inputs`, again after a failure. MLflow's SQL store looks each dataset up and
+    inserts it when absent, in one transaction: runs that log the same new dataset at once (a
+    sweep's parallel trials) race, and the loser's insert fails (CI saw a trial FAIL so). Tried
+    again, the dataset is found and only the run's input is written."""
+    for attempt in range(tries):
+        try:
+            client.log_inputs(run_id, datasets=inputs)
+            return
+        except MlflowException:
+            if attempt == tries - 1:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+
+
 def log_lineage(client: MlflowClient, run_id: str, root: Path, tags: dict, config: dict) -> None:
     """The run's data inputs (when its prepared folder is here) and its merged config."""
     dataset, digest = tags.get("dataset"), tags.get("dvc.data_hash")
     data = Path(root) / "data" / str(dataset)
     if dataset and digest and (data / "meta.json").exists():
-        client.log_inputs(run_id, datasets=split_inputs(data, digest))
+        _log_inputs(client, run_id, split_inputs(data, digest))
     client.log_text(run_id, json.dumps(config, indent=2, sort_keys=True), CONFIG_ARTIFACT)
 
 
